@@ -1,0 +1,39 @@
+# `make demo` and `make test` set everything up on a fresh machine (Python 3.10+).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test lint typecheck unit bench clean
+
+setup: $(STAMP)
+
+# torch is pinned exactly and installed first: a loose requirement pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev,torch,openvino,images,plot]'
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/quantship demo --out demo-out
+
+lint: setup
+	$(VENV)/bin/ruff check quantship tests benchmarks
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+unit: setup
+	$(PY) -m pytest -q
+
+test: lint typecheck unit
+
+# The comparisons against the peers' own tools (NNCF etc.); slow, not part of `make test`.
+bench: setup
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) benchmarks/vs_onnxruntime.py
+
+clean:
+	rm -rf $(VENV) demo-out build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,26 @@
+"""quantship: a trained network to INT8 on real inference runtimes, measured there.
+
+``import quantship`` stays light: numpy, onnx and onnxruntime are imported only by
+the functions that use them, and torch, openvino and tensorrt only on their own paths.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["QuantshipError", "__version__", "bench", "export"]
+
+from quantship.errors import QuantshipError
+
+if TYPE_CHECKING:
+    from quantship.api import bench, export
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("export", "bench"):
+        from quantship import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'quantship' has no attribute {name!r}")

@@ -1,0 +1,340 @@
+"""What the CLI and users call: ``export()`` and ``bench()``.
+
+export: load → calibrate once → for each backend: plan → QDQ → compile → fidelity →
+latency, all into a staging folder that replaces ``out`` only when complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from quantship.backends import registry
+from quantship.backends.base import Artifact, Backend, PlanOptions
+from quantship.bench.run import Candidate, bench_candidates
+from quantship.bench.timing import BenchSettings, LatencyStats
+from quantship.calibration.data import CalibrationData, ImageOptions, open_data
+from quantship.calibration.methods import MethodSpec
+from quantship.calibration.table import CalibrationTable
+from quantship.errors import BackendError, DataError, QuantshipError
+from quantship.exporter.load import FloatModel, InputSpec
+from quantship.exporter.output import MANIFEST, check_output_dir, staged_dir, write_json
+from quantship.ui import SILENT, UI
+
+DEFAULT_SAMPLES = 256
+DEFAULT_HELD_OUT = 100
+EXPORT_BENCH = BenchSettings(warmup=5, duration=3.0, min_iterations=10)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out: Path
+    manifest: dict[str, Any]
+    artifacts: tuple[Artifact, ...]
+    failures: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class _Split:
+    calib_stop: int | None
+    held_start: int
+    held_stop: int | None
+    held_data: CalibrationData | None
+    note: str
+
+
+def _split(
+    data: CalibrationData | None, samples: int | None, held: CalibrationData | None
+) -> _Split:
+    """Which samples calibrate and which measure fidelity. Held-out data given: all of
+    the calibration data (up to ``samples``) calibrates. Otherwise the samples after
+    the calibration ones are held out; if there are none, the last fifth."""
+    cap = samples or DEFAULT_SAMPLES
+    if held is not None:
+        return _Split(cap, 0, DEFAULT_HELD_OUT, held, f"held-out data {held.description}")
+    if data is None:
+        return _Split(None, 0, 0, None, "no held-out data: fidelity not measured")
+    n = data.num_samples
+    if n is None or n > cap:
+        return _Split(
+            cap, cap, cap + DEFAULT_HELD_OUT, data, f"samples {cap}.. of the calibration data"
+        )
+    if n >= 5:
+        h = min(DEFAULT_HELD_OUT, n // 5)
+        return _Split(
+            n - h,
+            n - h,
+            n,
+            data,
+            f"the last {h} of {n} calibration samples (not used to calibrate)",
+        )
+    return _Split(n, 0, n, data, "the calibration samples themselves (too few to hold any out)")
+
+
+def load_float_model(
+    model: str | Path,
+    calib: str | Path | None,
+    *,
+    input_shapes: dict[str, tuple[int, ...]] | None,
+    images: ImageOptions | None,
+    weights: Path | None,
+) -> tuple[FloatModel, CalibrationData | None]:
+    """The prepared float model, and the calibration data bound to its inputs."""
+    from quantship.calibration.data import peek_shapes
+    from quantship.exporter import load as loader
+    from quantship.exporter.torch_export import export_spec, is_torch_spec
+
+    spec = str(model)
+    if is_torch_spec(spec) and Path(spec).suffix != ".onnx":
+        torch_shapes = dict(input_shapes or {})
+        if not torch_shapes:
+            torch_shapes = peek_shapes(calib, images) if calib is not None else {}
+        if not torch_shapes:
+            raise QuantshipError(
+                f"exporting '{spec}' needs input shapes: give calibration data or --input-shape NAME=1x3x224x224"
+            )
+        proto = export_spec(spec, weights, torch_shapes)
+        from quantship.exporter.output import sha256_bytes
+
+        source_sha = sha256_bytes(proto.SerializeToString())
+    else:
+        if weights is not None:
+            raise QuantshipError(
+                "--weights applies to a PyTorch model (package.module:factory), not an ONNX file"
+            )
+        proto, source_sha = loader.read_onnx(Path(spec))
+    raw = loader.raw_inputs(proto)
+    data = open_data(calib, raw, images=images) if calib is not None else None
+    first = data.first() if data is not None else None
+    data_shapes = {k: tuple(v.shape) for k, v in first.items()} if first else None
+    shapes = loader.resolve_shapes(raw, input_shapes, data_shapes)
+    fm = loader.prepare(proto, source=spec, source_sha256=source_sha, shapes=shapes)
+    if calib is not None:
+        data = open_data(calib, fm.inputs, images=images)
+        data.first()
+    return fm, data
+
+
+def _backends(spec: str | Sequence[str]) -> tuple[list[Backend], list[str]]:
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    backends = registry.parse(",".join(names))
+    ok, missing = [], []
+    for b in backends:
+        reason = b.available()
+        if reason is None:
+            ok.append(b)
+        else:
+            missing.append(
+                f"backend {b.name!r} is not available: {reason} (pip install 'quantship[{b.extra}]')"
+            )
+    if not ok:
+        raise BackendError(missing[0])
+    return ok, missing
+
+
+def export(
+    model: str | Path,
+    calib: str | Path | None,
+    out: str | Path,
+    *,
+    backends: str | Sequence[str] = registry.DEFAULT,
+    method: str = "percentile",
+    percentile: float = 99.99,
+    samples: int | None = None,
+    held_out: str | Path | None = None,
+    calib_cache: str | Path | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    images: ImageOptions | None = None,
+    weights: str | Path | None = None,
+    float_nodes: Sequence[str] = (),
+    bench: bool = True,
+    threads: int | None = None,
+    ui: UI = SILENT,
+) -> ExportResult:
+    """Quantize ``model`` for each backend into ``out``; see ``quantship export --help``."""
+    from quantship.calibration.runner import calibrate
+    from quantship.exporter.pipeline import build_artifact, measure_fidelity
+
+    out = Path(out)
+    try:
+        mspec = MethodSpec(method, percentile)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise QuantshipError(str(e)) from None
+    if samples is not None and samples < 1:
+        raise QuantshipError(f"--samples must be at least 1, got {samples}")
+    check_output_dir(out)
+    chosen, missing = _backends(backends)
+    for m in missing:
+        ui.note(f"error: {m}")
+    if calib is None and calib_cache is None:
+        raise DataError("give calibration data (--calib) or a calibration table (--calib-cache)")
+
+    fm, data = load_float_model(
+        model,
+        calib,
+        input_shapes=input_shapes,
+        images=images,
+        weights=Path(weights) if weights is not None else None,
+    )
+    for n in fm.notes:
+        ui.note(f"model: {n}")
+    held = (
+        open_data(held_out, fm.inputs, images=images, role="held-out")
+        if held_out is not None
+        else None
+    )
+    split = _split(data, samples, held)
+
+    if calib_cache is not None:
+        table = CalibrationTable.load(Path(calib_cache))
+        if table.model_sha256 != fm.sha256:
+            raise DataError(
+                f"calibration cache '{calib_cache}' was made for a different model or input shape "
+                f"(model sha256 {table.model_sha256[:12]}…, this one {fm.sha256[:12]}…); drop --calib-cache"
+            )
+        if mspec.needs_histogram and not table.histograms:
+            raise DataError(
+                f"calibration cache '{calib_cache}' has no histograms (made with --method minmax); "
+                f"--method {method} needs them: drop --calib-cache to recalibrate"
+            )
+        ui.note(f"calibration: reusing {calib_cache} ({table.samples} samples)")
+    else:
+        assert data is not None
+        table = calibrate(
+            fm, data, samples=split.calib_stop, histograms=mspec.needs_histogram, ui=ui
+        )
+
+    options = PlanOptions(method=mspec, float_nodes=frozenset(float_nodes))
+    artifacts: list[Artifact] = []
+    figures: dict[str, dict[str, Any]] = {}
+    failures = list(missing)
+    with staged_dir(out) as stage:
+        float_rel = "float/model.onnx"
+        fm.save(stage / float_rel)
+        table.save(stage / "calibration.json")
+        float_art = Artifact("onnxruntime", "onnx", stage, (float_rel,), precision="float")
+        for b in chosen:
+            art, plan_summary = build_artifact(b, fm, table, options, stage, ui)
+            artifacts.append(art)
+            figures[b.name] = {"plan": plan_summary}
+        fid = measure_fidelity(fm, float_art, artifacts, chosen, split, threads, ui)
+        for b in chosen:
+            figures[b.name]["fidelity"] = fid.get(b.name)
+        latency: list[LatencyStats] = []
+        if bench:
+            cands = [Candidate("float", registry.get("onnxruntime"), float_art)] + [
+                Candidate(f"{a.backend} int8", b, a) for a, b in zip(artifacts, chosen, strict=True)
+            ]
+            latency = bench_candidates(
+                cands, fm.inputs, replace(EXPORT_BENCH, threads=threads), ui=ui
+            )
+            for b in chosen:
+                figures[b.name]["latency"] = [
+                    s.to_json() for s in latency if s.label == f"{b.name} int8"
+                ]
+        from quantship.exporter.pipeline import manifest_for
+
+        manifest = manifest_for(
+            fm,
+            table,
+            data,
+            split.note,
+            mspec,
+            options,
+            float_art,
+            artifacts,
+            figures,
+            latency,
+            failures,
+            calib_cache,
+        )
+        write_json(stage / MANIFEST, manifest)
+    final = tuple(
+        Artifact(a.backend, a.format, out, a.files, a.precision, a.metadata) for a in artifacts
+    )
+    from quantship.exporter.pipeline import export_table
+
+    export_table(ui, out, manifest)
+    return ExportResult(out, manifest, final, tuple(failures))
+
+
+def bench(
+    target: str | Path,
+    *,
+    backends: str | Sequence[str] | None = None,
+    settings: BenchSettings | None = None,
+    data: str | Path | None = None,
+    json_path: str | Path | None = None,
+    plot_path: str | Path | None = None,
+    ui: UI = SILENT,
+) -> list[LatencyStats]:
+    """Latency of an export folder (float vs every artifact) or of one ONNX model."""
+    from quantship.bench.report import latency_plot, latency_table
+    from quantship.exporter.load import load_model
+    from quantship.exporter.manifest import artifacts_in, float_artifact, read_manifest
+
+    settings = settings or BenchSettings()
+    path = Path(target)
+    cands: list[Candidate] = []
+    if path.is_dir():
+        manifest = read_manifest(path)
+        inputs = [
+            InputSpec(i["name"], tuple(i["shape"]), i["dtype"])
+            for i in manifest["float_model"]["inputs"]
+        ]
+        wanted = (
+            None
+            if backends is None
+            else {
+                b.name
+                for b in registry.parse(
+                    ",".join([backends] if isinstance(backends, str) else list(backends))
+                )
+            }
+        )
+        cands.append(
+            Candidate("float", registry.get("onnxruntime"), float_artifact(path, manifest))
+        )
+        for a in artifacts_in(path, manifest):
+            if wanted is not None and a.backend not in wanted:
+                continue
+            b = registry.get(a.backend)
+            reason = b.available()
+            if reason is not None:
+                ui.note(f"skipping {a.backend}: {reason}")
+                continue
+            cands.append(Candidate(f"{a.backend} {a.precision}", b, a))
+        title = f"latency: {path}"
+        baseline: str | None = "float"
+    else:
+        fm = load_model(path)
+        inputs = list(fm.inputs)
+        chosen, missing = _backends(backends or registry.DEFAULT)
+        for m in missing:
+            ui.note(f"error: {m}")
+        art = Artifact("onnxruntime", "onnx", path.parent, (path.name,), precision="float")
+        for b in chosen:
+            if "onnx" not in b.formats:
+                raise BackendError(f"backend {b.name!r} cannot run an ONNX model directly")
+            cands.append(Candidate(f"{b.name}", b, art))
+        title = f"latency: {path.name}"
+        baseline = cands[0].label if len(cands) > 1 else None
+    sample = None
+    if data is not None:
+        sample = open_data(data, inputs, role="benchmark").first()
+    stats = bench_candidates(cands, inputs, settings, sample=sample, ui=ui)
+    latency_table(ui, stats, title, baseline)
+    if json_path is not None:
+        write_json(
+            Path(json_path),
+            {
+                "target": str(path),
+                "settings": {k: v for k, v in settings.__dict__.items()},
+                "results": [s.to_json() for s in stats],
+            },
+        )
+    if plot_path is not None and not latency_plot(stats, Path(plot_path), title):
+        ui.note("plot skipped: matplotlib is not installed (pip install 'quantship[plot]')")
+    return stats

@@ -1,0 +1,297 @@
+"""The planning engine every backend shares; each backend supplies its ``Rules``.
+
+A plan answers: which nodes run in INT8, which tensors get a QuantizeLinear →
+DequantizeLinear pair (and which consumers read through it), with what params, and
+which nodes stay float and why. Rules differ per runtime: which ops have integer
+kernels, the activation dtype, symmetric or not, whether DQ nodes may be shared.
+
+The placement follows how runtimes fuse QDQ into integer kernels:
+
+- a compute op (Conv, MatMul, …) is quantized when each of its activation inputs is
+  read through a DQ and its weight is an int8 constant; a bias becomes int32 at scale
+  S_x·S_w so an integer kernel adds it to its accumulator directly;
+- its output gets a Q when the runtime's fused kernel needs one; that Q moves past a
+  following Relu/Clip (the activation's range is what gets quantized, and runtimes
+  fold the activation into the Q's saturation);
+- data-movement ops (MaxPool, Reshape, …) whose input is quantized are quantized with
+  their input's params, so runtimes run them on integers and drop the pair;
+- once a tensor's producer is quantized, all its consumers read the DQ: a float
+  consumer of the raw tensor would stop the producer's fusion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+
+from quantship.backends.base import (
+    ActivationQuant,
+    ConstantQuant,
+    FloatNode,
+    PlanOptions,
+    QuantPlan,
+    Use,
+)
+from quantship.calibration.methods import activation_params
+from quantship.calibration.qparams import QDType, QuantParams, bias_params, weight_params
+from quantship.calibration.table import CalibrationTable
+from quantship.exporter.graph import GraphView, get_attr
+from quantship.exporter.load import FloatModel
+
+# A rule check returns None when a node can be quantized, else the reason it cannot.
+Check = Callable[[onnx.NodeProto, GraphView], "str | None"]
+
+
+@dataclass(frozen=True)
+class OpRule:
+    """How one op type is quantized by a backend."""
+
+    kind: Literal["compute", "transparent"]
+    act_inputs: tuple[int, ...] | None = (0,)  # None: every input
+    weight: int | None = None
+    weight_axis: int | Callable[[onnx.NodeProto], int] | None = 0
+    weight_may_be_activation: bool = False  # MatMul: B is a weight or a run-time tensor
+    bias: int | None = None
+    quantize_output: bool = True
+    check: Check | None = None
+
+
+@dataclass(frozen=True)
+class Rules:
+    backend: str
+    ops: Mapping[str, OpRule]
+    act_dtype: QDType = "uint8"
+    symmetric: bool = False
+    absorb: frozenset[str] = field(default_factory=lambda: frozenset({"Relu", "Clip"}))
+    dedicated_dq: bool = False
+    quantize_graph_outputs: bool = False
+
+
+@dataclass
+class _Resolved:
+    acts: list[int]
+    weight: int | None
+    bias: int | None
+    rule: OpRule
+
+
+def _resolve(idx: int, view: GraphView, rule: OpRule, table: CalibrationTable) -> _Resolved | str:
+    node = view.nodes[idx]
+    if rule.check is not None:
+        reason = rule.check(node, view)
+        if reason:
+            return reason
+    slots = list(rule.act_inputs) if rule.act_inputs is not None else list(range(len(node.input)))
+    weight = rule.weight
+    bias = rule.bias
+    if weight is not None:
+        w = node.input[weight] if weight < len(node.input) else ""
+        if not w:
+            return "no weight input"
+        if not view.is_constant(w):
+            if rule.weight_may_be_activation:
+                slots.append(weight)
+                weight = None
+            else:
+                return f"weight {w!r} is computed at run time, not a constant"
+        elif not view.is_float(w):
+            return f"weight {w!r} is not float"
+    if bias is not None:
+        b = node.input[bias] if bias < len(node.input) else ""
+        if not b:
+            bias = None
+        elif not view.is_constant(b) or weight is None:
+            return f"bias {b!r} is not a constant"
+    for s in slots:
+        if s >= len(node.input) or not node.input[s]:
+            return f"input {s} is missing"
+        t = node.input[s]
+        if view.is_constant(t):
+            return f"input {t!r} is a constant (only run-time tensors are quantized here)"
+        if not view.is_float(t):
+            return f"input {t!r} is not a float tensor"
+        if t not in table or table[t].count == 0:
+            return f"no calibration statistics for input {t!r}"
+    return _Resolved(slots, weight, bias, rule)
+
+
+def _absorbed(t: str, view: GraphView, absorb: frozenset[str]) -> str:
+    """Follow a chain of single-consumer activations (Conv → Relu) to the tensor whose
+    range the producer's output Q should cover."""
+    while t not in view.outputs:
+        uses = view.consumers(t)
+        if len(uses) != 1 or uses[0].slot != 0:
+            break
+        nxt = view.nodes[uses[0].node]
+        if nxt.op_type not in absorb or len(nxt.output) != 1:
+            break
+        t = nxt.output[0]
+    return t
+
+
+def _weight_axis(rule: OpRule, node: onnx.NodeProto) -> int | None:
+    ax = rule.weight_axis
+    return ax(node) if callable(ax) else ax
+
+
+def make_plan(
+    model: FloatModel, table: CalibrationTable, options: PlanOptions, rules: Rules
+) -> QuantPlan:
+    view = GraphView(model.proto)
+    float_nodes: list[FloatNode] = []
+    compute: dict[int, _Resolved] = {}
+
+    for idx, node in enumerate(view.nodes):
+        rule = rules.ops.get(node.op_type)
+        name = view.node_name(idx)
+        if rule is None or rule.kind != "compute":
+            continue
+        if name in options.float_nodes:
+            float_nodes.append(FloatNode(name, node.op_type, "kept in float as asked"))
+            continue
+        res = _resolve(idx, view, rule, table)
+        if isinstance(res, str):
+            float_nodes.append(FloatNode(name, node.op_type, res))
+        else:
+            compute[idx] = res
+
+    # Tensors read through a DQ, by which uses; tensors whose producer is quantized.
+    through: dict[str, set[Use]] = {}
+    produced: set[str] = set()
+    for idx, res in compute.items():
+        node = view.nodes[idx]
+        for s in res.acts:
+            through.setdefault(node.input[s], set()).add(Use(idx, s))
+        if res.rule.quantize_output:
+            out = _absorbed(node.output[0], view, rules.absorb)
+            if out in view.outputs and not rules.quantize_graph_outputs:
+                continue
+            if out in table and table[out].count:
+                produced.add(out)
+                through.setdefault(out, set())
+
+    tie: dict[str, str] = {}
+    transparent: list[int] = []
+    for idx, node in enumerate(view.nodes):  # ONNX graphs are topologically sorted
+        rule = rules.ops.get(node.op_type)
+        if rule is None or rule.kind != "transparent" or not node.input:
+            continue
+        x = node.input[0]
+        if x not in through or view.node_name(idx) in options.float_nodes:
+            continue
+        outs = [o for o in node.output if o and view.is_float(o)]
+        if not outs or any(o in view.outputs and not rules.quantize_graph_outputs for o in outs):
+            continue
+        if rule.check is not None and rule.check(node, view):
+            continue
+        through[x].add(Use(idx, 0))
+        root = tie.get(x, x)
+        for o in outs:
+            tie[o] = root
+            produced.add(o)
+            through.setdefault(o, set())
+        transparent.append(idx)
+
+    for t in produced:
+        for u in view.consumers(t):
+            if u.slot >= 0:
+                through[t].add(Use(u.node, u.slot))
+
+    params: dict[str, QuantParams] = {}
+
+    def params_of(t: str) -> QuantParams:
+        root = tie.get(t, t)
+        if root not in params:
+            params[root] = activation_params(
+                table[root], options.method, dtype=rules.act_dtype, symmetric=rules.symmetric
+            )
+        return params[root]
+
+    activations = [
+        ActivationQuant(t, params_of(t), tuple(sorted(uses, key=lambda u: (u.node, u.slot))))
+        for t, uses in sorted(through.items())
+        if uses
+    ]
+
+    constants: list[ConstantQuant] = []
+    for idx, res in sorted(compute.items()):
+        if res.weight is None:
+            continue
+        node = view.nodes[idx]
+        w_name = node.input[res.weight]
+        w_val = view.constant_value(w_name)
+        assert w_val is not None
+        axis = _weight_axis(res.rule, node)
+        wp = weight_params(w_val, axis if w_val.ndim > 0 else None)
+        if res.bias is not None:
+            b_name = node.input[res.bias]
+            b_val = view.constant_value(b_name)
+            assert b_val is not None
+            x_scale = float(params_of(node.input[res.acts[0]]).scale)
+            wp, bp = bias_params(np.asarray(b_val), x_scale, wp)
+            constants.append(ConstantQuant(b_name, bp, (Use(idx, res.bias),), "bias"))
+        constants.append(ConstantQuant(w_name, wp, (Use(idx, res.weight),), "weight"))
+
+    quantized = sorted(set(compute) | set(transparent))
+    return QuantPlan(
+        backend=rules.backend,
+        activations=tuple(activations),
+        constants=tuple(constants),
+        float_nodes=tuple(float_nodes),
+        quantized_nodes=tuple(view.node_name(i) for i in quantized),
+        dedicated_dq=rules.dedicated_dq,
+    )
+
+
+# --- checks shared by backends -----------------------------------------------------
+
+
+def gemm_check(node: onnx.NodeProto, view: GraphView) -> str | None:
+    if get_attr(node, "transA", 0):
+        return "Gemm with transA=1"
+    if abs(float(get_attr(node, "alpha", 1.0)) - 1.0) > 1e-6:
+        return "Gemm with alpha != 1"
+    if len(node.input) > 2 and node.input[2]:
+        if abs(float(get_attr(node, "beta", 1.0)) - 1.0) > 1e-6:
+            return "Gemm with beta != 1"
+        c = view.constant_value(node.input[2])
+        if c is None or c.ndim != 1:
+            return "Gemm whose C is not a 1-D constant bias"
+    w = view.constant_value(node.input[1]) if len(node.input) > 1 else None
+    if w is None or w.ndim != 2:
+        return "Gemm whose B is not a 2-D constant"
+    return None
+
+
+def gemm_axis(node: onnx.NodeProto) -> int:
+    """Output-channel axis of Gemm's B: N is axis 0 of B when transB, else axis 1."""
+    return 0 if get_attr(node, "transB", 0) else 1
+
+
+def matmul_check(node: onnx.NodeProto, view: GraphView) -> str | None:
+    if len(node.input) > 1 and view.is_constant(node.input[1]):
+        w = view.constant_value(node.input[1])
+        if w is None or w.ndim != 2:
+            return "MatMul with a constant B that is not 2-D"
+    return None
+
+
+def conv_check(node: onnx.NodeProto, view: GraphView) -> str | None:
+    w = view.constant_value(node.input[1]) if len(node.input) > 1 else None
+    if w is not None and w.ndim < 3:
+        return "Conv weight of rank < 3"
+    return None
+
+
+def binary_check(node: onnx.NodeProto, view: GraphView) -> str | None:
+    if len(node.input) != 2 or any(view.is_constant(i) for i in node.input):
+        return f"{node.op_type} with a constant operand"
+    return None
+
+
+def describe(plan: QuantPlan) -> dict[str, Any]:
+    return plan.summary()

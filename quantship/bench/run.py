@@ -1,0 +1,86 @@
+"""Benchmark sessions side by side: feeds for each batch size, interleaved timing.
+
+Needs only numpy and the runtimes being measured (no torch), so it runs on a target
+machine that has only what deployment has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from quantship.backends.base import Artifact, Backend, Session, SessionSettings
+from quantship.bench.timing import BenchSettings, LatencyStats, measure_interleaved
+from quantship.errors import QuantshipError
+from quantship.exporter.load import InputSpec
+from quantship.ui import SILENT, UI
+
+Feed = dict[str, npt.NDArray[Any]]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    label: str
+    backend: Backend
+    artifact: Artifact
+
+
+def make_feeds(
+    inputs: Sequence[InputSpec], batch: int, sample: Feed | None = None, seed: int = 0
+) -> Feed:
+    """Inputs for one run at ``batch``: a real sample repeated, or seeded random data
+    (standard normal for floats, zeros for integers)."""
+    rng = np.random.default_rng(seed)
+    feeds: Feed = {}
+    for spec in inputs:
+        fixed = spec.shape[0] if spec.shape else None
+        if fixed is not None and fixed != batch:
+            raise QuantshipError(
+                f"model input {spec.name!r} has a fixed batch of {fixed}; batch {batch} needs a "
+                "model exported with a dynamic batch axis"
+            )
+        shape = (batch, *[int(d or 1) for d in spec.shape[1:]])
+        if sample is not None and spec.name in sample:
+            one = sample[spec.name]
+            feeds[spec.name] = np.ascontiguousarray(np.repeat(one[:1], batch, axis=0))
+        elif np.issubdtype(np.dtype(spec.dtype), np.floating):
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        else:
+            feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
+    return feeds
+
+
+def bench_candidates(
+    candidates: Sequence[Candidate],
+    inputs: Sequence[InputSpec],
+    settings: BenchSettings,
+    *,
+    sample: Feed | None = None,
+    ui: UI = SILENT,
+) -> list[LatencyStats]:
+    """Latency of every candidate at every batch size, interleaved per batch size."""
+    for b in settings.batches:
+        make_feeds(inputs, b)  # fail on an impossible batch before loading anything
+    sessions: dict[str, Session] = {}
+    for c in candidates:
+        sessions[c.label] = c.backend.session(c.artifact, SessionSettings(threads=settings.threads))
+    out: list[LatencyStats] = []
+    for b in settings.batches:
+        feeds = make_feeds(inputs, b, sample)
+        for label, s in sessions.items():
+            try:
+                s.run(feeds)
+            except Exception as e:
+                raise QuantshipError(
+                    f"{label} fails at batch {b}: {str(e).splitlines()[0]}"
+                ) from None
+        runners = {label: (lambda s=s, f=feeds: s.run(f)) for label, s in sessions.items()}
+        rounds = settings.iterations
+        with ui.progress(f"benchmarking batch {b}", rounds) as advance:
+            stats = measure_interleaved(runners, settings, b, progress=advance)
+        out.extend(stats[c.label] for c in candidates)
+    return out

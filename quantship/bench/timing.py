@@ -1,0 +1,168 @@
+"""The only timing code in quantship: warm-up, clocks, percentiles.
+
+Candidates are measured *interleaved*: a short block of runs of each per round, the
+order rotating every round, so that a noisy neighbour or a frequency change hits every
+candidate alike and the ratio between them holds even where absolute numbers drift.
+Each block starts with one untimed run: alternating models evict each other's weights
+from the caches, and a deployed model that runs continuously does not pay that.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Warm-up (runs, or at least ``warmup_seconds``), then ``iterations`` rounds or
+    ``duration`` seconds in all, whichever ends first (at least ``min_iterations``)."""
+
+    warmup: int = 10
+    warmup_seconds: float = 0.0
+    iterations: int | None = None
+    duration: float = 10.0
+    min_iterations: int = 10
+    block_seconds: float = 0.2
+    batches: tuple[int, ...] = (1,)
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.warmup_seconds < 0:
+            raise ValueError("warm-up must be non-negative")
+        if self.iterations is not None and self.iterations < 1:
+            raise ValueError("iterations must be >= 1")
+        if self.duration <= 0:
+            raise ValueError("duration must be positive")
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise ValueError(f"batch sizes must be >= 1, got {self.batches}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("threads must be >= 1")
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency of one candidate at one batch size, in milliseconds per run."""
+
+    label: str
+    batch: int
+    threads: int | None
+    warmup: int
+    iterations: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    throughput: float  # samples per second: batch · runs / time spent running
+    mode: str = "latency"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "batch": self.batch,
+            "threads": self.threads,
+            "mode": self.mode,
+            "warmup": self.warmup,
+            "iterations": self.iterations,
+            "p50_ms": round(self.p50_ms, 4),
+            "p90_ms": round(self.p90_ms, 4),
+            "p99_ms": round(self.p99_ms, 4),
+            "mean_ms": round(self.mean_ms, 4),
+            "std_ms": round(self.std_ms, 4),
+            "min_ms": round(self.min_ms, 4),
+            "max_ms": round(self.max_ms, 4),
+            "throughput": round(self.throughput, 3),
+        }
+
+
+def stats_from_samples(
+    label: str,
+    batch: int,
+    samples_ns: list[int],
+    *,
+    threads: int | None,
+    warmup: int,
+    mode: str = "latency",
+) -> LatencyStats:
+    if not samples_ns:
+        raise ValueError(f"{label}: no timing samples")
+    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return LatencyStats(
+        label=label,
+        batch=batch,
+        threads=threads,
+        warmup=warmup,
+        iterations=int(ms.size),
+        p50_ms=float(p50),
+        p90_ms=float(p90),
+        p99_ms=float(p99),
+        mean_ms=float(ms.mean()),
+        std_ms=float(ms.std()),
+        min_ms=float(ms.min()),
+        max_ms=float(ms.max()),
+        throughput=float(batch * ms.size / (ms.sum() / 1e3)),
+        mode=mode,
+    )
+
+
+def measure_interleaved(
+    runners: Mapping[str, Callable[[], object]],
+    settings: BenchSettings,
+    batch: int,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, LatencyStats]:
+    """Time each runner (one inference per call), interleaved block by block."""
+    labels = list(runners)
+    block: dict[str, int] = {}
+    for label in labels:
+        fn = runners[label]
+        t_end = time.perf_counter() + settings.warmup_seconds
+        k = 0
+        t0 = time.perf_counter()
+        while k < max(settings.warmup, 1) or time.perf_counter() < t_end:
+            fn()
+            k += 1
+        per_run = (time.perf_counter() - t0) / k
+        block[label] = max(1, min(100, round(settings.block_seconds / max(per_run, 1e-6))))
+    samples: dict[str, list[int]] = {label: [] for label in labels}
+    deadline = time.perf_counter() + settings.duration
+    clock = time.perf_counter_ns
+    rounds = 0
+
+    def done(label: str) -> bool:
+        n = len(samples[label])
+        if settings.iterations is not None:
+            return n >= settings.iterations
+        return n >= settings.min_iterations and time.perf_counter() >= deadline
+
+    while not all(done(label) for label in labels):
+        shift = rounds % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            if done(label) and settings.iterations is not None:
+                continue
+            fn = runners[label]
+            fn()  # untimed: refills the caches the previous block evicted
+            want = block[label]
+            if settings.iterations is not None:
+                want = min(want, settings.iterations - len(samples[label]))
+            for _ in range(want):
+                t0 = clock()
+                fn()
+                samples[label].append(clock() - t0)
+            if progress is not None:
+                progress(want)
+        rounds += 1
+    return {
+        label: stats_from_samples(
+            label, batch, samples[label], threads=settings.threads, warmup=settings.warmup
+        )
+        for label in labels
+    }

@@ -1,0 +1,433 @@
+"""Sample data for calibration and fidelity: where it comes from, and its fit to the model.
+
+Three sources, one interface (an iterator of one-sample feeds, batch axis kept):
+
+- ``.npz``: one array per model input, keyed by input name, first axis the sample
+  axis. Uncompressed archives (``np.savez``) are memory-mapped, so a calibration set
+  larger than memory streams from disk. ``.npy``: one array, for a one-input model.
+- a folder of images, resized and normalised as ``ImageOptions`` says.
+- ``package.module:function``: a function returning an iterable of feeds (dicts of
+  arrays, or arrays for a one-input model), each a batch along its first axis.
+
+Names, ranks, shapes and dtypes are checked against the model on the first sample,
+before any work, and every sample is checked for NaN/Inf as it streams.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from quantship.errors import DataError
+from quantship.exporter.load import InputSpec
+
+Feed = dict[str, npt.NDArray[Any]]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """Preprocessing for a folder of images: pixel · scale, then (x − mean) / std, per
+    channel, in ``channel_order``, laid out as ``layout``. ``size`` is (height, width);
+    by default the model input's own."""
+
+    size: tuple[int, int] | None = None
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    scale: float = 1.0 / 255.0
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    layout: Literal["NCHW", "NHWC"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.size is not None and (len(self.size) != 2 or min(self.size) <= 0):
+            raise ValueError(f"image size must be two positive integers, got {self.size}")
+        if len(self.mean) not in (1, 3) or len(self.std) not in (1, 3):
+            raise ValueError("mean and std take one value or three (one per channel)")
+        if any(s == 0 for s in self.std):
+            raise ValueError("std must not contain 0")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"channel order must be RGB or BGR, got {self.channel_order!r}")
+        if self.layout not in (None, "NCHW", "NHWC"):
+            raise ValueError(f"layout must be NCHW or NHWC, got {self.layout!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class CalibrationData:
+    """Samples bound to a model's inputs: every feed has exactly the model's input
+    names, dtypes and per-sample shapes (batch axis of 1)."""
+
+    description: str
+    role: str
+    inputs: tuple[InputSpec, ...]
+    num_samples: int | None
+    _open: Callable[[], Iterator[Feed]]
+
+    def samples(self, start: int = 0, stop: int | None = None) -> Iterator[Feed]:
+        """Checked one-sample feeds, ``start`` ≤ index < ``stop``."""
+        for i, raw in enumerate(self._open()):
+            if stop is not None and i >= stop:
+                return
+            if i < start:
+                continue
+            yield self._check(raw, i)
+
+    def first(self) -> Feed:
+        for feed in self.samples(0, 1):
+            return feed
+        raise DataError(f"{self.role} data {self.description} holds no samples")
+
+    def _check(self, raw: Feed, index: int) -> Feed:
+        out: Feed = {}
+        for spec in self.inputs:
+            arr = raw[spec.name]
+            want = np.dtype(spec.dtype)
+            if arr.dtype != want:
+                if not _castable(arr.dtype, want):
+                    raise DataError(
+                        f"{self.role} data {self.description}: input {spec.name!r} is {arr.dtype}; "
+                        f"the model expects {want}"
+                    )
+                arr = arr.astype(want)
+            if arr.ndim != len(spec.shape):
+                raise DataError(
+                    f"{self.role} data {self.description}: input {spec.name!r} has rank "
+                    f"{arr.ndim - 1} per sample (shape {_fmt(arr.shape[1:])}); the model expects "
+                    f"{_fmt(spec.shape[1:])}"
+                )
+            for axis in range(1, arr.ndim):
+                d = spec.shape[axis]
+                if d is not None and arr.shape[axis] != d:
+                    raise DataError(
+                        f"{self.role} data {self.description}: input {spec.name!r} has shape "
+                        f"{_fmt(arr.shape[1:])} per sample; the model expects {_fmt(spec.shape[1:])}"
+                    )
+            if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+                bad = "NaN" if np.isnan(arr).any() else "Inf"
+                raise DataError(
+                    f"{self.role} data {self.description}: sample {index} of input {spec.name!r} "
+                    f"contains {bad}; remove or fix that sample"
+                )
+            out[spec.name] = np.ascontiguousarray(arr)
+        return out
+
+
+def _castable(src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
+    """Float data for a float input (float64 arrays are common), integers for integer
+    inputs, integers for float inputs (uint8 pixels); never floats to integers."""
+    if np.issubdtype(dst, np.floating):
+        return bool(np.issubdtype(src, np.floating) or np.issubdtype(src, np.integer))
+    return bool(np.issubdtype(dst, np.integer) and np.issubdtype(src, np.integer))
+
+
+def _fmt(shape: Sequence[int | None]) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def open_data(
+    spec: str | Path,
+    inputs: Sequence[InputSpec],
+    *,
+    images: ImageOptions | None = None,
+    role: str = "calibration",
+) -> CalibrationData:
+    """Open ``spec`` (a file, a folder, or ``package.module:function``) for ``inputs``."""
+    text = str(spec)
+    path = Path(text)
+    if path.exists():
+        if path.is_dir():
+            return _image_folder(path, inputs, images or ImageOptions(), role)
+        if path.suffix == ".npz":
+            return _npz(path, inputs, role)
+        if path.suffix == ".npy":
+            return _npy(path, inputs, role)
+        raise DataError(
+            f"{role} data '{path}' is neither .npz, .npy nor a folder of images; "
+            "see `quantship export --help` for the accepted forms"
+        )
+    if _looks_like_callable(text):
+        return _callable(text, inputs, role)
+    raise DataError(
+        f"{role} data '{text}' not found (expected an .npz/.npy file, a folder of images, "
+        "or package.module:function)"
+    )
+
+
+def _looks_like_callable(text: str) -> bool:
+    if ":" not in text or "/" in text or "\\" in text:
+        return False
+    mod, _, fn = text.partition(":")
+    return (
+        bool(mod)
+        and bool(fn)
+        and all(p.isidentifier() for p in mod.split("."))
+        and fn.isidentifier()
+    )
+
+
+def _map_names(
+    keys: Sequence[str], inputs: Sequence[InputSpec], desc: str, role: str
+) -> dict[str, str]:
+    """Which key feeds which input: by name, or the only array for a one-input model."""
+    names = [i.name for i in inputs]
+    if all(n in keys for n in names):
+        return {n: n for n in names}
+    if len(names) == 1 and len(keys) == 1:
+        return {names[0]: keys[0]}
+    missing = [n for n in names if n not in keys]
+    raise DataError(
+        f"{role} data {desc} has no array for model input(s) {', '.join(map(repr, missing))}; "
+        f"it has {', '.join(map(repr, keys)) or 'none'} (key arrays by input name)"
+    )
+
+
+# --- .npz / .npy --------------------------------------------------------------------
+
+
+def _memmap_npz(path: Path) -> dict[str, npt.NDArray[Any]]:
+    """Arrays of an .npz; stored (uncompressed) members are memory-mapped."""
+    out: dict[str, npt.NDArray[Any]] = {}
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"'{path}' is not a readable .npz archive ({e})") from None
+    with zf, path.open("rb") as raw:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            key = info.filename[:-4]
+            if info.compress_type == zipfile.ZIP_STORED:
+                raw.seek(info.header_offset)
+                header = raw.read(30)
+                name_len = int.from_bytes(header[26:28], "little")
+                extra_len = int.from_bytes(header[28:30], "little")
+                start = info.header_offset + 30 + name_len + extra_len
+                raw.seek(start)
+                try:
+                    version = np.lib.format.read_magic(raw)
+                    if version == (1, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(raw)
+                    else:
+                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(raw)
+                except ValueError as e:
+                    raise DataError(f"'{path}': member {key!r} is not a .npy array ({e})") from None
+                if dtype.hasobject:
+                    raise DataError(
+                        f"'{path}': array {key!r} holds Python objects; save numeric arrays"
+                    )
+                out[key] = np.memmap(
+                    path,
+                    dtype=dtype,
+                    mode="r",
+                    offset=raw.tell(),
+                    shape=shape,
+                    order="F" if fortran else "C",
+                )
+            else:
+                with zf.open(info) as member:
+                    try:
+                        out[key] = np.lib.format.read_array(member, allow_pickle=False)
+                    except ValueError as e:
+                        raise DataError(f"'{path}': array {key!r} cannot be read ({e})") from None
+    if not out:
+        raise DataError(f"'{path}' holds no arrays")
+    return out
+
+
+def _arrays_source(
+    arrays: dict[str, npt.NDArray[Any]], inputs: Sequence[InputSpec], desc: str, role: str
+) -> CalibrationData:
+    mapping = _map_names(list(arrays), inputs, desc, role)
+    counts = {k: arrays[k].shape[0] if arrays[k].ndim else 0 for k in mapping.values()}
+    if len(set(counts.values())) != 1:
+        raise DataError(
+            f"{role} data {desc}: arrays disagree on the number of samples (first axis): "
+            + ", ".join(f"{k}={v}" for k, v in counts.items())
+        )
+    n = next(iter(counts.values()))
+    if n == 0:
+        raise DataError(f"{role} data {desc} holds no samples (first axis has length 0)")
+
+    def gen() -> Iterator[Feed]:
+        for i in range(n):
+            yield {name: np.asarray(arrays[key][i : i + 1]) for name, key in mapping.items()}
+
+    return CalibrationData(desc, role, tuple(inputs), n, gen)
+
+
+def _npz(path: Path, inputs: Sequence[InputSpec], role: str) -> CalibrationData:
+    return _arrays_source(_memmap_npz(path), inputs, f"'{path}'", role)
+
+
+def _npy(path: Path, inputs: Sequence[InputSpec], role: str) -> CalibrationData:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataError(f"'{path}' is not a readable .npy array ({e})") from None
+    if len(inputs) != 1:
+        raise DataError(
+            f"{role} data '{path}' is one array, but the model has {len(inputs)} inputs; "
+            "use an .npz keyed by input name"
+        )
+    return _arrays_source({inputs[0].name: arr}, inputs, f"'{path}'", role)
+
+
+# --- images ---------------------------------------------------------------------------
+
+
+def _image_folder(
+    folder: Path, inputs: Sequence[InputSpec], opts: ImageOptions, role: str
+) -> CalibrationData:
+    if len(inputs) != 1:
+        raise DataError(
+            f"a folder of images feeds one input; the model has {len(inputs)} "
+            f"({', '.join(i.name for i in inputs)}); use an .npz keyed by input name"
+        )
+    spec = inputs[0]
+    if len(spec.shape) != 4:
+        raise DataError(
+            f"a folder of images needs a 4-D model input; {spec.name!r} is {spec.shape_str()}"
+        )
+    files = sorted(
+        (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+        key=lambda p: p.relative_to(folder).as_posix(),
+    )
+    if not files:
+        raise DataError(f"{role} folder '{folder}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    layout = opts.layout or (
+        "NHWC" if spec.shape[3] in (1, 3) and spec.shape[1] not in (1, 3) else "NCHW"
+    )
+    c_axis, h_axis, w_axis = (1, 2, 3) if layout == "NCHW" else (3, 1, 2)
+    channels = spec.shape[c_axis]
+    if channels not in (1, 3):
+        raise DataError(
+            f"model input {spec.name!r} ({spec.shape_str()}) has {channels} channels in layout "
+            f"{layout}; images give 1 or 3 (set --layout)"
+        )
+    size = opts.size or (spec.shape[h_axis], spec.shape[w_axis])
+    if size[0] is None or size[1] is None:
+        raise DataError(f"model input {spec.name!r} has a dynamic height/width; pass --image-size")
+    h, w = int(size[0]), int(size[1])
+    mean = np.asarray(opts.mean, dtype=np.float32)
+    std = np.asarray(opts.std, dtype=np.float32)
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError("reading images needs Pillow: pip install 'quantship[images]'") from None
+
+    def load(p: Path) -> Feed:
+        try:
+            with Image.open(p) as im:
+                rgb = im.convert("L" if channels == 1 else "RGB")
+                x = np.asarray(rgb.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+        except OSError as e:
+            raise DataError(f"image '{p}' cannot be read ({e})") from None
+        if x.ndim == 2:
+            x = x[:, :, None]
+        x = x * np.float32(opts.scale)
+        if channels == 3 and opts.channel_order == "BGR":
+            x = x[:, :, ::-1]
+        x = (x - mean) / std
+        if layout == "NCHW":
+            x = x.transpose(2, 0, 1)
+        return {spec.name: np.ascontiguousarray(x[None], dtype=np.float32)}
+
+    def gen() -> Iterator[Feed]:
+        for p in files:
+            yield load(p)
+
+    desc = f"'{folder}' ({len(files)} images, {h}x{w}, {layout})"
+    sized = InputSpec(spec.name, _with_hw(spec.shape, h_axis, w_axis, h, w), spec.dtype)
+    return CalibrationData(desc, role, (sized,), len(files), gen)
+
+
+def _with_hw(
+    shape: tuple[int | None, ...], ha: int, wa: int, h: int, w: int
+) -> tuple[int | None, ...]:
+    dims = list(shape)
+    dims[ha], dims[wa] = h, w
+    return tuple(dims)
+
+
+# --- package.module:function ----------------------------------------------------------
+
+
+def _callable(text: str, inputs: Sequence[InputSpec], role: str) -> CalibrationData:
+    mod_name, _, fn_name = text.partition(":")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(mod_name)
+    except Exception as e:
+        raise DataError(
+            f"{role} data '{text}': cannot import {mod_name!r} ({type(e).__name__}: {e})"
+        ) from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise DataError(f"{role} data '{text}': module {mod_name!r} has no function {fn_name!r}")
+    names = [i.name for i in inputs]
+
+    def gen() -> Iterator[Feed]:
+        try:
+            items: Iterable[Any] = fn()
+            iterator = iter(items)
+        except Exception as e:
+            raise DataError(f"{role} data '{text}' failed: {type(e).__name__}: {e}") from None
+        mapping: dict[str, str] | None = None
+        while True:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            except Exception as e:
+                raise DataError(f"{role} data '{text}' failed: {type(e).__name__}: {e}") from None
+            if isinstance(item, np.ndarray):
+                item = {names[0]: item} if len(names) == 1 else None
+            elif isinstance(item, (tuple, list)) and len(item) == len(names):
+                item = dict(zip(names, item, strict=True))
+            if not isinstance(item, dict):
+                raise DataError(
+                    f"{role} data '{text}' yielded {type(item).__name__}; yield dicts of arrays "
+                    "keyed by input name (or arrays, for a one-input model)"
+                )
+            if mapping is None:
+                mapping = _map_names(list(item), inputs, f"'{text}'", role)
+            arrays = {n: np.asarray(item[k]) for n, k in mapping.items()}
+            batch = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
+            if len(batch) != 1:
+                raise DataError(f"{role} data '{text}': arrays of one feed disagree on batch size")
+            for i in range(batch.pop()):
+                yield {n: a[i : i + 1] for n, a in arrays.items()}
+
+    return CalibrationData(f"'{text}'", role, tuple(inputs), None, gen)
+
+
+def peek_shapes(spec: str | Path, images: ImageOptions | None = None) -> dict[str, tuple[int, ...]]:
+    """Per-sample shapes (batch axis of 1) of data not yet bound to a model: for
+    exporting a PyTorch model, whose input shapes come from its data."""
+    text = str(spec)
+    path = Path(text)
+    if path.is_dir():
+        opts = images or ImageOptions()
+        if opts.size is None:
+            raise DataError("a folder of images for a PyTorch model needs --image-size")
+        h, w = opts.size
+        return {"input": (1, 3, h, w) if opts.layout != "NHWC" else (1, h, w, 3)}
+    if path.suffix == ".npz" and path.exists():
+        return {k: (1, *a.shape[1:]) for k, a in _memmap_npz(path).items()}
+    if path.suffix == ".npy" and path.exists():
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        return {"input": (1, *arr.shape[1:])}
+    if _looks_like_callable(text):
+        fake = [InputSpec("input", (None,), "float32")]
+        src = _callable(text, fake, "calibration")
+        for feed in src._open():
+            return {k: tuple(v.shape) for k, v in feed.items()}
+    raise DataError(f"calibration data '{text}' not found")

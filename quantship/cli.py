@@ -1,0 +1,286 @@
+"""``quantship``: thin command line over ``quantship.api``. Parses, calls, prints.
+
+A ``QuantshipError`` (a user mistake or a missing runtime) becomes one line on stderr
+and exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from quantship import __version__
+from quantship.errors import QuantshipError
+
+EPILOG_EXPORT = """\
+calibration data (--calib, --held-out):
+  file.npz                one array per model input, keyed by input name, first axis = samples
+  file.npy                one array, for a one-input model
+  folder/                 images (jpg, png, ...), resized and normalised (see image options)
+  package.module:function returns an iterable of feeds: dicts of arrays (or arrays)
+
+examples:
+  quantship export model.onnx --calib calib.npz --out build/
+  quantship export model.onnx --calib images/ --image-size 320 --method entropy --samples 256 --out build/
+  quantship export mypkg.nets:resnet --weights net.pt --calib calib.npz --out build/
+"""
+
+
+def _shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
+    name, sep, dims = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=1x3x224x224, got {text!r}")
+    try:
+        shape = tuple(int(d) for d in dims.replace(",", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"dimensions must be integers: {text!r}") from None
+    if not shape or any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(f"dimensions must be positive integers: {text!r}")
+    return name, shape
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"values must be >= 1, got {text!r}")
+    return vals
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(v) for v in text.lower().replace(",", "x").split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}")
+    return parts[0], parts[1]
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="quantship",
+        description="Take a trained network to INT8 for real inference runtimes, and measure it there.",
+    )
+    p.add_argument("--version", action="version", version=f"quantship {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    e = sub.add_parser(
+        "export",
+        help="calibrate once and write INT8 artifacts for each backend",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_EXPORT,
+    )
+    e.add_argument("model", help="model.onnx, package.module:factory, or a torch.export .pt2 file")
+    e.add_argument("--calib", metavar="DATA", help="calibration data (see below)")
+    e.add_argument("--out", metavar="DIR", required=True, type=Path, help="output folder")
+    e.add_argument(
+        "--backend",
+        default="onnxruntime",
+        help="backend(s), comma-separated (default: onnxruntime)",
+    )
+    e.add_argument(
+        "--method",
+        default="percentile",
+        choices=["minmax", "percentile", "entropy", "mse"],
+        help="activation range method (default: percentile)",
+    )
+    e.add_argument(
+        "--percentile", type=float, default=99.99, help="for --method percentile (default: 99.99)"
+    )
+    e.add_argument(
+        "--samples",
+        type=_positive,
+        metavar="N",
+        help="use at most N calibration samples (default: 256)",
+    )
+    e.add_argument(
+        "--held-out",
+        metavar="DATA",
+        help="data for fidelity (default: calibration samples not used)",
+    )
+    e.add_argument(
+        "--calib-cache", metavar="FILE", help="reuse a calibration.json instead of a data pass"
+    )
+    e.add_argument(
+        "--input-shape",
+        action="append",
+        type=_shape_arg,
+        default=[],
+        metavar="NAME=1x3x224x224",
+        help="fix an input's shape (repeatable)",
+    )
+    e.add_argument(
+        "--weights", metavar="FILE", help="state dict for a package.module:factory model"
+    )
+    e.add_argument(
+        "--keep-float",
+        action="append",
+        default=[],
+        metavar="NODE",
+        help="leave this node in float (repeatable)",
+    )
+    e.add_argument("--threads", type=_positive, help="CPU threads for fidelity and latency runs")
+    e.add_argument("--no-bench", action="store_true", help="skip the closing latency measurement")
+    e.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    img = e.add_argument_group("image options (when DATA is a folder of images)")
+    img.add_argument(
+        "--image-size", type=_size, metavar="N|HxW", help="resize to (default: the model's)"
+    )
+    img.add_argument(
+        "--mean", type=_floats, default=(0.0,), help="per-channel mean, after --scale (default 0)"
+    )
+    img.add_argument(
+        "--std", type=_floats, default=(1.0,), help="per-channel std, after --scale (default 1)"
+    )
+    img.add_argument(
+        "--scale", type=float, default=1 / 255, help="pixel multiplier (default 1/255)"
+    )
+    img.add_argument("--channel-order", choices=["RGB", "BGR"], default="RGB")
+    img.add_argument(
+        "--layout", choices=["NCHW", "NHWC"], help="default: from the model's input shape"
+    )
+
+    b = sub.add_parser(
+        "bench", help="measure latency: an export folder (float vs INT8) or one model"
+    )
+    b.add_argument("target", help="an export output folder, or a model.onnx")
+    b.add_argument(
+        "--backend", help="for a folder: only these backends; for a model: run it in these"
+    )
+    b.add_argument(
+        "--batch", type=_ints, default=(1,), metavar="1,8", help="batch sizes (default: 1)"
+    )
+    b.add_argument("--threads", type=_positive, help="CPU threads (default: the runtime's)")
+    b.add_argument("--warmup", type=int, default=10, help="warm-up runs per model (default: 10)")
+    b.add_argument("--warmup-seconds", type=float, default=0.0, help="warm up at least this long")
+    b.add_argument(
+        "--iterations", type=_positive, help="measured runs per model (default: by --duration)"
+    )
+    b.add_argument(
+        "--duration", type=float, default=10.0, help="seconds of measurement per batch size"
+    )
+    b.add_argument("--data", metavar="DATA", help="feed a real sample instead of random inputs")
+    b.add_argument("--json", type=Path, metavar="FILE", help="write results as JSON")
+    b.add_argument("--plot", type=Path, metavar="FILE.png", help="write a latency plot")
+    b.add_argument("--quiet", "-q", action="store_true")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from quantship import api
+    from quantship.ui import UI
+
+    ui = UI(quiet=args.quiet)
+    if args.command == "export":
+        from quantship.calibration.data import ImageOptions
+
+        try:
+            images = ImageOptions(
+                size=args.image_size,
+                mean=args.mean,
+                std=args.std,
+                scale=args.scale,
+                channel_order=args.channel_order,
+                layout=args.layout,
+            )
+        except ValueError as err:
+            raise QuantshipError(str(err)) from None
+        shapes = dict(args.input_shape)
+        result = api.export(
+            args.model,
+            args.calib,
+            args.out,
+            backends=args.backend,
+            method=args.method,
+            percentile=args.percentile,
+            samples=args.samples,
+            held_out=args.held_out,
+            calib_cache=args.calib_cache,
+            input_shapes=shapes or None,
+            images=images,
+            weights=args.weights,
+            float_nodes=args.keep_float,
+            bench=not args.no_bench,
+            threads=args.threads,
+            ui=ui,
+        )
+        ui.note(f"wrote {result.out}/manifest.json")
+        return 2 if result.failures else 0
+    if args.command == "bench":
+        from quantship.bench.timing import BenchSettings
+
+        try:
+            settings = BenchSettings(
+                warmup=args.warmup,
+                warmup_seconds=args.warmup_seconds,
+                iterations=args.iterations,
+                duration=args.duration,
+                batches=args.batch,
+                threads=args.threads,
+            )
+        except ValueError as err:
+            raise QuantshipError(str(err)) from None
+        api.bench(
+            args.target,
+            backends=args.backend,
+            settings=settings,
+            data=args.data,
+            json_path=args.json,
+            plot_path=args.plot,
+            ui=ui,
+        )
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return _run(args)
+    except QuantshipError as err:
+        print(f"quantship: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("quantship: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def entry() -> Any:
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""``manifest.json``: what an export was made from and what it made.
+
+Inputs' hashes, versions, the method and settings, and every artifact with its
+backend, relative path, format, sha256 and figures. ``bench`` reads it to find the
+float model and the artifacts, so an output folder copied to a target machine is
+self-contained.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from quantship import __version__
+from quantship.backends.base import Artifact
+from quantship.errors import QuantshipError
+from quantship.exporter.output import MANIFEST, sha256_file
+
+FORMAT = "quantship-manifest/1"
+
+
+def versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    out = {"quantship": __version__, "python": platform.python_version()}
+    for pkg in ("numpy", "onnx", "onnxruntime", *extra):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def artifact_entry(a: Artifact, figures: dict[str, Any]) -> dict[str, Any]:
+    files = [
+        {"path": f, "sha256": sha256_file(a.root / f), "bytes": (a.root / f).stat().st_size}
+        for f in a.files
+    ]
+    return {
+        "backend": a.backend,
+        "format": a.format,
+        "precision": a.precision,
+        "path": a.files[0],
+        "sha256": files[0]["sha256"],
+        "size_bytes": a.size_bytes(),
+        "files": files,
+        "metadata": dict(a.metadata),
+        **figures,
+    }
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise QuantshipError(
+            f"'{folder}' holds no {MANIFEST}; pass an export output folder or an .onnx model"
+        )
+    try:
+        d: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise QuantshipError(f"'{path}' is not readable JSON ({e})") from None
+    if d.get("format") != FORMAT:
+        raise QuantshipError(f"'{path}' is not a quantship manifest (format {FORMAT!r} expected)")
+    return d
+
+
+def artifacts_in(folder: Path, manifest: dict[str, Any]) -> list[Artifact]:
+    """The artifacts a manifest lists, checked to exist (hashes are checked by bench)."""
+    out = []
+    for e in manifest.get("artifacts", []):
+        files = tuple(f["path"] for f in e.get("files", [{"path": e["path"]}]))
+        missing = [f for f in files if not (folder / f).exists()]
+        if missing:
+            raise QuantshipError(
+                f"'{folder}': artifact {e['backend']} lists {missing[0]}, which does not exist"
+            )
+        out.append(
+            Artifact(
+                backend=e["backend"],
+                format=e["format"],
+                root=folder,
+                files=files,
+                precision=e.get("precision", "int8"),
+                metadata=e.get("metadata", {}),
+            )
+        )
+    return out
+
+
+def float_artifact(folder: Path, manifest: dict[str, Any]) -> Artifact:
+    rel = manifest["float_model"]["path"]
+    if not (folder / rel).exists():
+        raise QuantshipError(f"'{folder}': the float model {rel} listed in {MANIFEST} is missing")
+    return Artifact(
+        backend="onnxruntime", format="onnx", root=folder, files=(rel,), precision="float"
+    )
+
+
+def runtime_info() -> dict[str, str]:
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": sys.version.split()[0],
+    }

@@ -1,0 +1,171 @@
+"""The per-backend steps of an export, and what it reports: artifact building, fidelity
+on held-out samples, the manifest and the closing table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from quantship.backends.base import Artifact, Backend, PlanOptions, SessionSettings
+from quantship.bench.fidelity import FidelityMeter
+from quantship.bench.report import fmt_mb, fmt_ms, fmt_num
+from quantship.bench.timing import LatencyStats
+from quantship.calibration.data import CalibrationData
+from quantship.calibration.methods import MethodSpec
+from quantship.calibration.runner import batches
+from quantship.calibration.table import CalibrationTable
+from quantship.exporter.load import FloatModel
+from quantship.exporter.manifest import FORMAT, artifact_entry, runtime_info, versions
+from quantship.exporter.output import sha256_file
+from quantship.exporter.qdq import write_qdq
+from quantship.ui import UI
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from quantship.api import _Split
+
+FIDELITY_BATCH = 8
+
+
+def build_artifact(
+    backend: Backend,
+    fm: FloatModel,
+    table: CalibrationTable,
+    options: PlanOptions,
+    stage: Path,
+    ui: UI,
+) -> tuple[Artifact, dict[str, Any]]:
+    plan = backend.plan(fm, table, options)
+    qdq = write_qdq(fm, plan)
+    art = backend.compile(qdq, stage, fm)
+    summary = plan.summary()
+    ui.note(
+        f"{backend.name}: {len(plan.quantized_nodes)} nodes in INT8, "
+        f"{len(plan.float_nodes)} quantizable nodes left in float"
+    )
+    kernels = art.metadata.get("integer_kernels")
+    if isinstance(kernels, dict):
+        parts = [
+            f"{op} {v['integer']}/{v['total']}"
+            for op, v in kernels.items()
+            if isinstance(v, dict) and "total" in v
+        ]
+        if parts:
+            ui.note(
+                f"{backend.name}: integer kernels after the runtime's fusion: " + ", ".join(parts)
+            )
+    return art, summary
+
+
+def measure_fidelity(
+    fm: FloatModel,
+    float_art: Artifact,
+    artifacts: Sequence[Artifact],
+    backends: Sequence[Backend],
+    split: _Split,
+    threads: int | None,
+    ui: UI,
+) -> dict[str, dict[str, Any] | None]:
+    """Run float and every artifact on the held-out samples, one batch at a time."""
+    from quantship.backends.onnxruntime import OrtSession
+
+    data: CalibrationData | None = split.held_data
+    if data is None:
+        return {}
+    settings = SessionSettings(threads=threads)
+    ref = OrtSession(float_art.path, settings)
+    sessions = {b.name: b.session(a, settings) for a, b in zip(artifacts, backends, strict=True)}
+    meters = {name: FidelityMeter(fm.outputs) for name in sessions}
+    fixed = [s.shape[0] for s in fm.inputs if s.shape and s.shape[0] is not None]
+    size = fixed[0] if fixed else FIDELITY_BATCH
+    total = None
+    if data.num_samples is not None and split.held_stop is not None:
+        total = max(0, min(split.held_stop, data.num_samples) - split.held_start)
+    with ui.progress("measuring fidelity", total) as advance:
+        for feed, n in batches(data.samples(split.held_start, split.held_stop), size):
+            if fixed and n != size:
+                break
+            expected = ref.run(feed)
+            for name, s in sessions.items():
+                meters[name].update(expected, s.run(feed))
+            advance(n)
+    return {
+        name: (m.result(split.note).to_json() if m.samples else None) for name, m in meters.items()
+    }
+
+
+def manifest_for(
+    fm: FloatModel,
+    table: CalibrationTable,
+    data: CalibrationData | None,
+    held_note: str,
+    method: MethodSpec,
+    options: PlanOptions,
+    float_art: Artifact,
+    artifacts: Sequence[Artifact],
+    figures: dict[str, dict[str, Any]],
+    latency: Sequence[LatencyStats],
+    failures: Sequence[str],
+    calib_cache: object,
+) -> dict[str, Any]:
+    float_latency = [s.to_json() for s in latency if s.label == "float"]
+    extra = tuple(sorted({a.backend for a in artifacts} - {"onnxruntime"}))
+    return {
+        "format": FORMAT,
+        "created_by": "quantship export",
+        "versions": versions(extra),
+        "machine": runtime_info(),
+        "input_model": {"source": fm.source, "sha256": fm.source_sha256, "notes": list(fm.notes)},
+        "float_model": {
+            "path": float_art.files[0],
+            "sha256": sha256_file(float_art.path),
+            "size_bytes": float_art.size_bytes(),
+            "inputs": [
+                {"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in fm.inputs
+            ],
+            "outputs": list(fm.outputs),
+            "latency": float_latency,
+        },
+        "calibration": {
+            "table": "calibration.json",
+            "data": data.description if data is not None else None,
+            "data_sha256": table.data_sha256,
+            "samples": table.samples,
+            "reused_cache": str(calib_cache) if calib_cache is not None else None,
+            **method.to_json(),
+        },
+        "fidelity_data": held_note,
+        "plan_options": options.to_json(),
+        "artifacts": [artifact_entry(a, figures.get(a.backend, {})) for a in artifacts],
+        "failures": list(failures),
+    }
+
+
+def export_table(ui: UI, out: Path, manifest: dict[str, Any]) -> None:
+    fl = manifest["float_model"]
+    f_lat = fl["latency"][0]["p50_ms"] if fl["latency"] else None
+    rows = [["float", fmt_mb(fl["size_bytes"]), "1.00", fmt_ms(f_lat), "1.00x", "1.0000", "-", "-"]]
+    for a in manifest["artifacts"]:
+        lat = a.get("latency") or []
+        p50 = lat[0]["p50_ms"] if lat else None
+        speed = f"{f_lat / p50:.2f}x" if f_lat and p50 else "-"
+        fid = a.get("fidelity") or {}
+        sq = fid.get("sqnr_db")
+        rows.append(
+            [
+                f"{a['backend']} int8",
+                fmt_mb(a["size_bytes"]),
+                f"{a['size_bytes'] / fl['size_bytes']:.2f}",
+                fmt_ms(p50),
+                speed,
+                fmt_num(fid.get("cosine")),
+                "-" if sq is None else f"{sq:.1f}",
+                fmt_num(fid.get("top1_agreement"), 3),
+            ]
+        )
+    ui.table(
+        f"quantship export → {out}   (fidelity on {manifest['fidelity_data']})",
+        ["model", "size MB", "size ratio", "p50 ms", "speedup", "cosine", "SQNR dB", "top-1 agree"],
+        rows,
+    )
