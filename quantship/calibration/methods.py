@@ -25,6 +25,8 @@ from quantship.calibration.qparams import QDType, QuantParams, params_from_range
 Method = Literal["minmax", "percentile", "entropy", "mse"]
 METHODS: tuple[Method, ...] = ("minmax", "percentile", "entropy", "mse")
 DEFAULT_PERCENTILE = 99.99
+ENTROPY_BINS = 2048
+ENTROPY_MIN_VALUES = 4 * ENTROPY_BINS
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,16 @@ def tensor_range(stats: TensorStats, spec: MethodSpec, *, symmetric: bool) -> tu
     if spec.method == "percentile":
         return _percentile_range(stats, hist, spec.percentile, symmetric)
     if spec.method == "entropy":
+        # Exact zeros are left out: zero is exact on every grid we build, so they carry no
+        # quantization error, and a ReLU output's spike of zeros would otherwise dominate
+        # the divergence and pull the threshold far in.
+        nonzero = stats.hist
+        if nonzero is None or nonzero.total < ENTROPY_MIN_VALUES:
+            # Too few values for a divergence over 2048 bins to mean anything (a pooled
+            # vector over a handful of samples): keep the observed range.
+            return lo, hi
         unsigned = lo >= 0 and not symmetric
-        t = entropy_threshold(hist.abs_counts(), hist.width, levels=256 if unsigned else 128)
+        t = entropy_threshold(nonzero.abs_counts(), nonzero.width, levels=256 if unsigned else 128)
         return max(lo, -t), min(hi, t)
     return _mse_range(stats, hist, symmetric)
 
@@ -111,6 +121,11 @@ def entropy_threshold(abs_counts: npt.NDArray[np.int64], width: float, levels: i
     mass are smoothed with a small epsilon so a single outlier cannot make KL infinite.
     """
     counts = np.trim_zeros(np.asarray(abs_counts, dtype=np.float64), "b")
+    while counts.size > ENTROPY_BINS:  # TensorRT's resolution: 2048 bins up to max|x|
+        if counts.size % 2:
+            counts = np.append(counts, 0.0)
+        counts = counts[0::2] + counts[1::2]
+        width *= 2
     n = counts.size
     if n <= levels:
         return n * width  # fewer bins than levels: every value is already exact enough

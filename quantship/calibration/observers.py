@@ -119,8 +119,9 @@ class TensorStats:
     count: int
     min: float
     max: float
-    hist: Histogram | None = None
-    zeros: int = 0  # values exactly 0 seen while no bin width was known yet
+    hist: Histogram | None = None  # of the values that are not exactly 0
+    zeros: int = 0  # how many values were exactly 0 (ReLU outputs: often half)
+    binned: bool = True  # False: only min/max were collected (method minmax)
 
     def __post_init__(self) -> None:
         if self.count < 0:
@@ -135,7 +136,10 @@ class TensorStats:
         return max(abs(self.min), abs(self.max))
 
     def histogram(self) -> Histogram | None:
-        """The histogram with any zeros seen before it had a width folded into bin 0."""
+        """The histogram of all values: exact zeros folded into bin 0. None when no
+        histogram was collected."""
+        if not self.binned:
+            return None
         if self.hist is None:
             if self.zeros:
                 return Histogram(0, 0, np.asarray([self.zeros], dtype=np.int64))
@@ -157,9 +161,6 @@ class TensorStats:
             hist = self.hist.merge(other.hist)
         else:
             hist = self.hist or other.hist
-        if hist is not None and zeros:
-            hist = hist.merge(Histogram(hist.exp, 0, np.asarray([zeros], np.int64)))
-            zeros = 0
         return TensorStats(
             self.name,
             self.count + other.count,
@@ -167,6 +168,7 @@ class TensorStats:
             max(self.max, other.max),
             hist,
             zeros,
+            self.binned and other.binned,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -175,13 +177,21 @@ class TensorStats:
             d["hist"] = self.hist.to_json()
         if self.zeros:
             d["zeros"] = self.zeros
+        if not self.binned:
+            d["binned"] = False
         return d
 
     @classmethod
     def from_json(cls, name: str, d: dict[str, Any]) -> TensorStats:
         hist = Histogram.from_json(d["hist"]) if "hist" in d else None
         return cls(
-            name, int(d["count"]), float(d["min"]), float(d["max"]), hist, int(d.get("zeros", 0))
+            name,
+            int(d["count"]),
+            float(d["min"]),
+            float(d["max"]),
+            hist,
+            int(d.get("zeros", 0)),
+            bool(d.get("binned", True)),
         )
 
 
@@ -211,21 +221,14 @@ class Observer:
         self._count += flat.size
         self._min = min(self._min, mn)
         self._max = max(self._max, mx)
-        if not self.histogram:
-            return
+        zeros = flat.size - int(np.count_nonzero(flat))
+        self._zeros += zeros
         amax = max(-mn, mx)
-        if amax == 0.0:
-            if self._exp is None:
-                self._zeros += flat.size
-            else:
-                self._add_counts(np.asarray([flat.size], np.int64), 0)
+        if not self.histogram or amax == 0.0:
             return
         exp = _exponent_for(amax)
         if self._exp is None:
             self._exp = exp
-            if self._zeros:
-                self._add_counts(np.asarray([self._zeros], np.int64), 0)
-                self._zeros = 0
         elif exp > self._exp:
             self._rebin(exp)
         assert self._exp is not None
@@ -233,8 +236,10 @@ class Observer:
         # bin in every batch and every process.
         idx = np.floor(flat * np.float32(2.0 ** (-self._exp))).astype(np.int64)
         lo = int(idx.min())
-        counts = np.bincount(idx - lo)
-        self._add_counts(counts.astype(np.int64), lo)
+        counts = np.bincount(idx - lo).astype(np.int64)
+        if zeros:
+            counts[-lo] -= zeros  # exact zeros are counted apart, not in bin 0
+        self._add_counts(counts, lo)
 
     def _rebin(self, exp: int) -> None:
         assert self._exp is not None
@@ -255,8 +260,12 @@ class Observer:
 
     def stats(self) -> TensorStats:
         if self._count == 0:
-            return TensorStats(self.name, 0, 0.0, 0.0, None, 0)
+            return TensorStats(self.name, 0, 0.0, 0.0, None, 0, self.histogram)
         hist = None
         if self.histogram and self._exp is not None:
             hist = Histogram(self._exp, self._lo, self._counts.copy()).retrim()
-        return TensorStats(self.name, self._count, self._min, self._max, hist, self._zeros)
+            if hist.counts.size == 0:
+                hist = None
+        return TensorStats(
+            self.name, self._count, self._min, self._max, hist, self._zeros, self.histogram
+        )

@@ -64,7 +64,11 @@ class QuantParams:
         scale = np.asarray(self.scale, dtype=np.float32)
         if self.dtype not in _QRANGE:
             raise ValueError(f"dtype must be one of {sorted(_QRANGE)}, got {self.dtype!r}")
-        zp = np.asarray(self.zero_point).astype(_NP_DTYPE[self.dtype])
+        lo, hi = _QRANGE[self.dtype]
+        zpi = np.asarray(self.zero_point)
+        if zpi.size and (np.any(zpi < lo) or np.any(zpi > hi)):
+            raise ValueError(f"zero_point outside [{lo}, {hi}] for {self.dtype}")
+        zp = zpi.astype(_NP_DTYPE[self.dtype])
         object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "zero_point", zp)
         if self.axis is None and scale.ndim != 0:
@@ -75,11 +79,7 @@ class QuantParams:
             raise ValueError(f"zero_point shape {zp.shape} differs from scale shape {scale.shape}")
         if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
             raise ValueError(f"scales must be finite and positive, got {scale!r}")
-        lo, hi = _QRANGE[self.dtype]
-        zpi = np.asarray(self.zero_point, dtype=np.int64)
-        if np.any(zpi < lo) or np.any(zpi > hi):
-            raise ValueError(f"zero_point outside [{lo}, {hi}] for {self.dtype}")
-        if self.symmetric and np.any(zpi != 0):
+        if self.symmetric and np.any(zp != 0):
             raise ValueError("symmetric params must have zero_point 0")
 
     def __eq__(self, other: object) -> bool:
@@ -163,7 +163,9 @@ def params_from_range(
         raise ValueError(f"activations quantize to int8 or uint8, not {dtype}")
     span = hi - lo
     scale = _safe_scale(np.float64(span / 255.0 if span > 0 else 1.0))
-    zp = float(np.clip(np.round(-lo / float(scale)), 0, 255))  # numpy rounds half to even
+    # Z from the exact ratio, not from the float32-rounded S: the same range gives the
+    # same Z on every machine, and a tie (−min/S = k + ½) rounds to even as ONNX does.
+    zp = float(np.clip(np.round(255.0 * -lo / span), 0, 255)) if span > 0 else 0.0
     if dtype == "int8":
         zp -= 128
     return QuantParams(scale, np.asarray(zp), dtype, None, symmetric=False)

@@ -1,0 +1,168 @@
+"""The ONNX Runtime plan: where QDQ goes, what is stored as integers, and that ORT
+actually fuses it into integer kernels."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from models import images, run_ort, save, tiny_cnn, wide_mlp
+from onnx import numpy_helper
+
+from quantship.backends.base import PlanOptions
+from quantship.backends.onnxruntime import OnnxRuntimeBackend, fused_kernels
+from quantship.calibration.data import open_data
+from quantship.calibration.methods import MethodSpec
+from quantship.calibration.runner import calibrate
+from quantship.exporter.load import FloatModel, load_model
+from quantship.exporter.qdq import write_qdq
+
+
+def _prepare(
+    tmp_path: Path, model: onnx.ModelProto, shape: tuple[int, ...], data: np.ndarray
+) -> tuple[FloatModel, object]:
+    path = save(model, tmp_path / "m.onnx")
+    name = model.graph.input[0].name
+    fm = load_model(path, data_shapes={name: shape})
+    np.savez(tmp_path / "d.npz", **{name: data})  # type: ignore[arg-type]
+    table = calibrate(fm, open_data(tmp_path / "d.npz", fm.inputs))
+    return fm, table
+
+
+@pytest.fixture
+def cnn_qdq(tmp_path: Path) -> tuple[FloatModel, onnx.ModelProto, Path]:
+    fm, table = _prepare(tmp_path, tiny_cnn(), (1, 3, 16, 16), images(32))
+    plan = OnnxRuntimeBackend().plan(fm, table, PlanOptions())  # type: ignore[arg-type]
+    qdq = write_qdq(fm, plan)
+    path = tmp_path / "q.onnx"
+    onnx.save_model(qdq, str(path))
+    return fm, qdq, path
+
+
+def _inits(m: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+
+
+def _producer(m: onnx.ModelProto, tensor: str) -> onnx.NodeProto | None:
+    return next((n for n in m.graph.node if tensor in n.output), None)
+
+
+def test_every_compute_op_becomes_an_integer_kernel(
+    cnn_qdq: tuple[FloatModel, onnx.ModelProto, Path],
+) -> None:
+    _, _, path = cnn_qdq
+    report = fused_kernels(path)
+    assert report["Conv"] == {"total": 3, "integer": 3}
+    assert report["Gemm"] == {"total": 1, "integer": 1}
+    assert report["Add"] == {"total": 1, "integer": 1}
+    assert report["remaining_float_ops"] == {}
+
+
+def test_weights_are_int8_per_channel_and_biases_int32(
+    cnn_qdq: tuple[FloatModel, onnx.ModelProto, Path],
+) -> None:
+    _, qdq, _ = cnn_qdq
+    inits = _inits(qdq)
+    convs = [n for n in qdq.graph.node if n.op_type == "Conv"]
+    for conv in convs:
+        w_dq = _producer(qdq, conv.input[1])
+        b_dq = _producer(qdq, conv.input[2])
+        assert w_dq is not None and w_dq.op_type == "DequantizeLinear"
+        assert b_dq is not None and b_dq.op_type == "DequantizeLinear"
+        w_q, w_s, w_z = (inits[i] for i in w_dq.input)
+        assert w_q.dtype == np.int8 and w_z.dtype == np.int8 and not w_z.any()
+        assert w_s.shape == (w_q.shape[0],)  # one scale per output channel
+        assert {a.name: a.i for a in w_dq.attribute} == {"axis": 0}
+        assert np.abs(w_q).max() == 127  # symmetric, full range
+        b_q, b_s, _ = (inits[i] for i in b_dq.input)
+        assert b_q.dtype == np.int32
+        x_dq = _producer(qdq, conv.input[0])
+        assert x_dq is not None and x_dq.op_type == "DequantizeLinear"
+        x_s = inits[x_dq.input[1]]
+        np.testing.assert_allclose(b_s, x_s * w_s, rtol=1e-6)
+    assert not any(
+        t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 4 for t in qdq.graph.initializer
+    )
+
+
+def test_q_goes_after_relu_with_zero_point_zero(
+    cnn_qdq: tuple[FloatModel, onnx.ModelProto, Path],
+) -> None:
+    _, qdq, _ = cnn_qdq
+    inits = _inits(qdq)
+    relu_out = {n.output[0] for n in qdq.graph.node if n.op_type == "Relu"}
+    q_nodes = [n for n in qdq.graph.node if n.op_type == "QuantizeLinear"]
+    q_inputs = {n.input[0] for n in q_nodes}
+    assert relu_out <= q_inputs
+    for q in q_nodes:
+        zp = inits[q.input[2]]
+        assert zp.dtype == np.uint8
+        if q.input[0] in relu_out:
+            assert int(zp) == 0
+    # the Conv outputs that feed a Relu are not quantized themselves
+    conv_out = {n.output[0] for n in qdq.graph.node if n.op_type == "Conv"}
+    relu_in = {n.input[0] for n in qdq.graph.node if n.op_type == "Relu"}
+    assert not (conv_out & relu_in & q_inputs)
+
+
+def test_maxpool_shares_its_input_params(cnn_qdq: tuple[FloatModel, onnx.ModelProto, Path]) -> None:
+    _, qdq, _ = cnn_qdq
+    inits = _inits(qdq)
+    pool = next(n for n in qdq.graph.node if n.op_type == "MaxPool")
+    dq_in = _producer(qdq, pool.input[0])
+    q_out = next(
+        n for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == pool.output[0]
+    )
+    assert dq_in is not None
+    assert inits[dq_in.input[1]] == inits[q_out.input[1]]
+    assert inits[dq_in.input[2]] == inits[q_out.input[2]]
+
+
+def test_logits_stay_float_and_close(cnn_qdq: tuple[FloatModel, onnx.ModelProto, Path]) -> None:
+    fm, qdq, _ = cnn_qdq
+    assert _producer(qdq, "logits").op_type == "Gemm"  # type: ignore[union-attr]
+    x = {"images": images(16, seed=7)}
+    ref, got = run_ort(fm.proto, x)[0], run_ort(qdq, x)[0]
+    cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert cos.min() > 0.99
+    assert (ref.argmax(1) == got.argmax(1)).mean() >= 0.8
+
+
+def test_keep_float_is_honoured(tmp_path: Path) -> None:
+    fm, table = _prepare(tmp_path, tiny_cnn(), (1, 3, 16, 16), images(16))
+    plan = OnnxRuntimeBackend().plan(fm, table, PlanOptions(float_nodes=frozenset({"conv2"})))  # type: ignore[arg-type]
+    assert "conv2" not in plan.quantized_nodes
+    assert any(f.node == "conv2" and "as asked" in f.reason for f in plan.float_nodes)
+    qdq = write_qdq(fm, plan)
+    conv2 = next(n for n in qdq.graph.node if n.name == "conv2")
+    assert conv2.input[1] in {t.name for t in qdq.graph.initializer}  # float weight kept
+
+
+def test_int8_file_is_about_a_quarter(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    fm, table = _prepare(
+        tmp_path, wide_mlp(hidden=1024), (1, 256), rng.standard_normal((32, 256)).astype(np.float32)
+    )
+    plan = OnnxRuntimeBackend().plan(fm, table, PlanOptions())  # type: ignore[arg-type]
+    qdq = write_qdq(fm, plan)
+    ratio = qdq.ByteSize() / fm.proto.ByteSize()
+    assert ratio < 0.27
+    x = {"x": rng.standard_normal((8, 256)).astype(np.float32)}
+    ref, got = run_ort(fm.proto, x)[0], run_ort(qdq, x)[0]
+    assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max()
+    kinds = Counter(n.op_type for n in qdq.graph.node)
+    assert kinds["DequantizeLinear"] >= 3
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse"])
+def test_every_method_gives_a_valid_close_model(tmp_path: Path, method: str) -> None:
+    fm, table = _prepare(tmp_path, tiny_cnn(), (1, 3, 16, 16), images(16))
+    opts = PlanOptions(method=MethodSpec(method))  # type: ignore[arg-type]
+    qdq = write_qdq(fm, OnnxRuntimeBackend().plan(fm, table, opts))  # type: ignore[arg-type]
+    onnx.checker.check_model(qdq, full_check=True)
+    x = {"images": images(8, seed=3)}
+    ref, got = run_ort(fm.proto, x)[0], run_ort(qdq, x)[0]
+    assert float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.98

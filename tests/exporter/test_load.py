@@ -1,0 +1,98 @@
+"""Loading: opset upgrade, BN folding, shape fixing, and errors for bad files."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from models import images, run_ort, save, tiny_cnn
+
+from quantship.errors import DataError, ModelError
+from quantship.exporter.load import load_model
+
+
+def _ops(m: onnx.ModelProto) -> Counter[str]:
+    return Counter(n.op_type for n in m.graph.node)
+
+
+def test_batchnorm_is_folded_and_outputs_unchanged(tmp_path: Path) -> None:
+    path = save(tiny_cnn(), tmp_path / "m.onnx")
+    fm = load_model(path, data_shapes={"images": (1, 3, 16, 16)})
+    assert _ops(fm.proto)["BatchNormalization"] == 0
+    assert _ops(fm.proto)["Conv"] == 3
+    assert any("folded 3 BatchNormalization" in n for n in fm.notes)
+    x = {"images": images(4)}
+    np.testing.assert_allclose(run_ort(fm.proto, x)[0], run_ort(path, x)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_old_opset_is_upgraded_to_13(tmp_path: Path) -> None:
+    path = save(tiny_cnn(opset=11, batchnorm=False), tmp_path / "m11.onnx")
+    fm = load_model(path, data_shapes={"images": (1, 3, 16, 16)})
+    assert next(o.version for o in fm.proto.opset_import if o.domain == "") == 13
+    assert any("upgraded opset 11 -> 13" in n for n in fm.notes)
+    x = {"images": images(2)}
+    np.testing.assert_allclose(run_ort(fm.proto, x)[0], run_ort(path, x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_dynamic_dims_fixed_from_data_batch_stays_dynamic(tmp_path: Path) -> None:
+    path = save(tiny_cnn(size="S"), tmp_path / "m.onnx")
+    fm = load_model(path, data_shapes={"images": (1, 3, 16, 16)})
+    assert fm.inputs[0].shape == (None, 3, 16, 16)
+    assert fm.dynamic_batch
+    with pytest.raises(ModelError, match="--input-shape images=1x3x<n>x<n>"):
+        load_model(path)
+
+
+def test_input_shape_option(tmp_path: Path) -> None:
+    path = save(tiny_cnn(size="S"), tmp_path / "m.onnx")
+    fm = load_model(path, input_shapes={"images": (2, 3, 32, 32)})
+    assert fm.inputs[0].shape == (2, 3, 32, 32)
+    with pytest.raises(ModelError, match="conflicts with the model's fixed dimension 1 = 3"):
+        load_model(path, input_shapes={"images": (1, 4, 32, 32)})
+    with pytest.raises(ModelError, match="model's inputs are: images"):
+        load_model(path, input_shapes={"image": (1, 3, 32, 32)})
+
+
+def test_data_shape_mismatch(tmp_path: Path) -> None:
+    path = save(tiny_cnn(), tmp_path / "m.onnx")
+    with pytest.raises(DataError, match=r"shape 3x20x20 per sample; the model expects 3x16x16"):
+        load_model(path, data_shapes={"images": (1, 3, 20, 20)})
+
+
+def test_missing_and_corrupt_files(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not found"):
+        load_model(tmp_path / "nope.onnx")
+    (tmp_path / "bad.onnx").write_bytes(b"\x00\x01garbage" * 10)
+    with pytest.raises(ModelError, match=r"not a readable ONNX model|holds no graph nodes"):
+        load_model(tmp_path / "bad.onnx")
+    with pytest.raises(ModelError, match="is a folder"):
+        load_model(tmp_path)
+
+
+def test_external_data_is_loaded(tmp_path: Path) -> None:
+    m = tiny_cnn(batchnorm=False)
+    onnx.save_model(
+        m,
+        str(tmp_path / "ext.onnx"),
+        save_as_external_data=True,
+        location="ext.data",
+        size_threshold=0,
+    )
+    assert (tmp_path / "ext.data").exists()
+    fm = load_model(tmp_path / "ext.onnx", data_shapes={"images": (1, 3, 16, 16)})
+    x = {"images": images(1)}
+    np.testing.assert_allclose(
+        run_ort(fm.proto, x)[0], run_ort(tmp_path / "ext.onnx", x)[0], rtol=1e-6
+    )
+
+
+def test_initializers_listed_as_inputs(tmp_path: Path) -> None:
+    m = tiny_cnn(batchnorm=False)
+    w = m.graph.initializer[0]
+    m.graph.input.append(onnx.helper.make_tensor_value_info(w.name, w.data_type, list(w.dims)))
+    path = save(m, tmp_path / "legacy.onnx")
+    fm = load_model(path, data_shapes={"images": (1, 3, 16, 16)})
+    assert [i.name for i in fm.inputs] == ["images"]

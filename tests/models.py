@@ -1,0 +1,150 @@
+"""Tiny ONNX models built in code for the tests, with seeded random weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _init(name: str, arr: npt.NDArray[Any]) -> TensorProto:
+    return numpy_helper.from_array(np.ascontiguousarray(arr), name)
+
+
+def tiny_cnn(
+    *,
+    opset: int = 17,
+    batch: int | str = "N",
+    size: int | str = 16,
+    channels: int = 8,
+    classes: int = 10,
+    batchnorm: bool = True,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """Conv-BN-Relu → MaxPool → Conv-BN → Add(residual) → Relu → GlobalAveragePool →
+    Flatten → Gemm: the structures the ORT plan must fuse (residual Add, pooling,
+    a classifier head). ``size`` may be a string for a dynamic height/width."""
+    rng = np.random.default_rng(seed)
+    c = channels
+    inits: list[TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+
+    def conv(name: str, x: str, cin: int, cout: int, out: str, bn: bool) -> None:
+        w = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))).astype(np.float32)
+        inits.append(_init(f"{name}.w", w))
+        if bn:
+            nodes.append(
+                helper.make_node(
+                    "Conv", [x, f"{name}.w"], [f"{name}.y"], name=name, pads=[1, 1, 1, 1]
+                )
+            )
+            inits.extend(
+                [
+                    _init(f"{name}.gamma", rng.uniform(0.5, 1.5, cout).astype(np.float32)),
+                    _init(f"{name}.beta", rng.uniform(-0.2, 0.2, cout).astype(np.float32)),
+                    _init(f"{name}.mean", rng.uniform(-0.1, 0.1, cout).astype(np.float32)),
+                    _init(f"{name}.var", rng.uniform(0.5, 1.5, cout).astype(np.float32)),
+                ]
+            )
+            nodes.append(
+                helper.make_node(
+                    "BatchNormalization",
+                    [f"{name}.y", f"{name}.gamma", f"{name}.beta", f"{name}.mean", f"{name}.var"],
+                    [out],
+                    name=f"{name}.bn",
+                    epsilon=1e-5,
+                )
+            )
+        else:
+            b = rng.uniform(-0.1, 0.1, cout).astype(np.float32)
+            inits.append(_init(f"{name}.b", b))
+            nodes.append(
+                helper.make_node(
+                    "Conv", [x, f"{name}.w", f"{name}.b"], [out], name=name, pads=[1, 1, 1, 1]
+                )
+            )
+
+    conv("conv1", "images", 3, c, "c1", batchnorm)
+    nodes.append(helper.make_node("Relu", ["c1"], ["r1"], name="relu1"))
+    nodes.append(
+        helper.make_node(
+            "MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]
+        )
+    )
+    conv("conv2", "p1", c, c, "c2", batchnorm)
+    nodes.append(helper.make_node("Relu", ["c2"], ["r2"], name="relu2"))
+    conv("conv3", "r2", c, c, "c3", batchnorm)
+    nodes.append(helper.make_node("Add", ["c3", "p1"], ["s"], name="add"))
+    nodes.append(helper.make_node("Relu", ["s"], ["r3"], name="relu3"))
+    nodes.append(helper.make_node("GlobalAveragePool", ["r3"], ["g"], name="gap"))
+    nodes.append(helper.make_node("Flatten", ["g"], ["f"], name="flatten", axis=1))
+    fc_w = (rng.standard_normal((classes, c)) * 0.5).astype(np.float32)
+    inits += [
+        _init("fc.w", fc_w),
+        _init("fc.b", rng.uniform(-0.1, 0.1, classes).astype(np.float32)),
+    ]
+    nodes.append(helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["logits"], name="fc", transB=1))
+    graph = helper.make_graph(
+        nodes,
+        "tiny_cnn",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, classes])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8 if opset >= 15 else 7
+    onnx.checker.check_model(model)
+    return model
+
+
+def wide_mlp(seed: int = 0, hidden: int = 256) -> onnx.ModelProto:
+    """Input → MatMul → Add → Relu → MatMul: weights dominate the file size."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((256, hidden)) * 0.05).astype(np.float32)
+    b1 = rng.standard_normal(hidden).astype(np.float32) * 0.1
+    w2 = (rng.standard_normal((hidden, 10)) * 0.1).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+        helper.make_node("Add", ["h", "b1"], ["hb"], name="bias1"),
+        helper.make_node("Relu", ["hb"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "wide_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        [_init("w1", w1), _init("b1", b1), _init("w2", w2)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(path))
+    return path
+
+
+def images(n: int, size: int = 16, seed: int = 1) -> npt.NDArray[np.float32]:
+    """Image-like calibration data: smooth positive fields plus noise."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0, 1, (n, 3, 1, 1)).astype(np.float32)
+    return (base + 0.3 * rng.standard_normal((n, 3, size, size))).astype(np.float32)
+
+
+def run_ort(
+    model: onnx.ModelProto | Path, feeds: dict[str, npt.NDArray[Any]]
+) -> list[npt.NDArray[Any]]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    src = str(model) if isinstance(model, Path) else model.SerializeToString()
+    s = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    return [np.asarray(o) for o in s.run(None, feeds)]

@@ -1,0 +1,293 @@
+"""The command line: results for good input, one clear line and exit 2 for bad input,
+and nothing lost either way."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from models import images
+
+from quantship.cli import main
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "quantship", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def _one_line_error(p: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr
+    lines = [x for x in p.stderr.splitlines() if x.startswith("quantship: error:")]
+    assert len(lines) == 1, p.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_export_then_bench(tmp_path: Path, cnn_path: Path, calib_npz: Path) -> None:
+    out = tmp_path / "build"
+    p = _run(
+        "export",
+        str(cnn_path),
+        "--calib",
+        str(calib_npz),
+        "--out",
+        str(out),
+        "--samples",
+        "24",
+        "--threads",
+        "1",
+    )
+    assert p.returncode == 0, p.stderr
+    assert "onnxruntime int8" in p.stdout and "cosine" in p.stdout
+    for f in (
+        "manifest.json",
+        "calibration.json",
+        "onnxruntime/model.int8.onnx",
+        "float/model.onnx",
+    ):
+        assert (out / f).is_file(), f
+    m = json.loads((out / "manifest.json").read_text())
+    (art,) = m["artifacts"]
+    assert art["path"] == "onnxruntime/model.int8.onnx"
+    assert art["latency"][0]["p50_ms"] > 0
+    assert m["calibration"]["samples"] == 24 and m["calibration"]["method"] == "percentile"
+    assert m["input_model"]["sha256"] and m["versions"]["onnxruntime"]
+
+    js = tmp_path / "bench.json"
+    plot = tmp_path / "bench.png"
+    p = _run(
+        "bench",
+        str(out),
+        "--batch",
+        "1,4",
+        "--threads",
+        "1",
+        "--iterations",
+        "5",
+        "--json",
+        str(js),
+        "--plot",
+        str(plot),
+    )
+    assert p.returncode == 0, p.stderr
+    res = json.loads(js.read_text())["results"]
+    assert {(r["label"], r["batch"]) for r in res} == {
+        ("float", 1),
+        ("float", 4),
+        ("onnxruntime int8", 1),
+        ("onnxruntime int8", 4),
+    }
+    assert all(r["iterations"] == 5 and r["p50_ms"] > 0 for r in res)
+    assert plot.stat().st_size > 1000
+
+
+def test_bench_a_model_file(tmp_path: Path, cnn_path: Path) -> None:
+    js = tmp_path / "b.json"
+    p = _run(
+        "bench",
+        str(cnn_path),
+        "--backend",
+        "onnxruntime",
+        "--batch",
+        "1,2",
+        "--threads",
+        "1",
+        "--iterations",
+        "3",
+        "--json",
+        str(js),
+    )
+    assert p.returncode == 0, p.stderr
+    assert len(json.loads(js.read_text())["results"]) == 2
+
+
+def test_calib_cache_reuse(tmp_path: Path, cnn_path: Path, calib_npz: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert (
+        main(
+            [
+                "export",
+                str(cnn_path),
+                "--calib",
+                str(calib_npz),
+                "--out",
+                str(a),
+                "--no-bench",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "export",
+                str(cnn_path),
+                "--calib-cache",
+                str(a / "calibration.json"),
+                "--held-out",
+                str(calib_npz),
+                "--out",
+                str(b),
+                "--no-bench",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    assert (a / "onnxruntime/model.int8.onnx").read_bytes() == (
+        b / "onnxruntime/model.int8.onnx"
+    ).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["export", "{tmp}/missing.onnx", "--calib", "{calib}", "--out", "{tmp}/o"], ["not found"]),
+        (
+            [
+                "export",
+                "{model}",
+                "--calib",
+                "{calib}",
+                "--out",
+                "{tmp}/o",
+                "--backend",
+                "tensorrtx",
+            ],
+            ["unknown backend 'tensorrtx'", "available: onnxruntime"],
+        ),
+        (["export", "{model}", "--calib", "{tmp}/nope.npz", "--out", "{tmp}/o"], ["not found"]),
+        (
+            ["export", "{model}", "--calib", "{bad_calib}", "--out", "{tmp}/o"],
+            ["shape (3, 8, 8) per sample", "expects", "(3, 16, 16)"],
+        ),
+        (
+            ["export", "{corrupt}", "--calib", "{calib}", "--out", "{tmp}/o"],
+            ["not a readable ONNX model"],
+        ),
+        (["export", "{model}", "--out", "{tmp}/o"], ["--calib"]),
+        (["bench", "{tmp}"], ["holds no manifest.json"]),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, cnn_path: Path, calib_npz: Path, args: list[str], fragments: list[str]
+) -> None:
+    np.savez(tmp_path / "bad.npz", images=np.zeros((4, 3, 8, 8), np.float32))
+    (tmp_path / "corrupt.onnx").write_bytes(b"garbage" * 20)
+    subs = {
+        "{tmp}": str(tmp_path),
+        "{calib}": str(calib_npz),
+        "{model}": str(cnn_path),
+        "{bad_calib}": str(tmp_path / "bad.npz"),
+        "{corrupt}": str(tmp_path / "corrupt.onnx"),
+    }
+    argv = []
+    for a in args:
+        for k, v in subs.items():
+            a = a.replace(k, v)
+        argv.append(a)
+    p = _run(*argv)
+    _one_line_error(p, *fragments)
+    assert not (tmp_path / "o").exists()
+
+
+def test_failed_export_leaves_the_earlier_result_intact(
+    tmp_path: Path, cnn_path: Path, calib_npz: Path
+) -> None:
+    out = tmp_path / "build"
+    assert (
+        main(
+            [
+                "export",
+                str(cnn_path),
+                "--calib",
+                str(calib_npz),
+                "--out",
+                str(out),
+                "--no-bench",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    x = images(8)
+    x[5, 0, 0, 0] = np.inf
+    np.savez(tmp_path / "inf.npz", images=x)
+    p = _run(
+        "export",
+        str(cnn_path),
+        "--calib",
+        str(tmp_path / "inf.npz"),
+        "--out",
+        str(out),
+        "--no-bench",
+    )
+    _one_line_error(p, "sample 5", "contains Inf")
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert not [p for p in tmp_path.iterdir() if "staging" in p.name]
+
+
+def test_refuses_to_replace_a_folder_it_did_not_make(
+    tmp_path: Path, cnn_path: Path, calib_npz: Path
+) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    p = _run("export", str(cnn_path), "--calib", str(calib_npz), "--out", str(out))
+    _one_line_error(p, "not a quantship output")
+    assert (out / "notes.txt").read_text() == "precious"
+
+
+def test_missing_backend_runtime_reports_and_others_complete(
+    tmp_path: Path, cnn_path: Path, calib_npz: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quantship.backends.onnxruntime import OnnxRuntimeBackend
+
+    class Unavailable(OnnxRuntimeBackend):
+        name = "fakert"
+        extra = "fakert"
+
+        def available(self) -> str | None:
+            return "FakeRT is not installed"
+
+    from quantship.backends import registry
+
+    real_get = registry.get
+    monkeypatch.setattr(registry, "get", lambda n: Unavailable() if n == "fakert" else real_get(n))
+    out = tmp_path / "o"
+    code = main(
+        [
+            "export",
+            str(cnn_path),
+            "--calib",
+            str(calib_npz),
+            "--out",
+            str(out),
+            "--backend",
+            "onnxruntime,fakert",
+            "--no-bench",
+            "-q",
+        ]
+    )
+    assert code == 2
+    m = json.loads((out / "manifest.json").read_text())
+    assert [a["backend"] for a in m["artifacts"]] == ["onnxruntime"]
+    assert "FakeRT is not installed" in m["failures"][0]
+    assert "quantship[fakert]" in m["failures"][0]
+
+
+def test_help_and_version() -> None:
+    p = _run("--help")
+    assert p.returncode == 0 and "export" in p.stdout and "bench" in p.stdout
+    p = _run("--version")
+    assert p.returncode == 0 and p.stdout.startswith("quantship ")
