@@ -10,7 +10,7 @@ have the per-channel scale of a trained network rather than of random initialisa
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -18,7 +18,14 @@ import torch
 from torch import nn
 
 
-def _cbr(cin: int, cout: int, k: int, s: int, act: Callable[[], nn.Module] | None = nn.ReLU, groups: int = 1) -> nn.Sequential:
+def _cbr(
+    cin: int,
+    cout: int,
+    k: int,
+    s: int,
+    act: Callable[[], nn.Module] | None = nn.ReLU,
+    groups: int = 1,
+) -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False),
         nn.BatchNorm2d(cout),
@@ -32,7 +39,9 @@ class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.body = nn.Sequential(_cbr(cin, cout, 3, stride), _cbr(cout, cout, 3, 1, act=None))
-        self.short = _cbr(cin, cout, 1, stride, act=None) if stride != 1 or cin != cout else nn.Identity()
+        self.short = (
+            _cbr(cin, cout, 1, stride, act=None) if stride != 1 or cin != cout else nn.Identity()
+        )
         self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +56,16 @@ class ResNet18Like(nn.Module):
         self.stem = nn.Sequential(_cbr(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1))
         blocks: list[nn.Module] = []
         cin = 64
-        for cout, stride in [(64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1)]:
+        for cout, stride in [
+            (64, 1),
+            (64, 1),
+            (128, 2),
+            (128, 1),
+            (256, 2),
+            (256, 1),
+            (512, 2),
+            (512, 1),
+        ]:
             blocks.append(BasicBlock(cin, cout, stride))
             cin = cout
         self.stages = nn.Sequential(*blocks)
@@ -65,7 +83,10 @@ class InvertedResidual(nn.Module):
         layers: list[nn.Module] = []
         if expand != 1:
             layers.append(_cbr(cin, hidden, 1, 1, act=nn.ReLU6))
-        layers += [_cbr(hidden, hidden, 3, stride, act=nn.ReLU6, groups=hidden), _cbr(hidden, cout, 1, 1, act=None)]
+        layers += [
+            _cbr(hidden, hidden, 3, stride, act=nn.ReLU6, groups=hidden),
+            _cbr(hidden, cout, 1, 1, act=None),
+        ]
         self.body = nn.Sequential(*layers)
         self.residual = stride == 1 and cin == cout
 
@@ -77,7 +98,15 @@ class InvertedResidual(nn.Module):
 class MobileNetV2Like(nn.Module):
     """MobileNetV2 (width 1.0): inverted residuals with depthwise convolutions, ReLU6."""
 
-    CONFIG = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    CONFIG: ClassVar[list[tuple[int, int, int, int]]] = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]
 
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
@@ -104,7 +133,8 @@ class C2f(nn.Module):
         h = cout // 2
         self.cv1 = _cbr(cin, 2 * h, 1, 1, act=nn.SiLU)
         self.blocks = nn.ModuleList(
-            nn.Sequential(_cbr(h, h, 3, 1, act=nn.SiLU), _cbr(h, h, 3, 1, act=nn.SiLU)) for _ in range(n)
+            nn.Sequential(_cbr(h, h, 3, 1, act=nn.SiLU), _cbr(h, h, 3, 1, act=nn.SiLU))
+            for _ in range(n)
         )
         self.cv2 = _cbr((2 + n) * h, cout, 1, 1, act=nn.SiLU)
 
@@ -158,7 +188,9 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], int]] = {
 }
 
 
-def calibrate_batchnorm(net: nn.Module, images: npt.NDArray[np.float32], batch: int = 16) -> nn.Module:
+def calibrate_batchnorm(
+    net: nn.Module, images: npt.NDArray[np.float32], batch: int = 16
+) -> nn.Module:
     """Set every BatchNorm's running statistics to the mean/variance its input has on
     ``images`` (a cumulative average over all batches): the activation scale of a
     trained network, without training."""
@@ -185,8 +217,23 @@ def build(name: str, images: npt.NDArray[np.float32] | None = None, seed: int = 
 
 
 SAMPLE_IMAGES = (
-    "astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
-    "colorwheel", "cat", "coins", "camera", "moon", "brick", "grass", "gravel", "page", "text",
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "colorwheel",
+    "cat",
+    "coins",
+    "camera",
+    "moon",
+    "brick",
+    "grass",
+    "gravel",
+    "page",
+    "text",
 )
 IMAGENET_MEAN = np.asarray([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32)

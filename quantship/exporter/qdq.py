@@ -4,23 +4,31 @@ Activations get QuantizeLinear → DequantizeLinear pairs; weights and biases ar
 as int8/int32 initializers behind a DequantizeLinear (so the file holds a quarter of
 the float weight bytes). Names derive from the tensor names, so the same plan always
 yields the same bytes.
+
+Size matters to the people deploying this: all-zero zero-points are shared between
+tensors of one shape (a MobileNetV2 has 17k channels), and the exporter's per-node
+debug annotations (PyTorch stack traces, ~2 KB a node) are not copied into the
+artifact. Zero-points stay explicit: ORT's Gemm fusion needs them.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from quantship.backends.base import ActivationQuant, ConstantQuant, QuantPlan, Use
+from quantship.backends.base import ConstantQuant, QuantPlan, Use
 from quantship.calibration.qparams import QuantParams, quantize
 from quantship.errors import ModelError
 from quantship.exporter.fold import remove_unused_initializers
 from quantship.exporter.graph import GraphView
 from quantship.exporter.load import MIN_OPSET, FloatModel
+
+Rewire = Callable[[tuple[Use, ...], str], None]
 
 
 class _Names:
@@ -42,26 +50,64 @@ class _Names:
         return name
 
 
-def _params_inits(
-    names: _Names, base: str, p: QuantParams
-) -> tuple[onnx.TensorProto, onnx.TensorProto]:
-    scale = numpy_helper.from_array(
-        np.asarray(p.scale, dtype=np.float32), names.fresh(f"{base}_scale")
-    )
-    zp = numpy_helper.from_array(np.asarray(p.zero_point), names.fresh(f"{base}_zero_point"))
-    return scale, zp
+class _Params:
+    """Scale and zero-point initializers; all-zero per-channel zero-points are shared."""
+
+    def __init__(self, names: _Names) -> None:
+        self.names = names
+        self.inits: list[onnx.TensorProto] = []
+        self._zeros: dict[tuple[str, tuple[int, ...]], str] = {}
+
+    def add(self, base: str, p: QuantParams) -> tuple[str, str]:
+        scale_arr = np.asarray(p.scale, dtype=np.float32)
+        scale = numpy_helper.from_array(scale_arr, self.names.fresh(f"{base}.scale"))
+        self.inits.append(scale)
+        zp = np.asarray(p.zero_point)
+        if zp.ndim == 1 and not zp.any():
+            key = (zp.dtype.name, zp.shape)
+            if key not in self._zeros:
+                name = self.names.fresh(f"zeros.{zp.dtype.name}.{zp.size}")
+                self.inits.append(numpy_helper.from_array(zp, name))
+                self._zeros[key] = name
+            return scale.name, self._zeros[key]
+        init = numpy_helper.from_array(zp, self.names.fresh(f"{base}.zero_point"))
+        self.inits.append(init)
+        return scale.name, init.name
 
 
 def _dq_node(
     names: _Names, base: str, q: str, scale: str, zp: str, axis: int | None
 ) -> onnx.NodeProto:
-    out = names.fresh(f"{base}_dequantized")
     node = helper.make_node(
-        "DequantizeLinear", [q, scale, zp], [out], name=names.fresh(f"{base}_DequantizeLinear")
+        "DequantizeLinear",
+        [q, scale, zp],
+        [names.fresh(f"{base}.dq")],
+        name=names.fresh(f"{base}.DequantizeLinear"),
     )
     if axis is not None:
         node.attribute.append(helper.make_attribute("axis", axis))
     return node
+
+
+def _attach(
+    names: _Names,
+    base: str,
+    q: str,
+    scale: str,
+    zp: str,
+    axis: int | None,
+    uses: tuple[Use, ...],
+    dedicated: bool,
+    new_nodes: list[onnx.NodeProto],
+    rewire: Rewire,
+) -> None:
+    """DequantizeLinear node(s) reading ``q``: one per use (TensorRT's rule: a QDQ
+    pair is never shared between consumers) or one for all."""
+    groups = [(u,) for u in uses] if dedicated else [uses]
+    for g in groups:
+        dq = _dq_node(names, base, q, scale, zp, axis)
+        new_nodes.append(dq)
+        rewire(g, dq.output[0])
 
 
 def write_qdq(model: FloatModel, plan: QuantPlan) -> onnx.ModelProto:
@@ -71,17 +117,33 @@ def write_qdq(model: FloatModel, plan: QuantPlan) -> onnx.ModelProto:
     view = GraphView(m)
     names = _Names(m)
     nodes = list(m.graph.node)
+    for n in nodes:
+        n.doc_string = ""
+        del n.metadata_props[:]
     new_nodes: list[onnx.NodeProto] = []
     new_inits: list[onnx.TensorProto] = []
+    params = _Params(names)
 
     def rewire(uses: tuple[Use, ...], name: str) -> None:
         for u in uses:
             nodes[u.node].input[u.slot] = name
 
     for a in plan.activations:
-        _add_activation(a, names, plan.dedicated_dq, new_nodes, new_inits, rewire)
+        scale, zp = params.add(a.tensor, a.params)
+        q_out = names.fresh(f"{a.tensor}.q")
+        new_nodes.append(
+            helper.make_node(
+                "QuantizeLinear",
+                [a.tensor, scale, zp],
+                [q_out],
+                name=names.fresh(f"{a.tensor}.QuantizeLinear"),
+            )
+        )
+        _attach(
+            names, a.tensor, q_out, scale, zp, None, a.uses, plan.dedicated_dq, new_nodes, rewire
+        )
 
-    # One integer copy per (constant, params); one DQ per copy, or per use if dedicated.
+    # One integer copy per (constant, params); its DQ shared or dedicated per use.
     groups: dict[tuple[str, int], list[ConstantQuant]] = defaultdict(list)
     for c in plan.constants:
         groups[(c.tensor, hash(c.params))].append(c)
@@ -90,20 +152,24 @@ def write_qdq(model: FloatModel, plan: QuantPlan) -> onnx.ModelProto:
         if value is None:
             raise ModelError(f"plan quantizes {tensor!r}, which is not a constant of the model")
         p = cs[0].params
-        q_init = numpy_helper.from_array(quantize(value, p), names.fresh(f"{tensor}_quantized"))
-        scale, zp = _params_inits(names, tensor, p)
-        new_inits += [q_init, scale, zp]
+        q_init = numpy_helper.from_array(quantize(value, p), names.fresh(f"{tensor}.{p.dtype}"))
+        new_inits.append(q_init)
+        scale, zp = params.add(tensor, p)
         uses = tuple(u for c in cs for u in c.uses)
-        if plan.dedicated_dq:
-            for u in uses:
-                dq = _dq_node(names, tensor, q_init.name, scale.name, zp.name, p.axis)
-                new_nodes.append(dq)
-                rewire((u,), dq.output[0])
-        else:
-            dq = _dq_node(names, tensor, q_init.name, scale.name, zp.name, p.axis)
-            new_nodes.append(dq)
-            rewire(uses, dq.output[0])
+        _attach(
+            names,
+            tensor,
+            q_init.name,
+            scale,
+            zp,
+            p.axis,
+            uses,
+            plan.dedicated_dq,
+            new_nodes,
+            rewire,
+        )
 
+    new_inits += params.inits
     constants = {t.name for t in m.graph.initializer} | {t.name for t in new_inits}
     ordered = _toposort(nodes + new_nodes, view.inputs, constants, len(nodes))
     del m.graph.node[:]
@@ -120,37 +186,6 @@ def write_qdq(model: FloatModel, plan: QuantPlan) -> onnx.ModelProto:
             f"the quantized model fails ONNX validation: {str(e).splitlines()[0]}"
         ) from None
     return m
-
-
-def _add_activation(
-    a: ActivationQuant,
-    names: _Names,
-    dedicated: bool,
-    new_nodes: list[onnx.NodeProto],
-    new_inits: list[onnx.TensorProto],
-    rewire: object,
-) -> None:
-    scale, zp = _params_inits(names, a.tensor, a.params)
-    new_inits += [scale, zp]
-    q_out = names.fresh(f"{a.tensor}_quantized")
-    new_nodes.append(
-        helper.make_node(
-            "QuantizeLinear",
-            [a.tensor, scale.name, zp.name],
-            [q_out],
-            name=names.fresh(f"{a.tensor}_QuantizeLinear"),
-        )
-    )
-    assert callable(rewire)
-    if dedicated:
-        for u in a.uses:
-            dq = _dq_node(names, a.tensor, q_out, scale.name, zp.name, None)
-            new_nodes.append(dq)
-            rewire((u,), dq.output[0])
-    else:
-        dq = _dq_node(names, a.tensor, q_out, scale.name, zp.name, None)
-        new_nodes.append(dq)
-        rewire(a.uses, dq.output[0])
 
 
 def _toposort(
