@@ -192,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", type=Path, metavar="FILE", help="write results as JSON")
     b.add_argument("--plot", type=Path, metavar="FILE.png", help="write a latency plot")
     b.add_argument("--quiet", "-q", action="store_true")
+
+    d = sub.add_parser(
+        "demo", help="train a digits CNN, export INT8 for every installed backend, benchmark"
+    )
+    d.add_argument(
+        "--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)"
+    )
+    d.add_argument("--epochs", type=_positive, default=8)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=_positive, help="CPU threads (default: all)")
+    d.add_argument("--quiet", "-q", action="store_true")
     return p
 
 
@@ -258,6 +269,11 @@ def _run(args: argparse.Namespace) -> int:
             plot_path=args.plot,
             ui=ui,
         )
+        return 0
+    if args.command == "demo":
+        from quantship.demo import run_demo
+
+        run_demo(args.out, epochs=args.epochs, seed=args.seed, threads=args.threads, ui=ui)
         return 0
     raise AssertionError(args.command)
 

@@ -45,7 +45,8 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.body(x) + self.short(x))
+        out: torch.Tensor = self.relu(self.body(x) + self.short(x))
+        return out
 
 
 class ResNet18Like(nn.Module):
@@ -73,7 +74,8 @@ class ResNet18Like(nn.Module):
         self.fc = nn.Linear(512, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
+        out: torch.Tensor = self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
+        return out
 
 
 class InvertedResidual(nn.Module):
@@ -91,7 +93,7 @@ class InvertedResidual(nn.Module):
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.body(x)
+        y: torch.Tensor = self.body(x)
         return x + y if self.residual else y
 
 
@@ -122,7 +124,8 @@ class MobileNetV2Like(nn.Module):
         self.fc = nn.Linear(1280, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+        out: torch.Tensor = self.fc(torch.flatten(self.pool(self.features(x)), 1))
+        return out
 
 
 class C2f(nn.Module):
@@ -143,7 +146,8 @@ class C2f(nn.Module):
         ys = [a, b]
         for blk in self.blocks:
             ys.append(ys[-1] + blk(ys[-1]))
-        return self.cv2(torch.cat(ys, 1))
+        out: torch.Tensor = self.cv2(torch.cat(ys, 1))
+        return out
 
 
 class DetectorLike(nn.Module):
@@ -259,7 +263,7 @@ def sample_images(n: int, size: int, seed: int = 0) -> npt.NDArray[np.float32]:
         h, w = src.shape[:2]
         side = int(min(h, w) * rng.uniform(0.4, 1.0))
         y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        crop = resize(src[y : y + side, x : x + side], (size, size), order=1, anti_aliasing=False)
+        crop = resize(src[y : y + side, x : x + side], (size, size), order=1, anti_aliasing=False)  # type: ignore[no-untyped-call]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         out[i] = ((crop - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)

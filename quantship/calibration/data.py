@@ -3,8 +3,9 @@
 Three sources, one interface (an iterator of one-sample feeds, batch axis kept):
 
 - ``.npz``: one array per model input, keyed by input name, first axis the sample
-  axis. Uncompressed archives (``np.savez``) are memory-mapped, so a calibration set
-  larger than memory streams from disk. ``.npy``: one array, for a one-input model.
+  axis. Uncompressed archives (``np.savez``) are read a sample at a time, so a
+  calibration set larger than memory streams from disk. ``.npy``: one array, for a
+  one-input model.
 - a folder of images, resized and normalised as ``ImageOptions`` says.
 - ``package.module:function``: a function returning an iterable of feeds (dicts of
   arrays, or arrays for a one-input model), each a batch along its first axis.
@@ -191,9 +192,55 @@ def _map_names(
 # --- .npz / .npy --------------------------------------------------------------------
 
 
-def _memmap_npz(path: Path) -> dict[str, npt.NDArray[Any]]:
-    """Arrays of an .npz; stored (uncompressed) members are memory-mapped."""
-    out: dict[str, npt.NDArray[Any]] = {}
+class StoredArray:
+    """An array stored uncompressed in a file, read a slice of samples at a time with
+    plain file reads: only the samples in use are ever in memory (a memory map would
+    keep every page it touched resident)."""
+
+    def __init__(
+        self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype[Any]
+    ) -> None:
+        self.path, self.offset, self.shape, self.dtype = path, offset, shape, dtype
+        self.ndim = len(shape)
+        self._row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize if shape else 0
+
+    def __len__(self) -> int:
+        return self.shape[0] if self.shape else 0
+
+    def __getitem__(self, s: slice) -> npt.NDArray[Any]:
+        start, stop, step = s.indices(len(self))
+        if step != 1:
+            raise IndexError("StoredArray supports contiguous slices only")
+        n = max(0, stop - start)
+        out = np.empty((n, *self.shape[1:]), dtype=self.dtype)
+        with self.path.open("rb") as f:
+            f.seek(self.offset + start * self._row)
+            got = f.readinto(out.data.cast("B"))
+        if got != n * self._row:
+            raise DataError(
+                f"'{self.path}' is truncated: expected {n * self._row} bytes at sample {start}"
+            )
+        return out
+
+
+def _read_header(raw: Any, path: Path, key: str) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    try:
+        version = np.lib.format.read_magic(raw)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(raw)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(raw)
+    except ValueError as e:
+        raise DataError(f"'{path}': {key!r} is not a .npy array ({e})") from None
+    if dtype.hasobject:
+        raise DataError(f"'{path}': array {key!r} holds Python objects; save numeric arrays")
+    return tuple(shape), bool(fortran), dtype
+
+
+def _memmap_npz(path: Path) -> dict[str, Any]:
+    """Arrays of an .npz: stored (uncompressed) members are read sample by sample from
+    the file; compressed members are loaded whole."""
+    out: dict[str, Any] = {}
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
@@ -208,28 +255,13 @@ def _memmap_npz(path: Path) -> dict[str, npt.NDArray[Any]]:
                 header = raw.read(30)
                 name_len = int.from_bytes(header[26:28], "little")
                 extra_len = int.from_bytes(header[28:30], "little")
-                start = info.header_offset + 30 + name_len + extra_len
-                raw.seek(start)
-                try:
-                    version = np.lib.format.read_magic(raw)
-                    if version == (1, 0):
-                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(raw)
-                    else:
-                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(raw)
-                except ValueError as e:
-                    raise DataError(f"'{path}': member {key!r} is not a .npy array ({e})") from None
-                if dtype.hasobject:
-                    raise DataError(
-                        f"'{path}': array {key!r} holds Python objects; save numeric arrays"
-                    )
-                out[key] = np.memmap(
-                    path,
-                    dtype=dtype,
-                    mode="r",
-                    offset=raw.tell(),
-                    shape=shape,
-                    order="F" if fortran else "C",
-                )
+                raw.seek(info.header_offset + 30 + name_len + extra_len)
+                shape, fortran, dtype = _read_header(raw, path, key)
+                if fortran and len(shape) > 1:
+                    with zf.open(info) as member:
+                        out[key] = np.lib.format.read_array(member, allow_pickle=False)
+                else:
+                    out[key] = StoredArray(path, raw.tell(), shape, dtype)
             else:
                 with zf.open(info) as member:
                     try:
@@ -241,8 +273,20 @@ def _memmap_npz(path: Path) -> dict[str, npt.NDArray[Any]]:
     return out
 
 
+def _stored_npy(path: Path) -> Any:
+    try:
+        with path.open("rb") as f:
+            shape, fortran, dtype = _read_header(f, path, path.name)
+            offset = f.tell()
+    except OSError as e:
+        raise DataError(f"'{path}' cannot be read ({e})") from None
+    if fortran and len(shape) > 1:
+        return np.load(path, allow_pickle=False)
+    return StoredArray(path, offset, shape, dtype)
+
+
 def _arrays_source(
-    arrays: dict[str, npt.NDArray[Any]], inputs: Sequence[InputSpec], desc: str, role: str
+    arrays: dict[str, Any], inputs: Sequence[InputSpec], desc: str, role: str
 ) -> CalibrationData:
     mapping = _map_names(list(arrays), inputs, desc, role)
     counts = {k: arrays[k].shape[0] if arrays[k].ndim else 0 for k in mapping.values()}
@@ -267,10 +311,7 @@ def _npz(path: Path, inputs: Sequence[InputSpec], role: str) -> CalibrationData:
 
 
 def _npy(path: Path, inputs: Sequence[InputSpec], role: str) -> CalibrationData:
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise DataError(f"'{path}' is not a readable .npy array ({e})") from None
+    arr = _stored_npy(path)
     if len(inputs) != 1:
         raise DataError(
             f"{role} data '{path}' is one array, but the model has {len(inputs)} inputs; "
@@ -423,8 +464,7 @@ def peek_shapes(spec: str | Path, images: ImageOptions | None = None) -> dict[st
     if path.suffix == ".npz" and path.exists():
         return {k: (1, *a.shape[1:]) for k, a in _memmap_npz(path).items()}
     if path.suffix == ".npy" and path.exists():
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        return {"input": (1, *arr.shape[1:])}
+        return {"input": (1, *_stored_npy(path).shape[1:])}
     if _looks_like_callable(text):
         fake = [InputSpec("input", (None,), "float32")]
         src = _callable(text, fake, "calibration")

@@ -26,6 +26,18 @@ import numpy.typing as npt
 # part is between HALF_BINS/2 and HALF_BINS bins, so at least 2048 bins cover max|x|:
 # the resolution TensorRT's entropy calibrator uses.
 HALF_BINS = 4096
+# The histogram is built from a fixed systematic sample of at most this many values of
+# each tensor per sample (every k-th value, k fixed by the tensor's size). Min and max
+# always see every value. 256 samples give each tensor's histogram ≥ 4M values, plenty
+# for 2048 bins and a 99.99th percentile, and histogramming stops dominating the
+# calibration time (on a 640×640 detector it was 70% of it).
+HIST_VALUES_PER_SAMPLE = 16384
+
+
+def sample_stride(per_sample: int) -> int:
+    """Every k-th value of a sample goes into the histogram; k depends on the number of
+    values per sample only, so the same values are picked however samples are batched."""
+    return max(1, -(-per_sample // HIST_VALUES_PER_SAMPLE))
 
 
 def _exponent_for(amax: float) -> int:
@@ -210,21 +222,39 @@ class Observer:
         self._zeros = 0
 
     def update(self, x: npt.NDArray[Any]) -> None:
+        """Observe a batch (first axis: samples)."""
         if x.size == 0:
             return
-        flat = np.asarray(x, dtype=np.float32).reshape(-1)
-        mn = float(flat.min())
-        mx = float(flat.max())
+        arr = np.asarray(x, dtype=np.float32)
+        flat = arr.reshape(-1)
+        if arr.ndim > 1:
+            batch = arr.shape[0]
+            stride = sample_stride(flat.size // batch)
+            sub = flat if stride == 1 else flat.reshape(batch, -1)[:, ::stride]
+        else:
+            sub = flat
+        self.update_summary(float(flat.min()), float(flat.max()), flat.size, sub)
+
+    def update_summary(self, mn: float, mx: float, count: int, sub: npt.NDArray[Any]) -> None:
+        """Observe a batch given as its min, max, number of values and the systematic
+        sample ``sample_stride`` picks (computed inside the runtime, see the runner)."""
+        if count == 0:
+            return
         if not (math.isfinite(mn) and math.isfinite(mx)):
             # NaN propagates into min/max; name the tensor so the user can find it.
             raise FloatingPointError(f"tensor {self.name!r} holds NaN or Inf")
-        self._count += flat.size
+        self._count += count
         self._min = min(self._min, mn)
         self._max = max(self._max, mx)
-        zeros = flat.size - int(np.count_nonzero(flat))
+        if not self.histogram:
+            return
+        sub = np.asarray(sub, dtype=np.float32).reshape(-1)
+        if not np.isfinite(sub).all():
+            raise FloatingPointError(f"tensor {self.name!r} holds NaN or Inf")
+        zeros = sub.size - int(np.count_nonzero(sub))
         self._zeros += zeros
         amax = max(-mn, mx)
-        if not self.histogram or amax == 0.0:
+        if amax == 0.0:
             return
         exp = _exponent_for(amax)
         if self._exp is None:
@@ -232,12 +262,16 @@ class Observer:
         elif exp > self._exp:
             self._rebin(exp)
         assert self._exp is not None
-        # Multiplying by a power of two is exact, so floor() lands values on the same
-        # bin in every batch and every process.
-        idx = np.floor(flat * np.float32(2.0 ** (-self._exp))).astype(np.int64)
-        lo = int(idx.min())
-        counts = np.bincount(idx - lo).astype(np.int64)
-        if zeros:
+        # Scaling by a power of two is exact and floor() is exact, so each value lands in
+        # the bin its own value decides, in every batch and every process; the offset is
+        # subtracted after flooring (small integers are exact in float32).
+        scale = np.float32(2.0 ** (-self._exp))
+        lo = math.floor(mn * float(scale))
+        buf = np.multiply(sub, scale)
+        np.floor(buf, out=buf)
+        buf -= np.float32(lo)
+        counts = np.bincount(buf.astype(np.intp)).astype(np.int64)
+        if zeros and 0 <= -lo < counts.size:
             counts[-lo] -= zeros  # exact zeros are counted apart, not in bin 0
         self._add_counts(counts, lo)
 

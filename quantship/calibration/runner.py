@@ -2,31 +2,35 @@
 activation exposed as an output, update one observer per tensor, drop the batch.
 
 Memory is bounded by one batch of activations plus the histograms: it does not grow
-with the number of samples. The batch size is chosen from the activation sizes so a
-batch stays under ``ACTIVATION_BUDGET`` bytes (a fixed-batch model runs its own batch).
+with the number of samples. Batches are small on purpose: with every activation an
+output, a batch's working set leaves the caches quickly, and measured on ResNet-18 at
+224 (2 cores) 32 samples took 0.37 s in batches of 1-2 and 0.96 s in batches of 11.
+The batch holds at most ``ACTIVATION_BUDGET`` bytes of activations (a fixed-batch
+model runs its own batch).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from quantship.calibration.data import CalibrationData, Feed
-from quantship.calibration.observers import Observer
+from quantship.calibration.observers import Observer, sample_stride
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import DataError, ModelError
 from quantship.exporter.graph import GraphView
 from quantship.exporter.load import FloatModel
 from quantship.ui import SILENT, UI
 
-ACTIVATION_BUDGET = 256 * 2**20
-MAX_BATCH = 32
+ACTIVATION_BUDGET = 64 * 2**20
+MAX_BATCH = 16
 
 
 def observed_tensors(model: FloatModel) -> list[str]:
@@ -54,17 +58,82 @@ def choose_batch(model: FloatModel, tensors: list[str]) -> int:
     return int(max(1, min(MAX_BATCH, ACTIVATION_BUDGET // per)))
 
 
-def augmented(model: FloatModel, tensors: list[str]) -> onnx.ModelProto:
-    """The float model with ``tensors`` as extra graph outputs."""
+@dataclass(frozen=True)
+class Probe:
+    """How one tensor is observed: ``outputs`` are (min, max[, sample]) computed in the
+    graph, or (tensor,) when its per-sample size is not static and numpy sees it whole."""
+
+    tensor: str
+    outputs: tuple[str, ...]
+    per_sample: int | None = None
+    leading: int | None = None  # a static first dimension (None: the batch axis)
+
+
+def augmented(
+    model: FloatModel, tensors: list[str], histograms: bool = True
+) -> tuple[onnx.ModelProto, list[Probe]]:
+    """The float model with probes on ``tensors``: ReduceMin/ReduceMax over the whole
+    tensor and, for histograms, the systematic sample ``sample_stride`` picks (Reshape
+    to samples × values, then a strided Slice). Only these small results leave the
+    runtime, instead of every activation of every sample."""
     aug = onnx.ModelProto()
     aug.CopyFrom(model.proto)
     view = GraphView(aug)
+    g = aug.graph
     existing = set(view.outputs)
+    probes: list[Probe] = []
+    consts: dict[str, onnx.TensorProto] = {}
+
+    def const(name: str, values: list[int]) -> str:
+        if name not in consts:
+            consts[name] = numpy_helper.from_array(np.asarray(values, np.int64), name)
+        return name
+
     for t in tensors:
-        if t in existing or t in view.inputs:
+        shape = view.shape.get(t)
+        if shape is None or len(shape) < 2 or any(d is None for d in shape[1:]):
+            if t not in existing and t not in view.inputs:
+                g.output.append(helper.make_tensor_value_info(t, view.elem_type[t], None))
+            probes.append(Probe(t, (t,)))
             continue
-        aug.graph.output.append(helper.make_tensor_value_info(t, view.elem_type[t], None))
-    return aug
+        per = int(np.prod([int(d) for d in shape[1:] if d is not None], dtype=np.int64))
+        base = f"quantship.calib/{t}"
+        mn, mx = f"{base}/min", f"{base}/max"
+        g.node.append(helper.make_node("ReduceMin", [t], [mn], name=mn, keepdims=0))
+        g.node.append(helper.make_node("ReduceMax", [t], [mx], name=mx, keepdims=0))
+        outs = [mn, mx]
+        if histograms:
+            stride = sample_stride(per)
+            flat = f"{base}/flat"
+            g.node.append(
+                helper.make_node(
+                    "Reshape", [t, const("quantship.calib/rows", [0, -1])], [flat], name=flat
+                )
+            )
+            if stride == 1:
+                outs.append(flat)
+            else:
+                smp = f"{base}/sample"
+                g.node.append(
+                    helper.make_node(
+                        "Slice",
+                        [
+                            flat,
+                            const("quantship.calib/zero", [0]),
+                            const("quantship.calib/end", [2**62]),
+                            const("quantship.calib/one", [1]),
+                            const(f"quantship.calib/step{stride}", [stride]),
+                        ],
+                        [smp],
+                        name=smp,
+                    )
+                )
+                outs.append(smp)
+        for o in outs:
+            g.output.append(helper.make_tensor_value_info(o, view.elem_type[t], None))
+        probes.append(Probe(t, tuple(outs), per, shape[0]))
+    g.initializer.extend(consts.values())
+    return aug, probes
 
 
 def ort_session(model: onnx.ModelProto, threads: int | None = None, optimize: bool = True) -> Any:
@@ -76,7 +145,7 @@ def ort_session(model: onnx.ModelProto, threads: int | None = None, optimize: bo
         so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if optimize
         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
@@ -129,9 +198,9 @@ def calibrate(
         raise ModelError("the model has no float activations to calibrate")
     fixed_batch = any(s.shape and s.shape[0] is not None and s.shape[0] > 1 for s in model.inputs)
     batch = batch_size or choose_batch(model, tensors)
-    session = ort_session(augmented(model, tensors))
+    graph, probes = augmented(model, tensors, histograms)
+    session = ort_session(graph)
     out_names = [o.name for o in session.get_outputs()]
-    wanted = set(tensors)
     observers = {t: Observer(t, histogram=histograms) for t in tensors}
     total = None
     if data.num_samples is not None:
@@ -152,12 +221,22 @@ def calibrate(
                     f"the float model failed on calibration data: {str(e).splitlines()[0]}"
                 ) from None
             arrays: dict[str, npt.NDArray[Any]] = dict(zip(out_names, outs, strict=True))
-            for name, arr in feed.items():
-                if name in wanted:
-                    arrays[name] = arr
-            for t in tensors:
+            arrays.update(feed)
+            for p in probes:
                 try:
-                    observers[t].update(arrays[t])
+                    if p.per_sample is None:
+                        observers[p.tensor].update(arrays[p.tensor])
+                    else:
+                        rows = p.leading if p.leading is not None else n
+                        sub = (
+                            arrays[p.outputs[2]] if len(p.outputs) > 2 else np.zeros(0, np.float32)
+                        )
+                        observers[p.tensor].update_summary(
+                            float(arrays[p.outputs[0]]),
+                            float(arrays[p.outputs[1]]),
+                            rows * p.per_sample,
+                            sub,
+                        )
                 except FloatingPointError as e:
                     raise ModelError(
                         f"the float model produced NaN/Inf on calibration samples "

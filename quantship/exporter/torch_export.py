@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import logging
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +80,29 @@ def load_weights(net: Any, weights: Path, what: str = "model") -> None:
         raise ModelError(f"weights '{weights}' do not fit the {what}: {first}") from None
 
 
+@contextlib.contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    """The exporter logs its progress and warns about optional torchvision ops; the
+    user asked for an INT8 model, not for that."""
+    names = [
+        "torch.onnx",
+        "torch.onnx._internal.exporter._registration",
+        "torch.export",
+        "torch._dynamo",
+    ]
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels, strict=True):
+            lg.setLevel(lv)
+
+
 def export_module(
     net: Any,
     shapes: dict[str, tuple[int, ...]],
@@ -93,7 +119,7 @@ def export_module(
     buf = io.BytesIO()
     log = io.StringIO()
     try:
-        with contextlib.redirect_stdout(log), torch.no_grad():
+        with contextlib.redirect_stdout(log), _quiet_torch_logs(), torch.no_grad():
             program = torch.onnx.export(
                 net,
                 args,

@@ -15,7 +15,7 @@ from quantship.exporter.load import InputSpec
 IMG = [InputSpec("images", (None, 3, 8, 8), "float32")]
 
 
-def test_uncompressed_npz_is_memory_mapped(tmp_path: Path) -> None:
+def test_uncompressed_npz_is_read_sample_by_sample(tmp_path: Path) -> None:
     x = np.arange(5 * 3 * 8 * 8, dtype=np.float32).reshape(5, 3, 8, 8)
     np.savez(tmp_path / "d.npz", images=x)
     data = open_data(tmp_path / "d.npz", IMG)
@@ -23,17 +23,24 @@ def test_uncompressed_npz_is_memory_mapped(tmp_path: Path) -> None:
     feeds = list(data.samples())
     assert len(feeds) == 5 and feeds[3]["images"].shape == (1, 3, 8, 8)
     np.testing.assert_array_equal(feeds[3]["images"][0], x[3])
-    from quantship.calibration.data import _memmap_npz
+    from quantship.calibration.data import StoredArray, _memmap_npz
 
-    assert isinstance(_memmap_npz(tmp_path / "d.npz")["images"], np.memmap)
+    stored = _memmap_npz(tmp_path / "d.npz")["images"]
+    assert isinstance(stored, StoredArray)  # nothing loaded until a slice is read
+    np.testing.assert_array_equal(stored[1:3], x[1:3])
 
 
 def test_compressed_npz_and_npy_work(tmp_path: Path) -> None:
-    x = np.ones((4, 3, 8, 8), np.float32)
+    x = np.arange(4 * 3 * 8 * 8, dtype=np.float32).reshape(4, 3, 8, 8)
     np.savez_compressed(tmp_path / "c.npz", images=x)
     np.save(tmp_path / "a.npy", x)
     assert open_data(tmp_path / "c.npz", IMG).num_samples == 4
-    assert open_data(tmp_path / "a.npy", IMG).num_samples == 4
+    npy = open_data(tmp_path / "a.npy", IMG)
+    assert npy.num_samples == 4
+    np.testing.assert_array_equal(next(iter(npy.samples(2, 3)))["images"][0], x[2])
+    np.testing.assert_array_equal(
+        next(iter(open_data(tmp_path / "c.npz", IMG).samples(3)))["images"][0], x[3]
+    )
 
 
 def test_samples_range(tmp_path: Path) -> None:

@@ -115,3 +115,19 @@ def test_minmax_only_observer_keeps_no_histogram() -> None:
     o = Observer("t", histogram=False)
     o.update(np.asarray([1.0, 2.0], np.float32))
     assert o.stats().hist is None
+
+
+def test_sampled_histogram_does_not_depend_on_batching() -> None:
+    from quantship.calibration.observers import HIST_VALUES_PER_SAMPLE
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 3, 100, 100)).astype(np.float32)  # 30k values per sample
+    assert x[0].size > HIST_VALUES_PER_SAMPLE
+    one = _observe([x])
+    four = _observe([x[i : i + 1] for i in range(4)])
+    two = _observe([x[:3], x[3:]])
+    _same(one, four)
+    _same(one, two)
+    assert one.count == x.size and (one.min, one.max) == (float(x.min()), float(x.max()))
+    h = one.histogram()
+    assert h is not None and 2 * HIST_VALUES_PER_SAMPLE <= h.total <= 4 * HIST_VALUES_PER_SAMPLE

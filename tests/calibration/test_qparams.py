@@ -105,7 +105,9 @@ def test_per_channel_weight_params() -> None:
     w[1] = [[[-2.54]], [[2.0]]]
     p = weight_params(w, axis=0)
     assert p.axis == 0 and p.symmetric
-    np.testing.assert_array_equal(p.scale, np.asarray([0.01, 0.02, 1.0], np.float32))  # zero channel: scale 1
+    np.testing.assert_array_equal(
+        p.scale, np.asarray([0.01, 0.02, 1.0], np.float32)
+    )  # zero channel: scale 1
     q = quantize(w, p)
     assert q.dtype == np.int8
     assert q[0].ravel().tolist() == [127, -50]

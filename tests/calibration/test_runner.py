@@ -73,3 +73,33 @@ def test_data_hash_depends_on_the_samples(cnn_path: Path, calib_npz: Path) -> No
     c = calibrate(fm, data, start=1, samples=5)
     assert a.data_sha256 == b.data_sha256 != c.data_sha256
     assert a.to_text() == b.to_text()
+
+
+def test_in_graph_probes_match_observing_whole_tensors(cnn_path: Path, calib_npz: Path) -> None:
+    """min/max and the histogram sample computed inside the runtime equal what numpy
+    computes from the full tensors."""
+    import onnx
+    from models import run_ort
+
+    from quantship.calibration.observers import Observer
+
+    fm = load_model(cnn_path, data_shapes={"images": (1, 3, 16, 16)})
+    data = open_data(calib_npz, fm.inputs)
+    table = calibrate(fm, data, samples=6, batch_size=2)
+    full = onnx.ModelProto()
+    full.CopyFrom(fm.proto)
+    names = [t for t in observed_tensors(fm) if t != "images"]
+    del full.graph.output[:]
+    full.graph.output.extend(
+        onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in names
+    )
+    obs = {t: Observer(t) for t in names}
+    for feed in data.samples(0, 6):
+        for t, arr in zip(names, run_ort(full, feed), strict=True):
+            obs[t].update(arr)
+    for t in names:
+        a, b = table[t], obs[t].stats()
+        assert a.count == b.count and a.zeros == b.zeros
+        assert a.min == pytest.approx(b.min, abs=1e-5) and a.max == pytest.approx(b.max, abs=1e-5)
+        ha, hb = a.histogram(), b.histogram()
+        assert ha is not None and hb is not None and ha.total == hb.total

@@ -1,0 +1,226 @@
+"""Shared helpers for the benchmark scripts: models and data, memory-watched workers,
+fidelity and interleaved latency of many artifacts, and result files.
+
+Every tool's quantization runs in its own subprocess, watched from here every 20 ms: a
+child past the memory limit is killed, so that a calibrator that keeps every activation
+of every sample cannot take the machine down. Memory is reported two ways: anonymous
+memory (``RssAnon``, what the process itself holds: the figure compared) and resident
+memory (``RSS``, which also counts pages of files the process reads, such as the
+calibration data, that the kernel can drop at any time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+WORK = Path(os.environ.get("QUANTSHIP_BENCH_WORK", "/tmp/quantship-bench"))
+
+
+@dataclass(frozen=True)
+class Watched:
+    ok: bool
+    returncode: int | None
+    wall_s: float
+    peak_rss_mb: float
+    peak_anon_mb: float
+    killed: str | None
+    report: dict[str, Any]
+    stderr_tail: str
+
+
+def run_watched(args: list[str], limit_mb: float, timeout_s: float) -> Watched:
+    """Run ``python benchmarks/worker.py *args``; kill it past ``limit_mb`` of RSS."""
+    import psutil
+
+    cmd = [sys.executable, str(ROOT / "worker.py"), *args]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ps = psutil.Process(proc.pid)
+    peak = 0.0
+    peak_anon = 0.0
+    killed = None
+    while proc.poll() is None:
+        try:
+            procs = [ps, *ps.children(recursive=True)]
+            rss = sum(p.memory_info().rss for p in procs)
+            anon = sum(_anon_bytes(p.pid) for p in procs)
+        except psutil.Error:
+            rss = anon = 0
+        peak = max(peak, rss / 2**20)
+        peak_anon = max(peak_anon, anon / 2**20)
+        if peak_anon > limit_mb:
+            killed = f"killed at {limit_mb / 1024:.0f} GB of memory after {time.perf_counter() - t0:.0f} s"
+            proc.kill()
+            break
+        if time.perf_counter() - t0 > timeout_s:
+            killed = f"killed after {timeout_s:.0f} s"
+            proc.kill()
+            break
+        time.sleep(0.02)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    report: dict[str, Any] = {}
+    for line in out.splitlines()[::-1]:
+        if line.startswith("{"):
+            report = json.loads(line)
+            break
+    if "peak_rss_mb" in report:
+        peak = max(peak, float(report["peak_rss_mb"]))
+    ok = killed is None and proc.returncode == 0 and bool(report)
+    return Watched(ok, proc.returncode, wall, peak, peak_anon, killed, report, err[-2000:])
+
+
+def _anon_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def prepare(name: str, n_calib: int, n_held: int) -> dict[str, Path]:
+    """Float ONNX model (BN statistics from real images), calibration and held-out
+    image sets, cached under WORK by name and sizes."""
+    from quantship import examples
+
+    size = examples.MODELS[name][1]
+    d = WORK / f"{name}-{n_calib}-{n_held}"
+    paths = {"model": d / "float.onnx", "calib": d / "calib.npz", "held": d / "held.npz"}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    d.mkdir(parents=True, exist_ok=True)
+    print(
+        f"[{name}] preparing model and {n_calib}+{n_held} real-image samples at {size}x{size}",
+        flush=True,
+    )
+    bn_images = examples.sample_images(64 if size <= 256 else 32, size, seed=1)
+    net = examples.build(name, bn_images)
+    examples.to_onnx(net, size, str(paths["model"]))
+    # Calibration data written in chunks, uncompressed: both tools read it memory-mapped.
+    _save_images(paths["calib"], n_calib, size, seed=2)
+    _save_images(paths["held"], n_held, size, seed=3)
+    return paths
+
+
+def _save_images(path: Path, n: int, size: int, seed: int) -> None:
+    from quantship import examples
+
+    arr = np.lib.format.open_memmap(
+        str(path) + ".npy", mode="w+", dtype=np.float32, shape=(n, 3, size, size)
+    )
+    for i in range(0, n, 32):
+        k = min(32, n - i)
+        arr[i : i + k] = examples.sample_images(k, size, seed=seed * 1000 + i)
+    arr.flush()
+    del arr
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        zf.write(str(path) + ".npy", "images.npy")
+    Path(str(path) + ".npy").unlink()
+
+
+def fidelity(
+    float_model: Path, models: dict[str, Path], held: Path, threads: int
+) -> dict[str, dict[str, Any]]:
+    from quantship.backends.base import SessionSettings
+    from quantship.backends.onnxruntime import OrtSession
+    from quantship.bench.fidelity import FidelityMeter
+    from quantship.calibration.data import open_data
+
+    settings = SessionSettings(threads=threads)
+    ref = OrtSession(float_model, settings)
+    sessions = {k: OrtSession(p, settings) for k, p in models.items()}
+    import onnx
+
+    outs = [o.name for o in onnx.load(str(float_model), load_external_data=False).graph.output]
+    inp = onnx.load(str(float_model), load_external_data=False).graph.input[0]
+    from quantship.exporter.load import InputSpec
+
+    spec = InputSpec(
+        inp.name, (None, *[d.dim_value for d in inp.type.tensor_type.shape.dim[1:]]), "float32"
+    )
+    meters = {k: FidelityMeter(outs) for k in sessions}
+    for feed in open_data(held, [spec], role="held-out").samples():
+        r = ref.run(feed)
+        for k, s in sessions.items():
+            meters[k].update(r, s.run(feed))
+    return {k: m.result(str(held)).to_json() for k, m in meters.items()}
+
+
+def latency(
+    float_model: Path, models: dict[str, Path], threads: int, duration: float
+) -> list[dict[str, Any]]:
+    """Float and every model, interleaved in one run, batch 1."""
+    import onnx
+
+    from quantship.backends import registry
+    from quantship.backends.base import Artifact
+    from quantship.bench.run import Candidate, bench_candidates
+    from quantship.bench.timing import BenchSettings
+    from quantship.exporter.load import InputSpec
+
+    ort_backend = registry.get("onnxruntime")
+    inp = onnx.load(str(float_model), load_external_data=False).graph.input[0]
+    spec = InputSpec(
+        inp.name, (None, *[d.dim_value for d in inp.type.tensor_type.shape.dim[1:]]), "float32"
+    )
+    cands = [
+        Candidate(
+            "float",
+            ort_backend,
+            Artifact("onnxruntime", "onnx", float_model.parent, (float_model.name,), "float"),
+        )
+    ]
+    for k, p in models.items():
+        cands.append(
+            Candidate(k, ort_backend, Artifact("onnxruntime", "onnx", p.parent, (p.name,)))
+        )
+    settings = BenchSettings(warmup=5, duration=duration, min_iterations=20, threads=threads)
+    return [s.to_json() for s in bench_candidates(cands, [spec], settings)]
+
+
+def machine() -> dict[str, Any]:
+    import onnxruntime
+
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def write_results(stem: str, data: dict[str, Any], markdown: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    (RESULTS / f"{stem}.md").write_text(markdown)
+    print(f"wrote {RESULTS / (stem + '.json')} and {stem}.md")
+
+
+def md_table(headers: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out) + "\n"

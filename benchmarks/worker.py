@@ -1,0 +1,126 @@
+"""One quantization job in its own process, for benchmarks/common.run_watched.
+
+    worker.py quantship MODEL CALIB OUT METHOD SAMPLES
+    worker.py ort MODEL CALIB OUT METHOD ACTIVATION SAMPLES [MAX_INTERMEDIATE]
+
+Prints one JSON line: times and the process's own peak RSS (ru_maxrss).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def quantship_job(model: str, calib: str, out: str, method: str, samples: int) -> dict[str, Any]:
+    from quantship.api import load_float_model
+    from quantship.backends.base import PlanOptions
+    from quantship.backends.onnxruntime import OnnxRuntimeBackend
+    from quantship.calibration.methods import MethodSpec
+    from quantship.calibration.runner import calibrate
+    from quantship.exporter.load import save_model
+    from quantship.exporter.qdq import write_qdq
+
+    t0 = time.perf_counter()
+    fm, data = load_float_model(model, calib, input_shapes=None, images=None, weights=None)
+    assert data is not None
+    t1 = time.perf_counter()
+    spec = MethodSpec(method)  # type: ignore[arg-type]
+    table = calibrate(fm, data, samples=samples, histograms=spec.needs_histogram)
+    t2 = time.perf_counter()
+    backend = OnnxRuntimeBackend()
+    save_model(write_qdq(fm, backend.plan(fm, table, PlanOptions(method=spec))), Path(out))
+    t3 = time.perf_counter()
+    return {"load_s": t1 - t0, "calib_s": t2 - t1, "quantize_s": t3 - t1, "samples": table.samples}
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader over the same memory-mapped .npz."""
+
+    def __init__(self, calib: str, name: str, samples: int) -> None:
+        from quantship.calibration.data import _memmap_npz
+
+        arr = next(iter(_memmap_npz(Path(calib)).values()))
+        self.it: Iterator[dict[str, np.ndarray]] = (
+            {name: np.ascontiguousarray(arr[i : i + 1])} for i in range(min(samples, len(arr)))
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.it, None)
+
+
+def ort_job(
+    model: str, calib: str, out: str, method: str, act: str, samples: int, max_inter: int | None
+) -> dict[str, Any]:
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    name = onnx.load(model, load_external_data=False).graph.input[0].name
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.r = _Reader(calib, name, samples)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return self.r.get_next()
+
+    extra: dict[str, Any] = {}
+    if max_inter:
+        extra["CalibMaxIntermediateOutputs"] = max_inter
+    t0 = time.perf_counter()
+    quantize_static(
+        model,
+        out,
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8 if act == "u8" else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.Entropy
+        if method == "entropy"
+        else CalibrationMethod.MinMax,
+        extra_options=extra,
+    )
+    return {"quantize_s": time.perf_counter() - t0}
+
+
+def main(argv: list[str]) -> int:
+    job = argv[0]
+    if job == "quantship":
+        rep = quantship_job(argv[1], argv[2], argv[3], argv[4], int(argv[5]))
+    elif job == "ort":
+        rep = ort_job(
+            argv[1],
+            argv[2],
+            argv[3],
+            argv[4],
+            argv[5],
+            int(argv[6]),
+            int(argv[7]) if len(argv) > 7 else None,
+        )
+    else:
+        raise SystemExit(f"unknown job {job!r}")
+    rep["peak_rss_mb"] = _peak_mb()
+    print(json.dumps(rep), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,223 @@
+"""``quantship demo``: the main job end to end on real data, nothing downloaded.
+
+Trains a small CNN on scikit-learn's handwritten digits (bundled with scikit-learn,
+upsampled to 32×32), exports it to ONNX, quantizes it for every installed backend,
+measures test accuracy of float and INT8 and their latency side by side, and leaves
+everything in the output folder: the models, the export (manifest, calibration table,
+artifacts), ``demo.json`` and a latency plot.
+
+Needs torch and scikit-learn (``pip install torch==2.13.0 'quantship[demo]'``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from quantship.errors import QuantshipError
+from quantship.ui import UI
+
+SIZE = 32
+
+
+@dataclass(frozen=True)
+class Digits:
+    x_train: npt.NDArray[np.float32]
+    y_train: npt.NDArray[np.int64]
+    x_test: npt.NDArray[np.float32]
+    y_test: npt.NDArray[np.int64]
+
+
+def load_digits(seed: int = 0) -> Digits:
+    """scikit-learn's 1,797 8×8 digits, upsampled to 32×32, scaled to [0, 1], split
+    80/20 with a fixed seed."""
+    try:
+        from sklearn.datasets import load_digits as sk_digits
+    except ImportError:
+        raise QuantshipError("the demo needs scikit-learn: pip install 'quantship[demo]'") from None
+    d = sk_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None]
+    x = np.kron(x, np.ones((1, 1, SIZE // 8, SIZE // 8), np.float32))  # nearest upsampling
+    # a light blur so strokes are smooth at 32×32
+    k = np.asarray([0.25, 0.5, 0.25], np.float32)
+    x = np.apply_along_axis(lambda r: np.convolve(r, k, mode="same"), 3, x)
+    x = np.apply_along_axis(lambda c: np.convolve(c, k, mode="same"), 2, x).astype(np.float32)
+    y = d.target.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    cut = int(0.8 * len(y))
+    tr, te = order[:cut], order[cut:]
+    return Digits(x[tr], y[tr], x[te], y[te])
+
+
+def digits_cnn(width: int = 32) -> Any:
+    """A small CNN for 1×32×32 digits: three Conv-BN-ReLU stages, global pooling, a
+    linear classifier."""
+    from torch import nn
+
+    w = width
+    return nn.Sequential(
+        nn.Conv2d(1, w, 3, padding=1, bias=False),
+        nn.BatchNorm2d(w),
+        nn.ReLU(),
+        nn.Conv2d(w, w, 3, padding=1, bias=False),
+        nn.BatchNorm2d(w),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(w, 2 * w, 3, padding=1, bias=False),
+        nn.BatchNorm2d(2 * w),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(2 * w, 4 * w, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4 * w),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4 * w, 10),
+    )
+
+
+def train(net: Any, data: Digits, epochs: int, seed: int, ui: UI) -> Any:
+    import torch
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.from_numpy(data.x_train)
+    y = torch.from_numpy(data.y_train)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    steps = (len(x) + 63) // 64
+    with ui.progress("training the digits CNN", epochs * steps) as advance:
+        for _ in range(epochs):
+            net.train()
+            perm = torch.randperm(len(x), generator=gen)
+            for i in range(0, len(x), 64):
+                idx = perm[i : i + 64]
+                opt.zero_grad()
+                loss = loss_fn(net(x[idx]), y[idx])
+                loss.backward()
+                opt.step()
+                advance(1)
+            sched.step()
+    return net.eval()
+
+
+def accuracy(run: Any, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64]) -> float:
+    preds = [int(np.argmax(run({"images": x[i : i + 1]})[0])) for i in range(len(x))]
+    return float(np.mean(np.asarray(preds) == y))
+
+
+def run_demo(
+    out: Path, *, epochs: int = 8, seed: int = 0, threads: int | None = None, ui: UI
+) -> dict[str, Any]:
+    try:
+        import torch
+    except ImportError:
+        raise QuantshipError(
+            "the demo needs torch: pip install torch==2.13.0 'quantship[demo]'"
+        ) from None
+    from quantship import api
+    from quantship.backends import registry
+    from quantship.backends.base import Artifact, SessionSettings
+    from quantship.bench.report import latency_plot
+    from quantship.bench.timing import BenchSettings
+    from quantship.exporter.output import write_json
+    from quantship.exporter.torch_export import export_module
+
+    t_start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(threads or torch.get_num_threads())
+    data = load_digits(seed)
+    ui.note(
+        f"digits: {len(data.y_train)} training and {len(data.y_test)} test images, 1x{SIZE}x{SIZE}"
+    )
+    torch.manual_seed(seed)
+    net = train(digits_cnn(), data, epochs, seed, ui)
+    params = sum(p.numel() for p in net.parameters())
+    model_path = out / "digits_cnn.onnx"
+    model_path.write_bytes(export_module(net, {"images": (1, 1, SIZE, SIZE)}).SerializeToString())
+    np.savez(out / "calib.npz", images=data.x_train[:256])
+    np.savez(out / "test.npz", images=data.x_test)
+
+    names = [n for n in registry.names() if registry.get(n).available() is None]
+    skipped = {n: registry.get(n).available() for n in registry.names() if n not in names}
+    for n, why in skipped.items():
+        ui.note(f"backend {n} skipped: {why}")
+    # Engines that need a GPU cannot be built here; the other backends still run.
+    names = [n for n in names if n != "tensorrt"] or ["onnxruntime"]
+    build = out / "build"
+    result = api.export(
+        model_path,
+        out / "calib.npz",
+        build,
+        backends=",".join(names),
+        held_out=out / "test.npz",
+        samples=256,
+        bench=False,
+        threads=threads,
+        ui=ui,
+    )
+    settings = SessionSettings(threads=threads)
+    ort = registry.get("onnxruntime")
+    float_art = Artifact("onnxruntime", "onnx", build, ("float/model.onnx",), "float")
+    rows: list[dict[str, Any]] = []
+    sessions = {"float": ort.session(float_art, settings)}
+    for a in result.artifacts:
+        sessions[f"{a.backend} int8"] = registry.get(a.backend).session(a, settings)
+    sizes = {
+        "float": float_art.size_bytes(),
+        **{f"{a.backend} int8": a.size_bytes() for a in result.artifacts},
+    }
+    with ui.progress("test accuracy", len(sessions)) as advance:
+        accs = {}
+        for label, s in sessions.items():
+            accs[label] = accuracy(s.run, data.x_test, data.y_test)
+            advance(1)
+    stats = api.bench(
+        build, settings=BenchSettings(duration=4.0, threads=threads), ui=UI(quiet=True)
+    )
+    p50 = {s.label: s.p50_ms for s in stats}
+    for label in sessions:
+        rows.append(
+            {
+                "model": label,
+                "parameters": params,
+                "file_bytes": sizes[label],
+                "test_accuracy": accs[label],
+                "p50_ms": p50.get(label),
+            }
+        )
+    ui.table(
+        "quantship demo: digits CNN, float vs INT8 (test set of 360 images)",
+        ["model", "parameters", "file KB", "test accuracy", "p50 ms", "speedup"],
+        [
+            [
+                r["model"],
+                f"{r['parameters']:,}",
+                f"{r['file_bytes'] / 1e3:.1f}",
+                f"{100 * r['test_accuracy']:.2f}%",
+                f"{r['p50_ms']:.3f}" if r["p50_ms"] else "-",
+                f"{p50['float'] / r['p50_ms']:.2f}x" if r["p50_ms"] else "-",
+            ]
+            for r in rows
+        ],
+    )
+    plotted = latency_plot(stats, out / "latency.png", "digits CNN: latency per run, batch 1")
+    summary = {
+        "rows": rows,
+        "epochs": epochs,
+        "seed": seed,
+        "skipped_backends": skipped,
+        "latency": [s.to_json() for s in stats],
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "plot": "latency.png" if plotted else None,
+    }
+    write_json(out / "demo.json", summary)
+    ui.note(f"demo finished in {summary['seconds']} s; everything is in {out}/")
+    return summary
