@@ -40,13 +40,14 @@ class ActivationQuant:
     tensor: str
     params: QuantParams
     uses: tuple[Use, ...]
+    graph_output: bool = False  # the model output itself becomes the dequantized value
 
     def __post_init__(self) -> None:
         if self.params.axis is not None:
             raise ValueError(
                 f"activation {self.tensor!r}: per-channel activations are not supported"
             )
-        if not self.uses:
+        if not self.uses and not self.graph_output:
             raise ValueError(f"activation {self.tensor!r} is quantized for no consumer")
 
 

@@ -79,6 +79,7 @@ ORT_OPS: dict[str, OpRule] = {
     "Unsqueeze": _TRANSPARENT,
     "Resize": _TRANSPARENT,
     "Slice": _TRANSPARENT,
+    "Split": _TRANSPARENT,
     "DepthToSpace": _TRANSPARENT,
     "SpaceToDepth": _TRANSPARENT,
 }

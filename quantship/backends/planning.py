@@ -64,7 +64,8 @@ class OpRule:
 class Rules:
     backend: str
     ops: Mapping[str, OpRule]
-    act_dtype: QDType = "uint8"
+    # "auto": uint8 for tensors that are never negative, int8 for the others
+    act_dtype: QDType | Literal["auto"] = "uint8"
     symmetric: bool = False
     absorb: frozenset[str] = field(default_factory=lambda: frozenset({"Relu", "Clip"}))
     dedicated_dq: bool = False
@@ -162,6 +163,7 @@ def make_plan(
     # Tensors read through a DQ, by which uses; tensors whose producer is quantized.
     through: dict[str, set[Use]] = {}
     produced: set[str] = set()
+    outputs_q: set[str] = set()
     for idx, res in compute.items():
         node = view.nodes[idx]
         for s in res.acts:
@@ -173,6 +175,8 @@ def make_plan(
             if out in table and table[out].count:
                 produced.add(out)
                 through.setdefault(out, set())
+                if out in view.outputs:
+                    outputs_q.add(out)
 
     tie: dict[str, str] = {}
     transparent: list[int] = []
@@ -206,15 +210,22 @@ def make_plan(
     def params_of(t: str) -> QuantParams:
         root = tie.get(t, t)
         if root not in params:
+            dtype: QDType
+            if rules.act_dtype == "auto":
+                dtype = "uint8" if table[root].min >= 0 else "int8"
+            else:
+                dtype = rules.act_dtype
             params[root] = activation_params(
-                table[root], options.method, dtype=rules.act_dtype, symmetric=rules.symmetric
+                table[root], options.method, dtype=dtype, symmetric=rules.symmetric
             )
         return params[root]
 
     activations = [
-        ActivationQuant(t, params_of(t), tuple(sorted(uses, key=lambda u: (u.node, u.slot))))
+        ActivationQuant(
+            t, params_of(t), tuple(sorted(uses, key=lambda u: (u.node, u.slot))), t in outputs_q
+        )
         for t, uses in sorted(through.items())
-        if uses
+        if uses or t in outputs_q
     ]
 
     constants: list[ConstantQuant] = []

@@ -153,9 +153,16 @@ def params_from_range(
     if lo > hi:
         raise ValueError(f"range minimum {lo} exceeds maximum {hi}")
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if symmetric and dtype == "uint8":
+        # "Unsigned symmetric" (NNCF's term): zero point 0 on a uint8 grid, for tensors
+        # that are never negative, such as ReLU outputs. S = max / 255.
+        if lo < 0:
+            raise ValueError(f"symmetric uint8 needs a non-negative range, got [{lo}, {hi}]")
+        scale = _safe_scale(np.float64(hi / 255.0 if hi > 0 else 1.0))
+        return QuantParams(scale, np.zeros((), np.uint8), "uint8", None, symmetric=True)
     if symmetric:
         if dtype != "int8":
-            raise ValueError(f"symmetric quantization is defined for int8, not {dtype}")
+            raise ValueError(f"symmetric quantization is defined for int8 and uint8, not {dtype}")
         amax = max(-lo, hi)
         scale = _safe_scale(np.float64(amax / 127.0 if amax > 0 else 1.0))
         return QuantParams(scale, np.zeros((), np.int8), "int8", None, symmetric=True)

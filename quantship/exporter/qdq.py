@@ -131,10 +131,25 @@ def write_qdq(model: FloatModel, plan: QuantPlan) -> onnx.ModelProto:
     for a in plan.activations:
         scale, zp = params.add(a.tensor, a.params)
         q_out = names.fresh(f"{a.tensor}.q")
+        source = a.tensor
+        if a.graph_output:
+            # The model output keeps its name and becomes the dequantized value, so its
+            # producer fuses with the Q into an integer kernel like any other.
+            source = names.fresh(f"{a.tensor}.float")
+            outs = nodes[view.producer[a.tensor]].output
+            outs[list(outs).index(a.tensor)] = source
+            read_dq = {(x.node, x.slot) for x in a.uses}
+            for u in view.consumers(a.tensor):
+                if u.slot >= 0 and (u.node, u.slot) not in read_dq:
+                    nodes[u.node].input[u.slot] = source
+            dq_name = names.fresh(f"{a.tensor}.DequantizeLinear")
+            new_nodes.append(
+                helper.make_node("DequantizeLinear", [q_out, scale, zp], [a.tensor], name=dq_name)
+            )
         new_nodes.append(
             helper.make_node(
                 "QuantizeLinear",
-                [a.tensor, scale, zp],
+                [source, scale, zp],
                 [q_out],
                 name=names.fresh(f"{a.tensor}.QuantizeLinear"),
             )

@@ -166,3 +166,60 @@ def test_every_method_gives_a_valid_close_model(tmp_path: Path, method: str) -> 
     x = {"images": images(8, seed=3)}
     ref, got = run_ort(fm.proto, x)[0], run_ort(qdq, x)[0]
     assert float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.98
+
+
+def test_graph_outputs_can_be_quantized_keeping_their_names(tmp_path: Path) -> None:
+    import dataclasses
+
+    from quantship.backends import onnxruntime as ob
+    from quantship.backends.planning import make_plan
+
+    m = tiny_cnn()
+    # end the model on a Conv whose output is the graph output
+    m.graph.node[-1].CopyFrom(
+        onnx.helper.make_node("Conv", ["r3", "head.w"], ["logits"], name="head")
+    )
+    m.graph.initializer.append(
+        numpy_helper.from_array(
+            np.random.default_rng(0).standard_normal((10, 8, 1, 1)).astype(np.float32), "head.w"
+        )
+    )
+    del m.graph.output[:]
+    m.graph.output.append(
+        onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 10, 8, 8])
+    )
+    fm, table = _prepare(tmp_path, m, (1, 3, 16, 16), images(16))
+    rules = dataclasses.replace(ob.RULES, quantize_graph_outputs=True)
+    qdq = write_qdq(fm, make_plan(fm, table, PlanOptions(), rules))  # type: ignore[arg-type]
+    assert [o.name for o in qdq.graph.output] == ["logits"]
+    assert _producer(qdq, "logits").op_type == "DequantizeLinear"  # type: ignore[union-attr]
+    path = tmp_path / "q.onnx"
+    onnx.save_model(qdq, str(path))
+    assert fused_kernels(path)["Conv"]["integer"] == 4
+    x = {"images": images(4, seed=5)}
+    ref, got = run_ort(fm.proto, x)[0], run_ort(qdq, x)[0]
+    assert float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.98
+
+
+def test_split_runs_on_uint8(tmp_path: Path) -> None:
+    m = tiny_cnn()
+    # r2 -> Split into two halves -> Concat back, feeding conv3
+    nodes = list(m.graph.node)
+    idx = next(i for i, n in enumerate(nodes) if n.name == "conv3")
+    split = onnx.helper.make_node(
+        "Split", ["r2", "split_sizes"], ["h1", "h2"], name="split", axis=1
+    )
+    concat = onnx.helper.make_node("Concat", ["h2", "h1"], ["r2s"], name="concat", axis=1)
+    nodes[idx].input[0] = "r2s"
+    nodes[idx:idx] = [split, concat]
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    m.graph.initializer.append(numpy_helper.from_array(np.asarray([4, 4], np.int64), "split_sizes"))
+    fm, table = _prepare(tmp_path, m, (1, 3, 16, 16), images(16))
+    qdq = write_qdq(fm, OnnxRuntimeBackend().plan(fm, table, PlanOptions()))  # type: ignore[arg-type]
+    path = tmp_path / "q.onnx"
+    onnx.save_model(qdq, str(path))
+    report = fused_kernels(path)
+    assert report["Conv"]["integer"] == 3 and report["Concat"]["integer"] == 1
+    # only the model input's Q (and the logits' path) remain outside integer kernels
+    assert report["quantize_dequantize_ops"] <= 3

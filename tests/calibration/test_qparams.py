@@ -76,8 +76,13 @@ def test_bad_ranges_are_rejected() -> None:
         params_from_range(float("nan"), 1.0)
     with pytest.raises(ValueError):
         params_from_range(2.0, 1.0)
-    with pytest.raises(ValueError):
-        params_from_range(0.0, 1.0, "uint8", symmetric=True)
+    with pytest.raises(ValueError, match="non-negative"):
+        params_from_range(-1.0, 1.0, "uint8", symmetric=True)
+
+
+def test_unsigned_symmetric_uint8() -> None:
+    p = params_from_range(0.5, 2.55, "uint8", symmetric=True)
+    assert p.scale == np.float32(0.01) and int(p.zero_point) == 0 and p.symmetric
 
 
 def test_quantparams_validate_on_construction() -> None:

@@ -1,0 +1,239 @@
+"""OpenVINO (CPU plugin): an INT8 IR (``.xml`` + ``.bin``) whose convolutions and
+matrix multiplications OpenVINO's low-precision transformations run in INT8.
+
+Plan, in OpenVINO's terms (docs: "Low Precision IR (INT8 Inference)": an operation
+runs in INT8 when FakeQuantize ops sit on its *inputs*, data and weights alike;
+activation dequantization must be per tensor):
+
+- Q/DQ pairs (each becomes one FakeQuantize) go on the inputs of Conv, MatMul/Gemm,
+  Add, Mul and average pooling, never on outputs: LPT propagates the dequantization
+  through data movement and activations itself. A QDQ model laid out for ONNX Runtime
+  (Q after each op) leaves OpenVINO requantizing in float between layers.
+- Activations are symmetric, as NNCF's default "performance" preset: uint8 with zero
+  point 0 when the tensor is never negative (ReLU outputs), int8 with zero point 0
+  otherwise. Weights: int8 symmetric per output channel, stored as int8 in the .bin.
+- Biases stay float: OpenVINO adds them after dequantization.
+- Float layers run in f32 (``INFERENCE_PRECISION_HINT``): on CPUs with bf16 the
+  plugin would otherwise run them in bf16 and the comparison with float would be
+  against a different model.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+
+from quantship.backends.base import Artifact, Feed, PlanOptions, QuantPlan, SessionSettings
+from quantship.backends.planning import (
+    OpRule,
+    Rules,
+    binary_check,
+    conv_check,
+    gemm_axis,
+    gemm_check,
+    make_plan,
+    matmul_check,
+)
+from quantship.calibration.table import CalibrationTable
+from quantship.errors import BackendError
+from quantship.exporter.load import FloatModel
+
+OV_OPS: dict[str, OpRule] = {
+    "Conv": OpRule("compute", weight=1, weight_axis=0, quantize_output=False, check=conv_check),
+    "Gemm": OpRule(
+        "compute", weight=1, weight_axis=gemm_axis, quantize_output=False, check=gemm_check
+    ),
+    "MatMul": OpRule(
+        "compute",
+        weight=1,
+        weight_axis=1,
+        weight_may_be_activation=True,
+        quantize_output=False,
+        check=matmul_check,
+    ),
+    "Add": OpRule("compute", act_inputs=(0, 1), quantize_output=False, check=binary_check),
+    "Mul": OpRule("compute", act_inputs=(0, 1), quantize_output=False, check=binary_check),
+    "GlobalAveragePool": OpRule("compute", quantize_output=False),
+    "AveragePool": OpRule("compute", quantize_output=False),
+}
+RULES = Rules(backend="openvino", ops=OV_OPS, act_dtype="auto", symmetric=True, absorb=frozenset())
+
+
+def _ov() -> Any:
+    try:
+        import openvino as ov
+    except ImportError:
+        raise BackendError(
+            "backend 'openvino' needs OpenVINO: pip install 'quantship[openvino]'"
+        ) from None
+    return ov
+
+
+def _config(settings: SessionSettings) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "PERFORMANCE_HINT": "THROUGHPUT" if settings.mode == "throughput" else "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32",
+    }
+    if settings.threads:
+        cfg["INFERENCE_NUM_THREADS"] = settings.threads
+    if settings.mode == "throughput" and settings.streams:
+        cfg["NUM_STREAMS"] = settings.streams
+    return cfg
+
+
+def int8_layers(compiled: Any) -> dict[str, dict[str, int]]:
+    """From the plugin's runtime graph: how many Convolution / FullyConnected /
+    MatMul layers run with 8-bit inputs."""
+    counts: dict[str, dict[str, int]] = {}
+    for node in compiled.get_runtime_model().get_ordered_ops():
+        info = node.get_rt_info()
+        layer = str(info["layerType"]) if "layerType" in info else node.get_type_name()
+        if layer not in (
+            "Convolution",
+            "FullyConnected",
+            "MatMul",
+            "GroupConvolution",
+            "Deconvolution",
+        ):
+            continue
+        prec = str(info["runtimePrecision"]) if "runtimePrecision" in info else ""
+        c = counts.setdefault(layer, {"total": 0, "integer": 0})
+        c["total"] += 1
+        if prec.lower() in ("i8", "u8"):
+            c["integer"] += 1
+    return counts
+
+
+class OVSession:
+    """A compiled model per input shape: the model is reshaped to the static shape of
+    the first feed of each batch size (static shapes compile to faster kernels)."""
+
+    def __init__(self, path: Path, settings: SessionSettings) -> None:
+        ov = _ov()
+        self.core = ov.Core()
+        self.path = path
+        self.settings = settings
+        try:
+            self.model = self.core.read_model(str(path))
+        except Exception as e:
+            raise BackendError(f"OpenVINO cannot read '{path}': {str(e).splitlines()[0]}") from None
+        self._compiled: dict[tuple[Any, ...], Any] = {}
+        self._requests: dict[tuple[Any, ...], Any] = {}
+
+    def compiled_for(self, feeds: Feed) -> Any:
+        key = tuple(sorted((k, v.shape) for k, v in feeds.items()))
+        if key not in self._compiled:
+            model = self.model.clone()
+            shapes = {}
+            for inp in model.inputs:
+                name = inp.get_any_name()
+                if name in feeds:
+                    shapes[name] = list(feeds[name].shape)
+            if shapes:
+                model.reshape(shapes)
+            try:
+                self._compiled[key] = self.core.compile_model(model, "CPU", _config(self.settings))
+            except Exception as e:
+                raise BackendError(
+                    f"OpenVINO cannot compile the model: {str(e).splitlines()[0]}"
+                ) from None
+            self._requests[key] = self._compiled[key].create_infer_request()
+        return self._compiled[key]
+
+    def run(self, feeds: Feed) -> list[npt.NDArray[Any]]:
+        compiled = self.compiled_for(feeds)
+        key = tuple(sorted((k, v.shape) for k, v in feeds.items()))
+        req = self._requests[key]
+        req.infer(feeds)
+        return [np.array(req.get_output_tensor(i).data) for i in range(len(compiled.outputs))]
+
+    def throughput(self, feeds: Feed, seconds: float) -> tuple[int, float]:
+        """Runs completed and seconds spent with OpenVINO's own async queue: as many
+        parallel infer requests as the plugin finds optimal (THROUGHPUT hint)."""
+        import time
+
+        ov = _ov()
+        tp = OVSession(
+            self.path, SessionSettings(self.settings.threads, "throughput", self.settings.streams)
+        )
+        compiled = tp.compiled_for(feeds)
+        n = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+        queue = ov.AsyncInferQueue(compiled, n)
+        for _ in range(n):  # warm-up
+            queue.start_async(feeds)
+        queue.wait_all()
+        done = 0
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            for _ in range(n):
+                queue.start_async(feeds)
+            queue.wait_all()
+            done += n
+        return done, time.perf_counter() - t0
+
+
+class OpenVINOBackend:
+    name = "openvino"
+    extra = "openvino"
+    formats = ("onnx", "onnx-qdq", "openvino-ir")
+
+    def available(self) -> str | None:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return "OpenVINO is not installed"
+        return None
+
+    def version(self) -> str:
+        return str(_ov().get_version())
+
+    def plan(self, model: FloatModel, table: CalibrationTable, options: PlanOptions) -> QuantPlan:
+        return make_plan(model, table, options, RULES)
+
+    def compile(self, qdq: onnx.ModelProto, out_dir: Path, model: FloatModel) -> Artifact:
+        ov = _ov()
+        rel = "openvino/model.int8.xml"
+        xml = out_dir / rel
+        xml.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "model.qdq.onnx"
+            src.write_bytes(qdq.SerializeToString())
+            try:
+                ov_model = ov.convert_model(str(src))
+            except Exception as e:
+                raise BackendError(
+                    f"OpenVINO cannot convert the QDQ model: {str(e).splitlines()[0]}"
+                ) from None
+        ov.save_model(ov_model, str(xml), compress_to_fp16=False)
+        text = xml.read_text(encoding="utf-8")
+        consts = Counter(re.findall(r'type="Const"[^>]*>\s*<data element_type="(\w+)"', text))
+        compiled = ov.Core().compile_model(str(xml), "CPU", _config(SessionSettings()))
+        return Artifact(
+            backend=self.name,
+            format="openvino-ir",
+            root=out_dir,
+            files=(rel, "openvino/model.int8.bin"),
+            metadata={
+                "runtime": f"openvino {self.version()}",
+                "device": "CPU",
+                "activations": "symmetric: uint8 (zero point 0) for non-negative tensors, else int8",
+                "weights": "int8 symmetric, per output channel",
+                "constants_by_type": dict(sorted(consts.items())),
+                "fake_quantize_ops": text.count('type="FakeQuantize"'),
+                "integer_kernels": int8_layers(compiled) if compiled is not None else {},
+            },
+        )
+
+    def session(self, artifact: Artifact, settings: SessionSettings) -> OVSession:
+        if artifact.format not in self.formats:
+            raise BackendError(
+                f"backend 'openvino' runs {', '.join(self.formats)} artifacts, not {artifact.format!r}"
+            )
+        return OVSession(artifact.path, settings)
