@@ -224,15 +224,18 @@ def export(
             figures[b.name]["fidelity"] = fid.get(b.name)
         latency: list[LatencyStats] = []
         if bench:
-            cands = [Candidate("float", registry.get("onnxruntime"), float_art)] + [
-                Candidate(f"{a.backend} int8", b, a) for a, b in zip(artifacts, chosen, strict=True)
-            ]
+            from quantship.bench.run import with_float_baselines
+
+            cands = with_float_baselines(float_art, list(zip(artifacts, chosen, strict=True)))
             latency = bench_candidates(
                 cands, fm.inputs, replace(EXPORT_BENCH, threads=threads), ui=ui
             )
             for b in chosen:
                 figures[b.name]["latency"] = [
                     s.to_json() for s in latency if s.label == f"{b.name} int8"
+                ]
+                figures[b.name]["float_latency"] = [
+                    s.to_json() for s in latency if s.label == f"float ({b.name})"
                 ]
         from quantship.exporter.pipeline import manifest_for
 
@@ -265,38 +268,33 @@ def bench(
     *,
     backends: str | Sequence[str] | None = None,
     settings: BenchSettings | None = None,
+    throughput_seconds: float = 0.0,
     data: str | Path | None = None,
     json_path: str | Path | None = None,
     plot_path: str | Path | None = None,
     ui: UI = SILENT,
 ) -> list[LatencyStats]:
-    """Latency of an export folder (float vs every artifact) or of one ONNX model."""
+    """Latency of an export folder (each artifact beside the float model in its own
+    runtime) or of one ONNX model in one or more runtimes; with ``throughput_seconds``,
+    also the throughput mode of runtimes that have one (OpenVINO's async requests)."""
     from quantship.bench.report import latency_plot, latency_table
+    from quantship.bench.run import throughput_candidates, with_float_baselines
     from quantship.exporter.load import load_model
     from quantship.exporter.manifest import artifacts_in, float_artifact, read_manifest
 
     settings = settings or BenchSettings()
     path = Path(target)
-    cands: list[Candidate] = []
     if path.is_dir():
         manifest = read_manifest(path)
         inputs = [
             InputSpec(i["name"], tuple(i["shape"]), i["dtype"])
             for i in manifest["float_model"]["inputs"]
         ]
-        wanted = (
-            None
-            if backends is None
-            else {
-                b.name
-                for b in registry.parse(
-                    ",".join([backends] if isinstance(backends, str) else list(backends))
-                )
-            }
-        )
-        cands.append(
-            Candidate("float", registry.get("onnxruntime"), float_artifact(path, manifest))
-        )
+        wanted = None
+        if backends is not None:
+            spec = backends if isinstance(backends, str) else ",".join(backends)
+            wanted = {b.name for b in registry.parse(spec)}
+        pairs: list[tuple[Artifact, Backend]] = []
         for a in artifacts_in(path, manifest):
             if wanted is not None and a.backend not in wanted:
                 continue
@@ -305,9 +303,13 @@ def bench(
             if reason is not None:
                 ui.note(f"skipping {a.backend}: {reason}")
                 continue
-            cands.append(Candidate(f"{a.backend} {a.precision}", b, a))
+            pairs.append((a, b))
+        if not pairs:
+            pairs_f = [(float_artifact(path, manifest), registry.get("onnxruntime"))]
+            cands = [Candidate("float (onnxruntime)", pairs_f[0][1], pairs_f[0][0])]
+        else:
+            cands = with_float_baselines(float_artifact(path, manifest), pairs)
         title = f"latency: {path}"
-        baseline: str | None = "float"
     else:
         fm = load_model(path)
         inputs = list(fm.inputs)
@@ -315,24 +317,31 @@ def bench(
         for m in missing:
             ui.note(f"error: {m}")
         art = Artifact("onnxruntime", "onnx", path.parent, (path.name,), precision="float")
+        cands = []
         for b in chosen:
             if "onnx" not in b.formats:
                 raise BackendError(f"backend {b.name!r} cannot run an ONNX model directly")
-            cands.append(Candidate(f"{b.name}", b, art))
+            cands.append(Candidate(b.name, b, art, cands[0].label if cands else None))
         title = f"latency: {path.name}"
-        baseline = cands[0].label if len(cands) > 1 else None
-    sample = None
-    if data is not None:
-        sample = open_data(data, inputs, role="benchmark").first()
+    sample = open_data(data, inputs, role="benchmark").first() if data is not None else None
     stats = bench_candidates(cands, inputs, settings, sample=sample, ui=ui)
-    latency_table(ui, stats, title, baseline)
+    latency_table(ui, stats, title, {c.label: c.baseline for c in cands})
+    tput = throughput_candidates(cands, inputs, settings, throughput_seconds, sample=sample, ui=ui)
+    if tput:
+        ui.table(
+            "throughput mode (the runtime's own parallel requests)",
+            ["model", "batch", "samples/s", "runs"],
+            [[t.label, str(t.batch), f"{t.samples_per_s:.1f}", str(t.runs)] for t in tput],
+        )
     if json_path is not None:
         write_json(
             Path(json_path),
             {
                 "target": str(path),
-                "settings": {k: v for k, v in settings.__dict__.items()},
+                "settings": dict(settings.__dict__),
                 "results": [s.to_json() for s in stats],
+                "throughput": [t.to_json() for t in tput],
+                "baselines": {c.label: c.baseline for c in cands},
             },
         )
     if plot_path is not None and not latency_plot(stats, Path(plot_path), title):

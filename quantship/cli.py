@@ -188,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--duration", type=float, default=10.0, help="seconds of measurement per batch size"
     )
+    b.add_argument(
+        "--throughput-seconds",
+        type=float,
+        default=4.0,
+        help="seconds of throughput mode for runtimes that have one (0: skip)",
+    )
     b.add_argument("--data", metavar="DATA", help="feed a real sample instead of random inputs")
     b.add_argument("--json", type=Path, metavar="FILE", help="write results as JSON")
     b.add_argument("--plot", type=Path, metavar="FILE.png", help="write a latency plot")
@@ -265,6 +271,7 @@ def _run(args: argparse.Namespace) -> int:
             backends=args.backend,
             settings=settings,
             data=args.data,
+            throughput_seconds=args.throughput_seconds,
             json_path=args.json,
             plot_path=args.plot,
             ui=ui,

@@ -163,38 +163,39 @@ def run_demo(
         threads=threads,
         ui=ui,
     )
+    from quantship.bench.run import with_float_baselines
+
     settings = SessionSettings(threads=threads)
-    ort = registry.get("onnxruntime")
     float_art = Artifact("onnxruntime", "onnx", build, ("float/model.onnx",), "float")
-    rows: list[dict[str, Any]] = []
-    sessions = {"float": ort.session(float_art, settings)}
-    for a in result.artifacts:
-        sessions[f"{a.backend} int8"] = registry.get(a.backend).session(a, settings)
-    sizes = {
-        "float": float_art.size_bytes(),
-        **{f"{a.backend} int8": a.size_bytes() for a in result.artifacts},
-    }
-    with ui.progress("test accuracy", len(sessions)) as advance:
+    cands = with_float_baselines(
+        float_art, [(a, registry.get(a.backend)) for a in result.artifacts]
+    )
+    with ui.progress("test accuracy", len(cands)) as advance:
         accs = {}
-        for label, s in sessions.items():
-            accs[label] = accuracy(s.run, data.x_test, data.y_test)
+        for c in cands:
+            accs[c.label] = accuracy(
+                c.backend.session(c.artifact, settings).run, data.x_test, data.y_test
+            )
             advance(1)
     stats = api.bench(
         build, settings=BenchSettings(duration=4.0, threads=threads), ui=UI(quiet=True)
     )
     p50 = {s.label: s.p50_ms for s in stats}
-    for label in sessions:
+    rows: list[dict[str, Any]] = []
+    for c in cands:
+        base = p50.get(c.baseline) if c.baseline else p50.get(c.label)
         rows.append(
             {
-                "model": label,
+                "model": c.label,
                 "parameters": params,
-                "file_bytes": sizes[label],
-                "test_accuracy": accs[label],
-                "p50_ms": p50.get(label),
+                "file_bytes": c.artifact.size_bytes(),
+                "test_accuracy": accs[c.label],
+                "p50_ms": p50.get(c.label),
+                "speedup": base / p50[c.label] if base and p50.get(c.label) else None,
             }
         )
     ui.table(
-        "quantship demo: digits CNN, float vs INT8 (test set of 360 images)",
+        f"quantship demo: digits CNN, float vs INT8 (test set of {len(data.y_test)} images)",
         ["model", "parameters", "file KB", "test accuracy", "p50 ms", "speedup"],
         [
             [
@@ -203,7 +204,7 @@ def run_demo(
                 f"{r['file_bytes'] / 1e3:.1f}",
                 f"{100 * r['test_accuracy']:.2f}%",
                 f"{r['p50_ms']:.3f}" if r["p50_ms"] else "-",
-                f"{p50['float'] / r['p50_ms']:.2f}x" if r["p50_ms"] else "-",
+                f"{r['speedup']:.2f}x" if r["speedup"] else "-",
             ]
             for r in rows
         ],

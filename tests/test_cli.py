@@ -79,8 +79,8 @@ def test_export_then_bench(tmp_path: Path, cnn_path: Path, calib_npz: Path) -> N
     assert p.returncode == 0, p.stderr
     res = json.loads(js.read_text())["results"]
     assert {(r["label"], r["batch"]) for r in res} == {
-        ("float", 1),
-        ("float", 4),
+        ("float (onnxruntime)", 1),
+        ("float (onnxruntime)", 4),
         ("onnxruntime int8", 1),
         ("onnxruntime int8", 4),
     }

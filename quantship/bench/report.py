@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from quantship.bench.timing import LatencyStats
@@ -22,12 +22,17 @@ def fmt_num(v: float | None, digits: int = 4) -> str:
 
 
 def latency_table(
-    ui: UI, stats: Sequence[LatencyStats], title: str, baseline: str | None = None
+    ui: UI,
+    stats: Sequence[LatencyStats],
+    title: str,
+    baselines: Mapping[str, str | None] | None = None,
 ) -> None:
-    base = {s.batch: s for s in stats if s.label == baseline}
+    """``baselines`` maps a label to the label its speedup is measured against."""
+    by = {(s.label, s.batch): s for s in stats}
     rows = []
     for s in stats:
-        b = base.get(s.batch)
+        ref = (baselines or {}).get(s.label)
+        b = by.get((ref, s.batch)) if ref else None
         speed = f"{b.p50_ms / s.p50_ms:.2f}x" if b is not None and s.p50_ms > 0 else "-"
         rows.append(
             [
@@ -54,7 +59,7 @@ def latency_table(
             "mean ms",
             "std ms",
             "samples/s",
-            "vs " + (baseline or "-"),
+            "speedup",
             "runs",
         ],
         rows,

@@ -27,6 +27,48 @@ class Candidate:
     label: str
     backend: Backend
     artifact: Artifact
+    baseline: str | None = None  # label of the float model in the same runtime
+
+
+def with_float_baselines(
+    float_art: Artifact, artifacts: Sequence[tuple[Artifact, Backend]]
+) -> list[Candidate]:
+    """The float model in each runtime that runs an artifact (where the runtime runs
+    ONNX), then the artifacts, each paired with the float model in its own runtime:
+    OpenVINO INT8 is compared with OpenVINO float, not with ONNX Runtime float."""
+    out: list[Candidate] = []
+    floats: dict[str, str] = {}
+    for _, b in artifacts:
+        if b.name not in floats and "onnx" in b.formats:
+            floats[b.name] = f"float ({b.name})"
+            out.append(Candidate(floats[b.name], b, float_art))
+    for a, b in artifacts:
+        out.append(Candidate(f"{a.backend} {a.precision}", b, a, floats.get(b.name)))
+    return out
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Throughput mode: the runtime's own parallel requests (OpenVINO's THROUGHPUT hint)."""
+
+    label: str
+    batch: int
+    runs: int
+    seconds: float
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.batch * self.runs / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "label": self.label,
+            "batch": self.batch,
+            "mode": "throughput",
+            "runs": self.runs,
+            "seconds": round(self.seconds, 3),
+            "samples_per_s": round(self.samples_per_s, 2),
+        }
 
 
 def make_feeds(
@@ -83,4 +125,40 @@ def bench_candidates(
         with ui.progress(f"benchmarking batch {b}", rounds) as advance:
             stats = measure_interleaved(runners, settings, b, progress=advance)
         out.extend(stats[c.label] for c in candidates)
+    return out
+
+
+def throughput_candidates(
+    candidates: Sequence[Candidate],
+    inputs: Sequence[InputSpec],
+    settings: BenchSettings,
+    seconds: float,
+    *,
+    sample: Feed | None = None,
+    ui: UI = SILENT,
+) -> list[Throughput]:
+    """Throughput mode for the candidates whose session offers it, in two interleaved
+    rounds of ``seconds / 2`` each."""
+    out: list[Throughput] = []
+    capable = []
+    for c in candidates:
+        s = c.backend.session(c.artifact, SessionSettings(threads=settings.threads))
+        if hasattr(s, "throughput"):
+            capable.append((c, s))
+    if not capable or seconds <= 0:
+        return out
+    with ui.progress("throughput mode", len(capable) * len(settings.batches) * 2) as advance:
+        for b in settings.batches:
+            feeds = make_feeds(inputs, b, sample)
+            acc = {c.label: [0, 0.0] for c, _ in capable}
+            for _ in range(2):
+                for c, s in capable:
+                    runs, secs = s.throughput(feeds, seconds / 2)
+                    acc[c.label][0] += runs
+                    acc[c.label][1] += secs
+                    advance(1)
+            out.extend(
+                Throughput(c.label, b, int(acc[c.label][0]), float(acc[c.label][1]))
+                for c, _ in capable
+            )
     return out

@@ -109,7 +109,9 @@ def manifest_for(
     failures: Sequence[str],
     calib_cache: object,
 ) -> dict[str, Any]:
-    float_latency = [s.to_json() for s in latency if s.label == "float"]
+    float_latency = {
+        s.label[len("float (") : -1]: s.to_json() for s in latency if s.label.startswith("float (")
+    }
     extra = tuple(sorted({a.backend for a in artifacts} - {"onnxruntime"}))
     return {
         "format": FORMAT,
@@ -143,13 +145,29 @@ def manifest_for(
 
 
 def export_table(ui: UI, out: Path, manifest: dict[str, Any]) -> None:
+    """Float and INT8 side by side; speedup against float in the same runtime."""
     fl = manifest["float_model"]
-    f_lat = fl["latency"][0]["p50_ms"] if fl["latency"] else None
-    rows = [["float", fmt_mb(fl["size_bytes"]), "1.00", fmt_ms(f_lat), "1.00x", "1.0000", "-", "-"]]
+    rows = []
+    for runtime, lat in sorted(fl["latency"].items()):
+        rows.append(
+            [
+                f"float ({runtime})",
+                fmt_mb(fl["size_bytes"]),
+                "1.00",
+                fmt_ms(lat["p50_ms"]),
+                "1.00x",
+                "1.0000",
+                "-",
+                "-",
+            ]
+        )
+    if not fl["latency"]:
+        rows.append(["float", fmt_mb(fl["size_bytes"]), "1.00", "-", "-", "1.0000", "-", "-"])
     for a in manifest["artifacts"]:
         lat = a.get("latency") or []
         p50 = lat[0]["p50_ms"] if lat else None
-        speed = f"{f_lat / p50:.2f}x" if f_lat and p50 else "-"
+        base = fl["latency"].get(a["backend"], {}).get("p50_ms")
+        speed = f"{base / p50:.2f}x" if base and p50 else "-"
         fid = a.get("fidelity") or {}
         sq = fid.get("sqnr_db")
         rows.append(
