@@ -23,7 +23,9 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def quantship_job(model: str, calib: str, out: str, method: str, samples: int) -> dict[str, Any]:
+def quantship_job(
+    model: str, calib: str, out: str, method: str, samples: int, backend_name: str = "onnxruntime"
+) -> dict[str, Any]:
     from quantship.api import load_float_model
     from quantship.backends.base import PlanOptions
     from quantship.backends.onnxruntime import OnnxRuntimeBackend
@@ -39,8 +41,16 @@ def quantship_job(model: str, calib: str, out: str, method: str, samples: int) -
     spec = MethodSpec(method)  # type: ignore[arg-type]
     table = calibrate(fm, data, samples=samples, histograms=spec.needs_histogram)
     t2 = time.perf_counter()
-    backend = OnnxRuntimeBackend()
-    save_model(write_qdq(fm, backend.plan(fm, table, PlanOptions(method=spec))), Path(out))
+    if backend_name == "openvino":
+        from quantship.backends.openvino import OpenVINOBackend
+
+        ovb = OpenVINOBackend()
+        qdq = write_qdq(fm, ovb.plan(fm, table, PlanOptions(method=spec)))
+        art = ovb.compile(qdq, Path(out).parent / Path(out).stem, fm)
+        Path(out).with_suffix(".path").write_text(str(art.path))
+    else:
+        backend = OnnxRuntimeBackend()
+        save_model(write_qdq(fm, backend.plan(fm, table, PlanOptions(method=spec))), Path(out))
     t3 = time.perf_counter()
     return {"load_s": t1 - t0, "calib_s": t2 - t1, "quantize_s": t3 - t1, "samples": table.samples}
 
@@ -101,10 +111,38 @@ def ort_job(
     return {"quantize_s": time.perf_counter() - t0}
 
 
+def nncf_job(model: str, calib: str, out: str, samples: int) -> dict[str, Any]:
+    """NNCF's post-training quantization of the OpenVINO model, default preset."""
+    import nncf
+    import openvino as ov
+
+    ov_model = ov.convert_model(model)
+    name = ov_model.inputs[0].get_any_name()
+
+    class Lazy:
+        """Re-iterable (NNCF may pass over the data more than once), read from disk."""
+
+        def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+            reader = _Reader(calib, name, samples)
+            while (feed := reader.get_next()) is not None:
+                yield feed
+
+        def __len__(self) -> int:
+            return samples
+
+    t0 = time.perf_counter()
+    q = nncf.quantize(ov_model, nncf.Dataset(Lazy()), subset_size=samples)
+    t1 = time.perf_counter()
+    ov.save_model(q, out, compress_to_fp16=False)
+    return {"quantize_s": t1 - t0, "save_s": time.perf_counter() - t1}
+
+
 def main(argv: list[str]) -> int:
     job = argv[0]
     if job == "quantship":
-        rep = quantship_job(argv[1], argv[2], argv[3], argv[4], int(argv[5]))
+        rep = quantship_job(argv[1], argv[2], argv[3], argv[4], int(argv[5]), *argv[6:7])
+    elif job == "nncf":
+        rep = nncf_job(argv[1], argv[2], argv[3], int(argv[4]))
     elif job == "ort":
         rep = ort_job(
             argv[1],

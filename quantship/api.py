@@ -347,3 +347,27 @@ def bench(
     if plot_path is not None and not latency_plot(stats, Path(plot_path), title):
         ui.note("plot skipped: matplotlib is not installed (pip install 'quantship[plot]')")
     return stats
+
+
+def build_engine(folder: str | Path, *, max_batch: int = 32, ui: UI = SILENT) -> dict[str, Any]:
+    """Build the TensorRT engine of an export folder here (the deployment GPU) and
+    record it in the manifest, which is rewritten only once the engine is built."""
+    from quantship.backends.tensorrt import ENGINE_FILE
+    from quantship.backends.tensorrt import build_engine as trt_build
+    from quantship.exporter.manifest import read_manifest
+
+    root = Path(folder)
+    manifest = read_manifest(root)
+    entry = next((a for a in manifest["artifacts"] if a["backend"] == "tensorrt"), None)
+    if entry is None:
+        raise BackendError(
+            f"'{root}' has no tensorrt artifact; export with --backend tensorrt first"
+        )
+    ui.note(f"building {root / ENGINE_FILE} ...")
+    info = trt_build(
+        root / entry["path"], root / ENGINE_FILE, entry["metadata"]["inputs"], max_batch=max_batch
+    )
+    entry["metadata"]["engine"] = {"built": True, "path": ENGINE_FILE, **info}
+    write_json(root / MANIFEST, manifest)
+    ui.note(f"engine built for {info['gpu']} with TensorRT {info['tensorrt']}")
+    return info

@@ -199,6 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", type=Path, metavar="FILE.png", help="write a latency plot")
     b.add_argument("--quiet", "-q", action="store_true")
 
+    c = sub.add_parser("check", help="check a QDQ model against a runtime's quantization rules")
+    c.add_argument("runtime", choices=["tensorrt"], help="whose rules")
+    c.add_argument("model", type=Path, help="a QDQ .onnx model")
+    c.add_argument("--quiet", "-q", action="store_true")
+
+    be = sub.add_parser(
+        "build-engine", help="build the TensorRT engine of an export folder, on the target GPU"
+    )
+    be.add_argument("folder", type=Path, help="an export output folder with a tensorrt artifact")
+    be.add_argument("--max-batch", type=_positive, default=32, help="largest batch of the profile")
+    be.add_argument("--quiet", "-q", action="store_true")
+
     d = sub.add_parser(
         "demo", help="train a digits CNN, export INT8 for every installed backend, benchmark"
     )
@@ -276,6 +288,22 @@ def _run(args: argparse.Namespace) -> int:
             plot_path=args.plot,
             ui=ui,
         )
+        return 0
+    if args.command == "check":
+        from quantship.backends.tensorrt_check import check_tensorrt
+        from quantship.exporter.load import read_onnx
+
+        proto, _ = read_onnx(args.model)
+        findings = check_tensorrt(proto)
+        for f in findings:
+            print(f)
+        errors = sum(1 for f in findings if f.severity == "error")
+        print(
+            f"{args.model}: {errors} error(s), {len(findings) - errors} warning(s) against TensorRT's rules"
+        )
+        return 1 if errors else 0
+    if args.command == "build-engine":
+        api.build_engine(args.folder, max_batch=args.max_batch, ui=ui)
         return 0
     if args.command == "demo":
         from quantship.demo import run_demo

@@ -67,7 +67,9 @@ OV_OPS: dict[str, OpRule] = {
     "GlobalAveragePool": OpRule("compute", quantize_output=False),
     "AveragePool": OpRule("compute", quantize_output=False),
 }
-RULES = Rules(backend="openvino", ops=OV_OPS, act_dtype="uint8", symmetric=False, absorb=frozenset())
+RULES = Rules(
+    backend="openvino", ops=OV_OPS, act_dtype="uint8", symmetric=False, absorb=frozenset()
+)
 
 
 def _ov() -> Any:

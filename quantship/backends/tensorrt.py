@@ -1,0 +1,315 @@
+"""TensorRT: an explicit-quantization QDQ ONNX model that TensorRT accepts, and the
+engine built from it where TensorRT and an NVIDIA GPU exist.
+
+TensorRT's implicit INT8 calibrators are deprecated since 10.1; explicit quantization
+(Q/DQ in the graph) is the supported path. The rules (checked by ``tensorrt_check``,
+cited there) shape the plan:
+
+- activations symmetric int8, zero point 0, per tensor; weights int8 per output channel;
+- Q/DQ on the inputs of weighted ops (Conv, MatMul, Gemm) and of residual Adds and
+  average pooling ("Q/DQ Layer-Placement Recommendations": quantize all inputs of
+  weighted operations; quantize the residual input so the Add fuses into the Conv);
+  outputs are not quantized: TensorRT fuses Relu and the next layer's Q itself;
+- one DequantizeLinear per consumer (a shared DQ is not fused into every consumer);
+- biases stay float: TensorRT quantizes them inside the fused kernel.
+
+``compile`` always writes ``tensorrt/model.qdq.onnx`` and validates it; the engine is
+built there and then when TensorRT and a GPU are present, else later on the target
+machine with ``quantship build-engine OUT``. Without an engine, the QDQ model runs in
+ONNX Runtime on the CPU (symmetric INT8), which is how its numbers are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+
+from quantship.backends.base import Artifact, Feed, PlanOptions, QuantPlan, SessionSettings
+from quantship.backends.planning import (
+    OpRule,
+    Rules,
+    binary_check,
+    conv_check,
+    gemm_axis,
+    gemm_check,
+    make_plan,
+    matmul_check,
+)
+from quantship.backends.tensorrt_check import check_tensorrt
+from quantship.calibration.table import CalibrationTable
+from quantship.errors import BackendError
+from quantship.exporter.load import FloatModel, save_model
+
+TRT_OPS: dict[str, OpRule] = {
+    "Conv": OpRule("compute", weight=1, weight_axis=0, quantize_output=False, check=conv_check),
+    "ConvTranspose": OpRule("compute", weight=1, weight_axis=1, quantize_output=False),
+    "Gemm": OpRule(
+        "compute", weight=1, weight_axis=gemm_axis, quantize_output=False, check=gemm_check
+    ),
+    "MatMul": OpRule(
+        "compute",
+        weight=1,
+        weight_axis=1,
+        weight_may_be_activation=True,
+        quantize_output=False,
+        check=matmul_check,
+    ),
+    "Add": OpRule("compute", act_inputs=(0, 1), quantize_output=False, check=binary_check),
+    "GlobalAveragePool": OpRule("compute", quantize_output=False),
+    "AveragePool": OpRule("compute", quantize_output=False),
+}
+RULES = Rules(
+    backend="tensorrt",
+    ops=TRT_OPS,
+    act_dtype="int8",
+    symmetric=True,
+    absorb=frozenset(),
+    dedicated_dq=True,
+)
+QDQ_FILE = "tensorrt/model.qdq.onnx"
+ENGINE_FILE = "tensorrt/model.engine"
+
+
+def engine_unavailable() -> str | None:
+    """None when an engine can be built and run here, else why not."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "TensorRT is not installed (pip install 'quantship[tensorrt]' on a machine with an NVIDIA GPU)"
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        return "cuda-python is not installed (pip install 'quantship[tensorrt]')"
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) != 0 or count == 0:
+        return "no NVIDIA GPU is visible"
+    return None
+
+
+def _gpu() -> dict[str, str]:
+    from cuda.bindings import runtime as cudart
+
+    _, prop = cudart.cudaGetDeviceProperties(0)
+    name = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
+    return {"gpu": name.strip("\x00 "), "compute_capability": f"{prop.major}.{prop.minor}"}
+
+
+def build_engine(
+    qdq_path: Path,
+    engine_path: Path,
+    inputs: list[dict[str, Any]],
+    *,
+    fp16: bool = True,
+    max_batch: int = 32,
+) -> dict[str, Any]:
+    """Build a serialized engine with TensorRT's Python API (ONNX parser, builder
+    config, timing cache beside the engine so a rebuild is fast and repeatable)."""
+    reason = engine_unavailable()
+    if reason is not None:
+        raise BackendError(f"cannot build a TensorRT engine here: {reason}")
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # Explicit quantization wants a strongly typed network: precisions come from the
+    # Q/DQ nodes and the model's types, and precision flags must not be set.
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(qdq_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BackendError(f"TensorRT's ONNX parser rejected '{qdq_path}': {errors}")
+    config = builder.create_builder_config()
+    del fp16  # strongly typed: float layers keep the model's float type
+    cache_path = engine_path.with_suffix(".timing-cache")
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    profile = builder.create_optimization_profile()
+    for spec in inputs:
+        dims = [int(d) if d is not None else -1 for d in spec["shape"]]
+        if dims and dims[0] == -1:
+            lo, opt, hi = [1, *dims[1:]], [1, *dims[1:]], [max_batch, *dims[1:]]
+            profile.set_shape(spec["name"], lo, opt, hi)
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BackendError("TensorRT failed to build the engine (see its log above)")
+    engine_path.write_bytes(bytes(serialized))
+    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    info = {"tensorrt": trt.__version__, **_gpu(), "host": platform.node(), "max_batch": max_batch}
+    engine_path.with_suffix(".json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return info
+
+
+class TensorRTSession:
+    """An engine on the GPU: buffers allocated once per input shape, runs on one stream;
+    ``device_latency_ms`` times ``execute_async_v3`` with CUDA events."""
+
+    def __init__(self, engine_path: Path, settings: SessionSettings) -> None:
+        reason = engine_unavailable()
+        if reason is not None:
+            raise BackendError(f"cannot run the TensorRT engine here: {reason}")
+        import tensorrt as trt
+        from cuda.bindings import runtime as cudart
+
+        self.trt, self.cudart = trt, cudart
+        meta_path = engine_path.with_suffix(".json")
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        here = {"tensorrt": trt.__version__, **_gpu()}
+        for key in ("tensorrt", "gpu", "compute_capability"):
+            if key in meta and meta[key] != here[key]:
+                raise BackendError(
+                    f"'{engine_path}' was built for {key} {meta[key]!r}; this machine has {here[key]!r}. "
+                    "Engines are specific to the TensorRT version and GPU: rebuild it here with "
+                    "`quantship build-engine`"
+                )
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        if self.engine is None:
+            raise BackendError(
+                f"TensorRT cannot deserialize '{engine_path}'; rebuild it with `quantship build-engine`"
+            )
+        self.context = self.engine.create_execution_context()
+        _, self.stream = cudart.cudaStreamCreate()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        self._shape_key: tuple[Any, ...] | None = None
+        self._buffers: dict[str, tuple[int, npt.NDArray[Any]]] = {}
+
+    def _prepare(self, feeds: Feed) -> None:
+        key = tuple((n, feeds[n].shape) for n in self.inputs)
+        if key == self._shape_key:
+            return
+        for ptr, _ in self._buffers.values():
+            self.cudart.cudaFree(ptr)
+        self._buffers = {}
+        for n in self.inputs:
+            self.context.set_input_shape(n, feeds[n].shape)
+        for n in self.inputs + self.outputs:
+            shape = tuple(self.context.get_tensor_shape(n))
+            dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(n)))
+            host = np.empty(shape, dtype)
+            _, ptr = self.cudart.cudaMalloc(max(host.nbytes, 1))
+            self.context.set_tensor_address(n, ptr)
+            self._buffers[n] = (ptr, host)
+        self._shape_key = key
+
+    def run(self, feeds: Feed) -> list[npt.NDArray[Any]]:
+        cudart = self.cudart
+        self._prepare(feeds)
+        h2d, d2h = (
+            cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+            cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+        )
+        for n in self.inputs:
+            ptr, host = self._buffers[n]
+            src = np.ascontiguousarray(feeds[n], dtype=host.dtype)
+            cudart.cudaMemcpyAsync(ptr, src.ctypes.data, src.nbytes, h2d, self.stream)
+        self.context.execute_async_v3(self.stream)
+        for n in self.outputs:
+            ptr, host = self._buffers[n]
+            cudart.cudaMemcpyAsync(host.ctypes.data, ptr, host.nbytes, d2h, self.stream)
+        cudart.cudaStreamSynchronize(self.stream)
+        return [self._buffers[n][1].copy() for n in self.outputs]
+
+    def device_latency_ms(
+        self, feeds: Feed, warmup: int, iterations: int, cuda_graph: bool = False
+    ) -> list[float]:
+        """GPU time of each inference, between CUDA events on the stream (inputs stay on
+        the device; copies are not timed). With ``cuda_graph`` the enqueue is captured
+        once and replayed, removing launch overhead."""
+        cudart = self.cudart
+        self.run(feeds)  # uploads the inputs, sizes the buffers
+        graph_exec = None
+        if cuda_graph:
+            cudart.cudaStreamBeginCapture(
+                self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
+            )
+            self.context.execute_async_v3(self.stream)
+            _, graph = cudart.cudaStreamEndCapture(self.stream)
+            _, graph_exec = cudart.cudaGraphInstantiate(graph, 0)
+
+        def launch() -> None:
+            if graph_exec is not None:
+                cudart.cudaGraphLaunch(graph_exec, self.stream)
+            else:
+                self.context.execute_async_v3(self.stream)
+
+        for _ in range(warmup):
+            launch()
+        cudart.cudaStreamSynchronize(self.stream)
+        _, start = cudart.cudaEventCreate()
+        _, end = cudart.cudaEventCreate()
+        out = []
+        for _ in range(iterations):
+            cudart.cudaEventRecord(start, self.stream)
+            launch()
+            cudart.cudaEventRecord(end, self.stream)
+            cudart.cudaEventSynchronize(end)
+            _, ms = cudart.cudaEventElapsedTime(start, end)
+            out.append(float(ms))
+        return out
+
+
+class TensorRTBackend:
+    name = "tensorrt"
+    extra = "tensorrt"
+    formats = ("onnx-qdq",)
+
+    def available(self) -> str | None:
+        return None  # the QDQ model is written and validated anywhere; the engine is optional
+
+    def plan(self, model: FloatModel, table: CalibrationTable, options: PlanOptions) -> QuantPlan:
+        return make_plan(model, table, options, RULES)
+
+    def compile(self, qdq: onnx.ModelProto, out_dir: Path, model: FloatModel) -> Artifact:
+        errors = [f for f in check_tensorrt(qdq) if f.severity == "error"]
+        if errors:
+            raise BackendError(
+                f"the TensorRT plan broke a TensorRT rule (a quantship bug): {errors[0]}"
+            )
+        path = out_dir / QDQ_FILE
+        save_model(qdq, path)
+        inputs = [{"name": i.name, "shape": list(i.shape)} for i in model.inputs]
+        files = [QDQ_FILE]
+        reason = engine_unavailable()
+        engine: dict[str, Any]
+        if reason is None:
+            info = build_engine(path, out_dir / ENGINE_FILE, inputs)
+            engine = {"built": True, "path": ENGINE_FILE, **info}
+            files += [ENGINE_FILE, str(Path(ENGINE_FILE).with_suffix(".json"))]
+        else:
+            engine = {
+                "built": False,
+                "reason": reason,
+                "how": "on the target machine: quantship build-engine <this folder>",
+            }
+        return Artifact(
+            backend=self.name,
+            format="onnx-qdq",
+            root=out_dir,
+            files=tuple(files),
+            metadata={
+                "activations": "int8 symmetric (zero point 0), per tensor",
+                "weights": "int8 symmetric, per output channel",
+                "validator": "passes every TensorRT explicit-quantization rule",
+                "inputs": inputs,
+                "engine": engine,
+            },
+        )
+
+    def session(self, artifact: Artifact, settings: SessionSettings) -> Any:
+        engine = artifact.metadata.get("engine", {})
+        if engine.get("built") and engine_unavailable() is None:
+            return TensorRTSession(artifact.root / engine["path"], settings)
+        # No engine here: the same QDQ model, symmetric INT8, in ONNX Runtime on the CPU.
+        from quantship.backends.onnxruntime import OrtSession
+
+        return OrtSession(artifact.path, settings)

@@ -1,0 +1,201 @@
+"""TensorRT: the validator catches each rule a model breaks, by node; quantship's plan
+passes it; the QDQ numbers hold in ONNX Runtime. Engine tests need TensorRT and an
+NVIDIA GPU and skip with the reason otherwise."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from models import images, run_ort, save, tiny_cnn
+from onnx import TensorProto, helper, numpy_helper
+
+from quantship import api
+from quantship.backends.tensorrt import engine_unavailable
+from quantship.backends.tensorrt_check import check_tensorrt
+
+
+def qdq_conv(
+    *,
+    zp: int = 0,
+    zp_type: int = TensorProto.INT8,
+    w_axis: int = 0,
+    act_per_channel: bool = False,
+    shared_dq: bool = False,
+    q_to_relu: bool = False,
+    opset: int = 13,
+    quantize_weight: bool = True,
+    scale_input: bool = False,
+) -> onnx.ModelProto:
+    """x → Q → DQ → Conv(W) [→ second Conv sharing the DQ]; each flag breaks one rule."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(
+            np.asarray(0.02 if not act_per_channel else [0.02] * 3, np.float32), "x_s"
+        ),
+        helper.make_tensor(
+            "x_z", zp_type, [3] if act_per_channel else [], [zp] * (3 if act_per_channel else 1)
+        ),
+        numpy_helper.from_array(np.clip(np.rint(w / 0.01), -127, 127).astype(np.int8), "w_q"),
+        numpy_helper.from_array(np.full(4 if w_axis == 0 else 3, 0.01, np.float32), "w_s"),
+        numpy_helper.from_array(np.zeros(4 if w_axis == 0 else 3, np.int8), "w_z"),
+        numpy_helper.from_array(w, "w_f"),
+    ]
+    ax = {"axis": 1} if act_per_channel else {}
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])]
+    scale_name = "x_s"
+    if scale_input:
+        inputs.append(helper.make_tensor_value_info("s_in", TensorProto.FLOAT, []))
+        scale_name = "s_in"
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", scale_name, "x_z"], ["xq"], name="q_x", **ax),
+    ]
+    if q_to_relu:
+        nodes.append(helper.make_node("Relu", ["xq"], ["bad"], name="relu_on_int"))
+    nodes.append(
+        helper.make_node("DequantizeLinear", ["xq", scale_name, "x_z"], ["xd"], name="dq_x", **ax)
+    )
+    if quantize_weight:
+        nodes.append(
+            helper.make_node(
+                "DequantizeLinear", ["w_q", "w_s", "w_z"], ["wd"], name="dq_w", axis=w_axis
+            )
+        )
+        w_in = "wd"
+    else:
+        w_in = "w_f"
+    nodes.append(helper.make_node("Conv", ["xd", w_in], ["y"], name="conv", pads=[1, 1, 1, 1]))
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if shared_dq:
+        nodes.append(
+            helper.make_node("Conv", ["xd", "w_f"], ["y2"], name="conv2", pads=[1, 1, 1, 1])
+        )
+        outputs.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, None))
+    if q_to_relu:
+        outputs.append(helper.make_tensor_value_info("bad", zp_type, None))
+    g = helper.make_graph(nodes, "qdq", inputs, outputs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
+def _rules(m: onnx.ModelProto) -> set[tuple[str, str]]:
+    return {(f.rule, f.node) for f in check_tensorrt(m)}
+
+
+def test_a_good_model_passes() -> None:
+    assert check_tensorrt(qdq_conv()) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"zp": 3}, {("zero-point", "q_x"), ("zero-point", "dq_x")}),
+        (
+            {"zp": 128, "zp_type": TensorProto.UINT8},
+            {("int8", "q_x"), ("zero-point", "q_x"), ("int8", "dq_x")},
+        ),
+        ({"w_axis": 1}, {("per-channel", "dq_w")}),
+        ({"act_per_channel": True}, {("per-channel", "q_x"), ("per-channel", "dq_x")}),
+        ({"shared_dq": True}, {("shared-dq", "dq_x"), ("weight-unquantized", "conv2")}),
+        ({"q_to_relu": True}, {("pairing", "q_x")}),
+        ({"opset": 12}, {("opset", "model")}),
+        ({"quantize_weight": False}, {("weight-unquantized", "conv")}),
+        ({"scale_input": True}, {("constant-params", "q_x"), ("constant-params", "dq_x")}),
+    ],
+)
+def test_each_rule_is_named_by_node(
+    kwargs: dict[str, object], expected: set[tuple[str, str]]
+) -> None:
+    got = _rules(qdq_conv(**kwargs))  # type: ignore[arg-type]
+    assert expected <= got, got
+
+
+def test_onnxruntime_style_model_is_rejected_and_ours_passes(
+    tmp_path: Path, cnn_path: Path, calib_npz: Path
+) -> None:
+    api.export(cnn_path, calib_npz, tmp_path / "o", backends="onnxruntime,tensorrt", bench=False)
+    ort_model = onnx.load(str(tmp_path / "o/onnxruntime/model.int8.onnx"))
+    rules = {f.rule for f in check_tensorrt(ort_model) if f.severity == "error"}
+    assert {"zero-point", "int8"} <= rules  # the asymmetric uint8 other tools write
+    trt_model = onnx.load(str(tmp_path / "o/tensorrt/model.qdq.onnx"))
+    assert check_tensorrt(trt_model) == []
+    zps = [numpy_helper.to_array(t) for t in trt_model.graph.initializer if "zero" in t.name]
+    assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
+
+
+def test_qdq_model_numbers_hold_in_onnxruntime(tmp_path: Path) -> None:
+    model = save(tiny_cnn(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", images=images(48))
+    res = api.export(model, tmp_path / "c.npz", tmp_path / "o", backends="tensorrt", bench=False)
+    (entry,) = res.manifest["artifacts"]
+    assert entry["fidelity"]["cosine"] > 0.99
+    if engine_unavailable() is not None:
+        assert entry["metadata"]["engine"]["built"] is False
+        assert "build-engine" in entry["metadata"]["engine"]["how"]
+    x = {"images": images(4, seed=9)}
+    ref, got = run_ort(model, x)[0], run_ort(tmp_path / "o/tensorrt/model.qdq.onnx", x)[0]
+    assert float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.99
+
+
+def test_check_command(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    onnx.save_model(qdq_conv(zp=5), str(bad))
+    good = tmp_path / "good.onnx"
+    onnx.save_model(qdq_conv(), str(good))
+    p = subprocess.run(
+        [sys.executable, "-m", "quantship", "check", "tensorrt", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 1 and "[zero-point] q_x" in p.stdout
+    p = subprocess.run(
+        [sys.executable, "-m", "quantship", "check", "tensorrt", str(good)],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 0 and "0 error(s)" in p.stdout
+
+
+def test_build_engine_without_tensorrt_is_one_clear_line(
+    tmp_path: Path, cnn_path: Path, calib_npz: Path
+) -> None:
+    if engine_unavailable() is None:
+        pytest.skip("TensorRT and a GPU are present; the engine path is tested below")
+    api.export(cnn_path, calib_npz, tmp_path / "o", backends="tensorrt", bench=False)
+    before = (tmp_path / "o/manifest.json").read_text()
+    p = subprocess.run(
+        [sys.executable, "-m", "quantship", "build-engine", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "cannot build a TensorRT engine here" in p.stderr
+    assert (tmp_path / "o/manifest.json").read_text() == before
+
+
+@pytest.mark.gpu
+def test_engine_builds_runs_and_agrees(tmp_path: Path, cnn_path: Path, calib_npz: Path) -> None:
+    reason = engine_unavailable()
+    if reason is not None:
+        pytest.skip(f"needs TensorRT and an NVIDIA GPU: {reason}")
+    from quantship.backends.base import SessionSettings
+    from quantship.backends.tensorrt import TensorRTSession
+
+    res = api.export(cnn_path, calib_npz, tmp_path / "o", backends="tensorrt", bench=False)
+    engine = res.manifest["artifacts"][0]["metadata"]["engine"]
+    assert engine["built"] and (tmp_path / "o" / engine["path"]).exists()
+    meta = json.loads((tmp_path / "o/tensorrt/model.json").read_text())
+    assert meta["tensorrt"] and meta["gpu"]
+    s = TensorRTSession(tmp_path / "o" / engine["path"], SessionSettings())
+    x = {"images": images(4, seed=2)}
+    got, ref = s.run(x)[0], run_ort(cnn_path, x)[0]
+    assert float((got * ref).sum() / np.linalg.norm(got) / np.linalg.norm(ref)) > 0.99
+    times = s.device_latency_ms(x, warmup=5, iterations=20)
+    assert len(times) == 20 and min(times) > 0
