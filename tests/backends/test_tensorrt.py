@@ -47,19 +47,24 @@ def qdq_conv(
         numpy_helper.from_array(np.zeros(4 if w_axis == 0 else 3, np.int8), "w_z"),
         numpy_helper.from_array(w, "w_f"),
     ]
-    ax = {"axis": 1} if act_per_channel else {}
+    def qdq(op: str, ins: list[str], out: str, name: str) -> onnx.NodeProto:
+        node = helper.make_node(op, ins, [out], name=name)
+        if act_per_channel:
+            node.attribute.append(helper.make_attribute("axis", 1))
+        return node
+
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])]
     scale_name = "x_s"
     if scale_input:
         inputs.append(helper.make_tensor_value_info("s_in", TensorProto.FLOAT, []))
         scale_name = "s_in"
     nodes = [
-        helper.make_node("QuantizeLinear", ["x", scale_name, "x_z"], ["xq"], name="q_x", **ax),
+        qdq("QuantizeLinear", ["x", scale_name, "x_z"], "xq", "q_x"),
     ]
     if q_to_relu:
         nodes.append(helper.make_node("Relu", ["xq"], ["bad"], name="relu_on_int"))
     nodes.append(
-        helper.make_node("DequantizeLinear", ["xq", scale_name, "x_z"], ["xd"], name="dq_x", **ax)
+        qdq("DequantizeLinear", ["xq", scale_name, "x_z"], "xd", "dq_x")
     )
     if quantize_weight:
         nodes.append(
