@@ -166,8 +166,6 @@ def export(
         raise QuantshipError(f"--samples must be at least 1, got {samples}")
     check_output_dir(out)
     chosen, missing = _backends(backends)
-    for m in missing:
-        ui.note(f"error: {m}")
     if calib is None and calib_cache is None:
         raise DataError("give calibration data (--calib) or a calibration table (--calib-cache)")
 

@@ -263,6 +263,8 @@ def _run(args: argparse.Namespace) -> int:
             ui=ui,
         )
         ui.note(f"wrote {result.out}/manifest.json")
+        for failure in result.failures:
+            print(f"quantship: error: {failure}", file=sys.stderr)
         return 2 if result.failures else 0
     if args.command == "bench":
         from quantship.bench.timing import BenchSettings

@@ -47,6 +47,7 @@ def qdq_conv(
         numpy_helper.from_array(np.zeros(4 if w_axis == 0 else 3, np.int8), "w_z"),
         numpy_helper.from_array(w, "w_f"),
     ]
+
     def qdq(op: str, ins: list[str], out: str, name: str) -> onnx.NodeProto:
         node = helper.make_node(op, ins, [out], name=name)
         if act_per_channel:
@@ -63,9 +64,7 @@ def qdq_conv(
     ]
     if q_to_relu:
         nodes.append(helper.make_node("Relu", ["xq"], ["bad"], name="relu_on_int"))
-    nodes.append(
-        qdq("DequantizeLinear", ["xq", scale_name, "x_z"], "xd", "dq_x")
-    )
+    nodes.append(qdq("DequantizeLinear", ["xq", scale_name, "x_z"], "xd", "dq_x"))
     if quantize_weight:
         nodes.append(
             helper.make_node(

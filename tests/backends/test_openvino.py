@@ -1,0 +1,114 @@
+"""The OpenVINO backend: int8 weights in the IR, INT8 execution in the CPU plugin,
+the placement OpenVINO wants, throughput mode, and a clear error without OpenVINO."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip(
+    "openvino", reason="OpenVINO is not installed (pip install 'quantship[openvino]')"
+)
+
+from quantship import api
+from quantship.backends.base import PlanOptions, SessionSettings
+from quantship.backends.openvino import OpenVINOBackend
+
+
+@pytest.fixture
+def exported(tmp_path: Path, cnn_path: Path, calib_npz: Path) -> Path:
+    out = tmp_path / "o"
+    api.export(cnn_path, calib_npz, out, backends="openvino", bench=False)
+    return out
+
+
+def test_convolution_weights_are_int8_in_the_ir(exported: Path) -> None:
+    xml = (exported / "openvino/model.int8.xml").read_text()
+    layers = dict(re.findall(r'<layer id="(\d+)"[^>]*type="(\w+)"', xml))
+    consts = {i for i, t in layers.items() if t == "Const"}
+    i8 = set(re.findall(r'<layer id="(\d+)"[^>]*type="Const"[^>]*>\s*<data element_type="i8"', xml))
+    assert i8 and i8 <= consts
+    # every Convolution's weight path starts at an i8 constant (Const i8 → Convert → Multiply → Convolution)
+    edges = re.findall(
+        r'<edge from-layer="(\d+)" from-port="\d+" to-layer="(\d+)" to-port="(\d+)"', xml
+    )
+    parents: dict[str, list[str]] = {}
+    for src, dst, _ in edges:
+        parents.setdefault(dst, []).append(src)
+
+    def reaches_i8(node: str, depth: int = 0) -> bool:
+        return node in i8 or (
+            depth < 6 and any(reaches_i8(p, depth + 1) for p in parents.get(node, []))
+        )
+
+    convs = [i for i, t in layers.items() if t == "Convolution"]
+    assert len(convs) == 3
+    weight_inputs = {dst: [s for s, d, port in edges if d == dst and port == "1"] for dst in convs}
+    assert all(reaches_i8(w[0]) for w in weight_inputs.values())
+    bin_size = (exported / "openvino/model.int8.bin").stat().st_size
+    weights = sum(
+        np.prod(t.dims)
+        for t in onnx.load(str(exported / "float/model.onnx")).graph.initializer
+        if len(t.dims) == 4
+    )
+    assert bin_size < 0.5 * weights * 4  # int8 weights: well under the float bytes
+
+
+def test_the_plugin_runs_convolutions_in_int8(exported: Path) -> None:
+    import json
+
+    m = json.loads((exported / "manifest.json").read_text())
+    (entry,) = m["artifacts"]
+    assert entry["metadata"]["integer_kernels"]["Convolution"] == {"total": 3, "integer": 3}
+    assert entry["fidelity"]["cosine"] > 0.99
+
+
+def test_quantization_goes_on_inputs_only(tmp_path: Path, cnn_path: Path, calib_npz: Path) -> None:
+    from quantship.calibration.data import open_data
+    from quantship.calibration.runner import calibrate
+    from quantship.exporter.load import load_model
+
+    fm = load_model(cnn_path, data_shapes={"images": (1, 3, 16, 16)})
+    table = calibrate(fm, open_data(calib_npz, fm.inputs), samples=16)
+    plan = OpenVINOBackend().plan(fm, table, PlanOptions())
+    quantized_tensors = {a.tensor for a in plan.activations}
+    conv_outputs = {n.output[0] for n in fm.proto.graph.node if n.op_type == "Conv"}
+    relu_outputs = {n.output[0] for n in fm.proto.graph.node if n.op_type == "Relu"}
+    assert "images" in quantized_tensors and relu_outputs & quantized_tensors
+    assert not (conv_outputs - {"c3"}) & quantized_tensors  # c3 is a residual Add input
+    assert all(a.params.dtype == "uint8" for a in plan.activations)
+
+
+def test_throughput_mode(exported: Path) -> None:
+    from quantship.exporter.manifest import artifacts_in, read_manifest
+
+    (art,) = artifacts_in(exported, read_manifest(exported))
+    s = OpenVINOBackend().session(art, SessionSettings(threads=1))
+    x = {"images": np.zeros((1, 3, 16, 16), np.float32)}
+    runs, secs = s.throughput(x, 0.3)
+    assert runs > 0 and secs >= 0.3
+
+
+def test_without_openvino_the_error_names_the_extra_and_others_complete(
+    tmp_path: Path, cnn_path: Path, calib_npz: Path
+) -> None:
+    block = (
+        "import sys, importlib.abc\n"
+        "class B(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, n, p=None, t=None):\n"
+        "        if n.split('.')[0] == 'openvino': raise ImportError(n)\n"
+        "sys.meta_path.insert(0, B())\n"
+        "from quantship.cli import main\n"
+        f"raise SystemExit(main(['export', {str(cnn_path)!r}, '--calib', {str(calib_npz)!r}, '--out', "
+        f"{str(tmp_path / 'o')!r}, '--backend', 'onnxruntime,openvino', '--no-bench', '-q']))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "quantship[openvino]" in p.stderr
+    assert (tmp_path / "o/onnxruntime/model.int8.onnx").exists()
