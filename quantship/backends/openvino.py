@@ -67,8 +67,16 @@ OV_OPS: dict[str, OpRule] = {
     "GlobalAveragePool": OpRule("compute", quantize_output=False),
     "AveragePool": OpRule("compute", quantize_output=False),
 }
+# Quantization moves above Split, Resize and MaxPool so OpenVINO moves int8 data (as
+# NNCF places it): 2.4% faster on the detector, cosine 0.928 -> 0.924. Above Concat too
+# would match NNCF's speed there (another 3.5%) at NNCF's fidelity (0.90), so not.
 RULES = Rules(
-    backend="openvino", ops=OV_OPS, act_dtype="uint8", symmetric=False, absorb=frozenset()
+    backend="openvino",
+    ops=OV_OPS,
+    act_dtype="uint8",
+    symmetric=False,
+    absorb=frozenset(),
+    hoist=frozenset({"Split", "Resize", "MaxPool"}),
 )
 
 

@@ -70,6 +70,9 @@ class Rules:
     absorb: frozenset[str] = field(default_factory=lambda: frozenset({"Relu", "Clip"}))
     dedicated_dq: bool = False
     quantize_graph_outputs: bool = False
+    # Data-movement ops the quantization of their consumers is moved above, onto their
+    # inputs, so the runtime moves int8 data and needs no requantization after them.
+    hoist: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -178,6 +181,9 @@ def make_plan(
                 if out in view.outputs:
                     outputs_q.add(out)
 
+    if rules.hoist:
+        _hoist(through, view, table, rules.hoist, options)
+
     tie: dict[str, str] = {}
     transparent: list[int] = []
     for idx, node in enumerate(view.nodes):  # ONNX graphs are topologically sorted
@@ -256,6 +262,39 @@ def make_plan(
         quantized_nodes=tuple(view.node_name(i) for i in quantized),
         dedicated_dq=rules.dedicated_dq,
     )
+
+
+def _hoist(
+    through: dict[str, set[Use]],
+    view: GraphView,
+    table: CalibrationTable,
+    ops: frozenset[str],
+    options: PlanOptions,
+) -> None:
+    """Move quantization from the outputs of ``ops`` (Split, Concat, …) to their
+    inputs, repeatedly: consumers then read the dequantized data through the op."""
+    changed = True
+    while changed:
+        changed = False
+        for t in sorted(through):
+            p = view.producer.get(t)
+            if p is None or not through[t]:
+                continue
+            node = view.nodes[p]
+            if node.op_type not in ops or view.node_name(p) in options.float_nodes:
+                continue
+            slots = range(len(node.input)) if node.op_type == "Concat" else (0,)
+            data = [(s, node.input[s]) for s in slots if s < len(node.input) and node.input[s]]
+            if not data or any(
+                view.is_constant(x) or not view.is_float(x) or x not in table or not table[x].count
+                for _, x in data
+            ):
+                continue
+            del through[t]
+            for s, x in data:
+                through.setdefault(x, set()).add(Use(p, s))
+            changed = True
+            break
 
 
 # --- checks shared by backends -----------------------------------------------------

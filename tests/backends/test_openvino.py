@@ -83,6 +83,8 @@ def test_quantization_goes_on_inputs_only(tmp_path: Path, cnn_path: Path, calib_
     assert "images" in quantized_tensors and relu_outputs & quantized_tensors
     assert not (conv_outputs - {"c3"}) & quantized_tensors  # c3 is a residual Add input
     assert all(a.params.dtype == "uint8" for a in plan.activations)
+    # quantization moved above the MaxPool: int8 data goes through it, nothing after it
+    assert "r1" in quantized_tensors and "p1" not in quantized_tensors
 
 
 def test_throughput_mode(exported: Path) -> None:
