@@ -149,6 +149,7 @@ def export(
     images: ImageOptions | None = None,
     weights: str | Path | None = None,
     float_nodes: Sequence[str] = (),
+    require_engine: bool = False,
     bench: bool = True,
     threads: int | None = None,
     ui: UI = SILENT,
@@ -166,6 +167,18 @@ def export(
         raise QuantshipError(f"--samples must be at least 1, got {samples}")
     check_output_dir(out)
     chosen, missing = _backends(backends)
+    if require_engine:
+        from quantship.backends.tensorrt import engine_unavailable
+
+        if "tensorrt" not in [b.name for b in chosen]:
+            raise BackendError(
+                "--require-engine applies to --backend tensorrt, which was not asked for"
+            )
+        reason = engine_unavailable()
+        if reason is not None:
+            raise BackendError(
+                f"--require-engine: a TensorRT engine cannot be built here: {reason}"
+            )
     if calib is None and calib_cache is None:
         raise DataError("give calibration data (--calib) or a calibration table (--calib-cache)")
 

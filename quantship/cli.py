@@ -150,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--threads", type=_positive, help="CPU threads for fidelity and latency runs")
     e.add_argument("--no-bench", action="store_true", help="skip the closing latency measurement")
+    e.add_argument(
+        "--require-engine",
+        action="store_true",
+        help="with --backend tensorrt: fail unless the TensorRT engine can be built here",
+    )
     e.add_argument("--quiet", "-q", action="store_true", help="print only errors")
     img = e.add_argument_group("image options (when DATA is a folder of images)")
     img.add_argument(
@@ -258,6 +263,7 @@ def _run(args: argparse.Namespace) -> int:
             images=images,
             weights=args.weights,
             float_nodes=args.keep_float,
+            require_engine=args.require_engine,
             bench=not args.no_bench,
             threads=args.threads,
             ui=ui,

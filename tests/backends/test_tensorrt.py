@@ -203,3 +203,31 @@ def test_engine_builds_runs_and_agrees(tmp_path: Path, cnn_path: Path, calib_npz
     assert float((got * ref).sum() / np.linalg.norm(got) / np.linalg.norm(ref)) > 0.99
     times = s.device_latency_ms(x, warmup=5, iterations=20)
     assert len(times) == 20 and min(times) > 0
+
+
+def test_require_engine_fails_up_front_without_tensorrt(
+    tmp_path: Path, cnn_path: Path, calib_npz: Path
+) -> None:
+    if engine_unavailable() is None:
+        pytest.skip("TensorRT and a GPU are present")
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "quantship",
+            "export",
+            str(cnn_path),
+            "--calib",
+            str(calib_npz),
+            "--out",
+            str(tmp_path / "o"),
+            "--backend",
+            "tensorrt",
+            "--require-engine",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "--require-engine: a TensorRT engine cannot be built here" in p.stderr
+    assert not (tmp_path / "o").exists()

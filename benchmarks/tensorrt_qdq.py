@@ -1,0 +1,116 @@
+"""The TensorRT-ready QDQ model, verified where TensorRT is not installed: it passes
+every TensorRT explicit-quantization rule, and its numbers (symmetric INT8, run in
+ONNX Runtime on the CPU) stay close to float on the core benchmark's CNNs. For contrast,
+the validator is also run on ONNX Runtime's own quantize_static output (asymmetric by
+default), which TensorRT rejects.
+
+    python benchmarks/tensorrt_qdq.py [--models resnet18,mobilenetv2,detector640] [--samples 256]
+
+Results: benchmarks/results/tensorrt_qdq.{json,md}. Where TensorRT and a GPU exist, the
+export also builds the engine and this script reports its GPU latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import WORK, machine, md_table, prepare, write_results
+
+
+def main() -> int:
+    import onnx
+
+    from quantship import api
+    from quantship.backends.tensorrt import engine_unavailable
+    from quantship.backends.tensorrt_check import check_tensorrt
+    from quantship.ui import UI
+
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--models", default="resnet18,mobilenetv2,detector640")
+    ap.add_argument("--samples", type=int, default=256)
+    ap.add_argument("--held", type=int, default=32)
+    args = ap.parse_args()
+    rows, results = [], []
+    for name in args.models.split(","):
+        paths = prepare(name, args.samples, args.held)
+        out = WORK / f"{name}-{args.samples}-{args.held}" / "trt-export"
+        print(f"[{name}] export --backend tensorrt ...", flush=True)
+        res = api.export(
+            paths["model"],
+            paths["calib"],
+            out,
+            backends="onnxruntime,tensorrt",
+            held_out=paths["held"],
+            samples=args.samples,
+            bench=False,
+            ui=UI(quiet=True),
+        )
+        arts = {a["backend"]: a for a in res.manifest["artifacts"]}
+        trt_findings = check_tensorrt(onnx.load(str(out / arts["tensorrt"]["path"])))
+        ort_file = WORK / f"{name}-{args.samples}-{args.held}" / "ort-minmax-s8.onnx"
+        ort_findings = check_tensorrt(onnx.load(str(ort_file))) if ort_file.exists() else []
+        ort_u8 = WORK / f"{name}-{args.samples}-{args.held}" / "ort-minmax-u8.onnx"
+        u8_findings = check_tensorrt(onnx.load(str(ort_u8))) if ort_u8.exists() else []
+        r: dict[str, Any] = {
+            "model": name,
+            "tensorrt_qdq_cosine_in_onnxruntime": arts["tensorrt"]["fidelity"]["cosine"],
+            "onnxruntime_plan_cosine": arts["onnxruntime"]["fidelity"]["cosine"],
+            "tensorrt_qdq_findings": [str(f) for f in trt_findings],
+            "ort_quantize_static_s8_errors": sorted(
+                {f.rule for f in ort_findings if f.severity == "error"}
+            ),
+            "ort_quantize_static_u8_errors": sorted(
+                {f.rule for f in u8_findings if f.severity == "error"}
+            ),
+            "engine": arts["tensorrt"]["metadata"]["engine"],
+        }
+        results.append(r)
+        rows.append(
+            [
+                name,
+                f"{r['tensorrt_qdq_cosine_in_onnxruntime']:.4f}",
+                f"{r['onnxruntime_plan_cosine']:.4f}",
+                str(len(trt_findings)),
+                ", ".join(r["ort_quantize_static_s8_errors"]) or "-",
+                ", ".join(r["ort_quantize_static_u8_errors"]) or "-",
+                "built" if r["engine"]["built"] else "not built",
+            ]
+        )
+        print(rows[-1], flush=True)
+    reason = engine_unavailable()
+    md = (
+        "# TensorRT-ready QDQ models\n\n"
+        + (
+            f"Command: `python benchmarks/tensorrt_qdq.py --models {args.models} --samples {args.samples}`\n\n"
+            f"Machine: {machine()}. Engine: {reason or 'built where listed'}.\n\n"
+            "Cosine: the symmetric-INT8 QDQ model run in ONNX Runtime (CPU) against float, on "
+            f"{args.held} held-out images; beside it, quantship's ONNX Runtime plan (asymmetric uint8). "
+            "Findings: rules of TensorRT's explicit quantization the model breaks (quantship's "
+            "validator); for ORT's own quantize_static outputs, the rules broken.\n\n"
+        )
+        + md_table(
+            [
+                "model",
+                "TRT QDQ cosine (ORT CPU)",
+                "ORT plan cosine",
+                "TRT findings",
+                "ORT quantize_static s8 breaks",
+                "ORT quantize_static u8 breaks",
+                "engine",
+            ],
+            rows,
+        )
+    )
+    write_results("tensorrt_qdq", {"machine": machine(), "engine": reason, "results": results}, md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
