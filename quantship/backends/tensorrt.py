@@ -76,6 +76,16 @@ QDQ_FILE = "tensorrt/model.qdq.onnx"
 ENGINE_FILE = "tensorrt/model.engine"
 
 
+def _cudart() -> Any:
+    """cuda-python's runtime bindings: ``cuda.bindings.runtime`` from 12.6 on,
+    ``cuda.cudart`` before."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        from cuda import cudart as runtime
+    return runtime
+
+
 def engine_unavailable() -> str | None:
     """None when an engine can be built and run here, else why not."""
     try:
@@ -83,7 +93,7 @@ def engine_unavailable() -> str | None:
     except ImportError:
         return "TensorRT is not installed (pip install 'quantship[tensorrt]' on a machine with an NVIDIA GPU)"
     try:
-        from cuda.bindings import runtime as cudart
+        cudart = _cudart()
     except ImportError:
         return "cuda-python is not installed (pip install 'quantship[tensorrt]')"
     err, count = cudart.cudaGetDeviceCount()
@@ -93,8 +103,7 @@ def engine_unavailable() -> str | None:
 
 
 def _gpu() -> dict[str, str]:
-    from cuda.bindings import runtime as cudart
-
+    cudart = _cudart()
     _, prop = cudart.cudaGetDeviceProperties(0)
     name = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
     return {"gpu": name.strip("\x00 "), "compute_capability": f"{prop.major}.{prop.minor}"}
@@ -130,13 +139,17 @@ def build_engine(
     cache_path = engine_path.with_suffix(".timing-cache")
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
+    # A dynamic batch axis needs an optimization profile (batch 1 to max_batch, tuned
+    # for 1: the latency case); a static model must not get an empty one.
     profile = builder.create_optimization_profile()
+    dynamic = False
     for spec in inputs:
         dims = [int(d) if d is not None else -1 for d in spec["shape"]]
         if dims and dims[0] == -1:
-            lo, opt, hi = [1, *dims[1:]], [1, *dims[1:]], [max_batch, *dims[1:]]
-            profile.set_shape(spec["name"], lo, opt, hi)
-    config.add_optimization_profile(profile)
+            profile.set_shape(spec["name"], [1, *dims[1:]], [1, *dims[1:]], [max_batch, *dims[1:]])
+            dynamic = True
+    if dynamic:
+        config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BackendError("TensorRT failed to build the engine (see its log above)")
@@ -156,8 +169,8 @@ class TensorRTSession:
         if reason is not None:
             raise BackendError(f"cannot run the TensorRT engine here: {reason}")
         import tensorrt as trt
-        from cuda.bindings import runtime as cudart
 
+        cudart = _cudart()
         self.trt, self.cudart = trt, cudart
         meta_path = engine_path.with_suffix(".json")
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}

@@ -14,7 +14,12 @@ import numpy as np
 import numpy.typing as npt
 
 from quantship.backends.base import Artifact, Backend, Session, SessionSettings
-from quantship.bench.timing import BenchSettings, LatencyStats, measure_interleaved
+from quantship.bench.timing import (
+    BenchSettings,
+    LatencyStats,
+    measure_interleaved,
+    stats_from_samples,
+)
 from quantship.errors import QuantshipError
 from quantship.exporter.load import InputSpec
 from quantship.ui import SILENT, UI
@@ -120,10 +125,29 @@ def bench_candidates(
                 raise QuantshipError(
                     f"{label} fails at batch {b}: {str(e).splitlines()[0]}"
                 ) from None
-        runners = {label: (lambda s=s, f=feeds: s.run(f)) for label, s in sessions.items()}
+        # GPU sessions time themselves with CUDA events (device time, no host copies);
+        # the rest share the CPU and are timed interleaved.
+        gpu = {label: s for label, s in sessions.items() if hasattr(s, "device_latency_ms")}
+        runners = {
+            label: (lambda s=s, f=feeds: s.run(f))
+            for label, s in sessions.items()
+            if label not in gpu
+        }
         rounds = settings.iterations
-        with ui.progress(f"benchmarking batch {b}", rounds) as advance:
-            stats = measure_interleaved(runners, settings, b, progress=advance)
+        stats: dict[str, LatencyStats] = {}
+        if runners:
+            with ui.progress(f"benchmarking batch {b}", rounds) as advance:
+                stats = measure_interleaved(runners, settings, b, progress=advance)
+        for label, s in gpu.items():
+            ms = s.device_latency_ms(feeds, max(settings.warmup, 1), settings.iterations or 200)
+            stats[label] = stats_from_samples(
+                label,
+                b,
+                [int(m * 1e6) for m in ms],
+                threads=None,
+                warmup=settings.warmup,
+                mode="gpu",
+            )
         out.extend(stats[c.label] for c in candidates)
     return out
 

@@ -44,6 +44,11 @@ def build_artifact(
         f"{backend.name}: {len(plan.quantized_nodes)} nodes in INT8, "
         f"{len(plan.float_nodes)} quantizable nodes left in float"
     )
+    engine = art.metadata.get("engine")
+    if isinstance(engine, dict) and engine.get("built") is False:
+        ui.note(
+            f"{backend.name}: engine not built here ({engine.get('reason')}); {engine.get('how')}"
+        )
     kernels = art.metadata.get("integer_kernels")
     if isinstance(kernels, dict):
         parts = [

@@ -39,3 +39,51 @@ def test_settings_validate() -> None:
         BenchSettings(duration=0)
     with pytest.raises(ValueError):
         BenchSettings(iterations=0)
+
+
+def test_gpu_sessions_are_timed_by_their_own_device_clock() -> None:
+    """Harness test with stub sessions (no hardware claim): a session that reports
+    device times (as the TensorRT session does with CUDA events) is timed by them, the
+    others interleaved on the CPU."""
+    from pathlib import Path
+    from typing import Any
+
+    import numpy as np
+
+    from quantship.backends.base import Artifact, SessionSettings
+    from quantship.bench.run import Candidate, bench_candidates
+    from quantship.exporter.load import InputSpec
+
+    class CpuStub:
+        def run(self, feeds: dict[str, Any]) -> list[Any]:
+            return [feeds["x"] * 2]
+
+    class GpuStub(CpuStub):
+        def device_latency_ms(
+            self, feeds: dict[str, Any], warmup: int, iterations: int
+        ) -> list[float]:
+            return [0.5] * iterations
+
+    class StubBackend:
+        name = "stub"
+        extra = "stub"
+        formats = ("onnx",)
+
+        def __init__(self, session: Any) -> None:
+            self.s = session
+
+        def session(self, artifact: Artifact, settings: SessionSettings) -> Any:
+            return self.s
+
+    art = Artifact("stub", "onnx", Path(), ("m.onnx",))
+    cands = [
+        Candidate("cpu", StubBackend(CpuStub()), art),  # type: ignore[arg-type]
+        Candidate("gpu", StubBackend(GpuStub()), art),  # type: ignore[arg-type]
+    ]
+    stats = bench_candidates(
+        cands, [InputSpec("x", (None, 4), "float32")], BenchSettings(warmup=1, iterations=7)
+    )
+    by = {s.label: s for s in stats}
+    assert by["gpu"].mode == "gpu" and by["gpu"].p50_ms == 0.5 and by["gpu"].iterations == 7
+    assert by["cpu"].mode == "latency" and by["cpu"].iterations == 7
+    assert np.isfinite(by["cpu"].p50_ms)
