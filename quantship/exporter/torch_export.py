@@ -111,7 +111,9 @@ def export_module(
 ) -> onnx.ModelProto:
     """Export an nn.Module (eval mode) with a dynamic batch axis on every input."""
     torch = _torch()
-    net = net.eval()
+    is_program = isinstance(net, torch.export.ExportedProgram)
+    if not is_program:
+        net = net.eval()
     names = input_names or list(shapes)
     args = tuple(torch.zeros(shapes[n]) for n in names)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -126,7 +128,8 @@ def export_module(
                 None,
                 input_names=names,
                 output_names=output_names,
-                dynamic_shapes=tuple(dyn[n] for n in names),
+                # a torch.export program carries its own dynamic dimensions
+                dynamic_shapes=None if is_program else tuple(dyn[n] for n in names),
                 opset_version=EXPORT_OPSET,
                 dynamo=True,
                 optimize=True,
@@ -156,7 +159,7 @@ def export_spec(
             raise ModelError(
                 f"'{path}' is not a torch.export program ({type(e).__name__}: {e})"
             ) from None
-        net = program.module()
+        net = program
     else:
         net = load_factory(spec)
         if weights is not None:
