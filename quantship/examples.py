@@ -249,6 +249,8 @@ def sample_images(n: int, size: int, seed: int = 0) -> npt.NDArray[np.float32]:
     import skimage.data
     from skimage.transform import resize
 
+    resize_fn: Any = resize  # scikit-image ships no type information
+
     srcs: list[Any] = []
     for name in SAMPLE_IMAGES:
         img = getattr(skimage.data, name)()
@@ -263,7 +265,9 @@ def sample_images(n: int, size: int, seed: int = 0) -> npt.NDArray[np.float32]:
         h, w = src.shape[:2]
         side = int(min(h, w) * rng.uniform(0.4, 1.0))
         y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        crop = resize(src[y : y + side, x : x + side], (size, size), order=1, anti_aliasing=False)  # type: ignore[no-untyped-call]
+        crop = resize_fn(
+            src[y : y + side, x : x + side], (size, size), order=1, anti_aliasing=False
+        )
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         out[i] = ((crop - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
