@@ -382,3 +382,45 @@ def build_engine(folder: str | Path, *, max_batch: int = 32, ui: UI = SILENT) ->
     write_json(root / MANIFEST, manifest)
     ui.note(f"engine built for {info['gpu']} with TensorRT {info['tensorrt']}")
     return info
+
+
+def distill(
+    teacher: str,
+    student: str,
+    data: str | Path,
+    out: str | Path,
+    *,
+    val: str | Path | None = None,
+    teacher_weights: str | Path | None = None,
+    epochs: int = 20,
+    temperature: float = 4.0,
+    alpha: float = 0.7,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    resume: bool = False,
+    ui: UI = SILENT,
+) -> dict[str, Any]:
+    """Distill ``student`` (package.module:factory) from ``teacher``; writes
+    student.pt, student.onnx and metrics.json into ``out``."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise QuantshipError(
+            "distill needs torch: pip install torch==2.13.0 'quantship[torch]'"
+        ) from None
+    from quantship.distill.train import DistillConfig, load_dataset
+    from quantship.distill.train import distill as run
+    from quantship.exporter.torch_export import load_factory, load_weights
+
+    try:
+        config = DistillConfig(epochs, temperature, alpha, lr, batch_size, seed)
+    except ValueError as e:
+        raise QuantshipError(str(e)) from None
+    t = load_factory(teacher, "teacher")
+    if teacher_weights is not None:
+        load_weights(t, Path(teacher_weights), "teacher")
+    s = load_factory(student, "student")
+    train = load_dataset(data, "training")
+    v = load_dataset(val, "validation") if val is not None else None
+    return run(t, s, train, v, Path(out), config, resume=resume, ui=ui)

@@ -216,6 +216,26 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--max-batch", type=_positive, default=32, help="largest batch of the profile")
     be.add_argument("--quiet", "-q", action="store_true")
 
+    ds = sub.add_parser("distill", help="train a smaller student from a teacher (torch)")
+    ds.add_argument("--teacher", required=True, metavar="PKG.MOD:FACTORY")
+    ds.add_argument("--teacher-weights", metavar="FILE", help="state dict of the trained teacher")
+    ds.add_argument("--student", required=True, metavar="PKG.MOD:FACTORY")
+    ds.add_argument(
+        "--data", required=True, help=".npz with x and y, or package.module:function -> Dataset"
+    )
+    ds.add_argument("--val", help="validation data, same forms")
+    ds.add_argument("--epochs", type=_positive, default=20)
+    ds.add_argument("--temperature", type=float, default=4.0)
+    ds.add_argument(
+        "--alpha", type=float, default=0.7, help="weight of the teacher term (1: no labels)"
+    )
+    ds.add_argument("--lr", type=float, default=1e-3)
+    ds.add_argument("--batch-size", type=_positive, default=64)
+    ds.add_argument("--seed", type=int, default=0)
+    ds.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    ds.add_argument("--out", type=Path, required=True)
+    ds.add_argument("--quiet", "-q", action="store_true")
+
     d = sub.add_parser(
         "demo", help="train a digits CNN, export INT8 for every installed backend, benchmark"
     )
@@ -312,6 +332,25 @@ def _run(args: argparse.Namespace) -> int:
         return 1 if errors else 0
     if args.command == "build-engine":
         api.build_engine(args.folder, max_batch=args.max_batch, ui=ui)
+        return 0
+    if args.command == "distill":
+        api.distill(
+            args.teacher,
+            args.student,
+            args.data,
+            args.out,
+            val=args.val,
+            teacher_weights=args.teacher_weights,
+            epochs=args.epochs,
+            temperature=args.temperature,
+            alpha=args.alpha,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            resume=args.resume,
+            ui=ui,
+        )
+        ui.note(f"wrote {args.out}/student.pt, student.onnx and metrics.json")
         return 0
     if args.command == "demo":
         from quantship.demo import run_demo

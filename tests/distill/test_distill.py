@@ -1,0 +1,221 @@
+"""Distillation: the loss against a hand computation, learning from the teacher,
+resume equal to an uninterrupted run, two-process torchrun, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0)")
+
+from quantship import api  # noqa: E402
+from quantship.distill.loss import distillation_loss  # noqa: E402
+
+NETS = """
+import torch
+from torch import nn
+
+def teacher():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+
+def student():
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+
+def wide_student():
+    return nn.Linear(16, 5)
+"""
+
+
+def test_loss_matches_a_hand_computation() -> None:
+    s = np.asarray([[1.0, 2.0, 0.5], [0.0, -1.0, 1.0]])
+    t = np.asarray([[2.0, 1.0, 0.0], [0.5, 0.5, 2.0]])
+    y = np.asarray([1, 2])
+    temp, alpha = 2.0, 0.25
+
+    def softmax(z: np.ndarray) -> np.ndarray:
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    pt, ps = softmax(t / temp), softmax(s / temp)
+    kl = float(np.mean(np.sum(pt * (np.log(pt) - np.log(ps)), axis=1)))
+    ce = float(np.mean(-np.log(softmax(s)[np.arange(2), y])))
+    expected = alpha * temp * temp * kl + (1 - alpha) * ce
+    got = distillation_loss(
+        torch.tensor(s), torch.tensor(t), torch.tensor(y), temperature=temp, alpha=alpha
+    )
+    assert float(got) == pytest.approx(expected, rel=1e-6)
+    only_teacher = distillation_loss(
+        torch.tensor(s), torch.tensor(t), None, temperature=temp, alpha=1.0
+    )
+    assert float(only_teacher) == pytest.approx(temp * temp * kl, rel=1e-6)
+    assert math.isfinite(expected)
+
+
+@pytest.fixture
+def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "qs_distill_nets.py").write_text(NETS)
+    monkeypatch.syspath_prepend(str(code))
+    sys.modules.pop("qs_distill_nets", None)
+    import importlib
+
+    teacher = importlib.import_module("qs_distill_nets").teacher().eval()
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 512), ("val", 128)):
+        x = rng.standard_normal((n, 16)).astype(np.float32)
+        with torch.no_grad():
+            y = teacher(torch.from_numpy(x)).argmax(1).numpy()
+        np.savez(tmp_path / f"{name}.npz", x=x, y=y)
+    return tmp_path
+
+
+def _agreement(student_pt: Path, work: Path) -> float:
+    import importlib
+
+    nets = importlib.import_module("qs_distill_nets")
+    s = nets.student()
+    s.load_state_dict(torch.load(str(student_pt), weights_only=True))
+    v = np.load(work / "val.npz")
+    with torch.no_grad():
+        t = nets.teacher()(torch.from_numpy(v["x"])).argmax(1)
+        p = s(torch.from_numpy(v["x"])).argmax(1)
+    return float((t == p).float().mean())
+
+
+def test_two_epochs_improve_agreement_with_the_teacher(work: Path) -> None:
+    import importlib
+
+    nets = importlib.import_module("qs_distill_nets")
+    torch.save(nets.student().state_dict(), work / "init.pt")
+    before = _agreement(work / "init.pt", work)
+    m = api.distill(
+        "qs_distill_nets:teacher",
+        "qs_distill_nets:student",
+        work / "train.npz",
+        work / "out",
+        val=work / "val.npz",
+        epochs=2,
+        alpha=1.0,
+        lr=1e-2,
+        batch_size=32,
+    )
+    after = _agreement(work / "out/student.pt", work)
+    assert after > before + 0.2, (before, after)
+    assert len(m["epochs"]) == 2 and m["epochs"][1]["loss"] < m["epochs"][0]["loss"]
+    saved = json.loads((work / "out/metrics.json").read_text())
+    assert saved["config"]["seed"] == 0 and saved["teacher_val_accuracy"] == 1.0
+    assert (work / "out/student.onnx").stat().st_size > 0
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ("qs_distill_nets:teacher", "qs_distill_nets:student", work / "train.npz")
+    api.distill(*args, work / "full", epochs=3, batch_size=32)
+    from quantship.distill import train as tr
+
+    real = tr._save_atomic
+    calls = {"n": 0}
+
+    def interrupt_after_first_epoch(obj: object, path: Path) -> None:
+        real(obj, path)
+        calls["n"] += 1
+        if path.name == tr.CHECKPOINT and calls["n"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "_save_atomic", interrupt_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        api.distill(*args, work / "part", epochs=3, batch_size=32)
+    monkeypatch.setattr(tr, "_save_atomic", real)
+    api.distill(*args, work / "part", epochs=3, batch_size=32, resume=True)
+    a = torch.load(str(work / "full/student.pt"), weights_only=True)
+    b = torch.load(str(work / "part/student.pt"), weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _cli(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "quantship", "distill", *args],
+        capture_output=True,
+        text=True,
+        cwd=work / "code",
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("student", "data", "fragment"),
+    [
+        ("qs_distill_nets:wide_student", "train.npz", "outputs differ in shape: (1, 4) vs (1, 5)"),
+        ("qs_distill_nets:student", "badlabels.npz", "labels must be in [0, 3]"),
+        ("no_such_module:student", "train.npz", "cannot import 'no_such_module'"),
+        ("qs_distill_nets:student", "nolabels.npz", "needs arrays 'x' (inputs) and 'y' (labels)"),
+    ],
+)
+def test_bad_input_is_one_line(work: Path, student: str, data: str, fragment: str) -> None:
+    np.savez(work / "badlabels.npz", x=np.zeros((8, 16), np.float32), y=np.full(8, 7))
+    np.savez(work / "nolabels.npz", x=np.zeros((8, 16), np.float32))
+    p = _cli(
+        work,
+        "--teacher",
+        "qs_distill_nets:teacher",
+        "--student",
+        student,
+        "--data",
+        str(work / data),
+        "--epochs",
+        "1",
+        "--out",
+        str(work / "o"),
+    )
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert fragment in p.stderr
+
+
+def test_two_process_torchrun(work: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29617",
+        "-m",
+        "quantship",
+        "distill",
+        "--teacher",
+        "qs_distill_nets:teacher",
+        "--student",
+        "qs_distill_nets:student",
+        "--data",
+        str(work / "train.npz"),
+        "--val",
+        str(work / "val.npz"),
+        "--epochs",
+        "2",
+        "--alpha",
+        "1",
+        "--lr",
+        "0.01",
+        "--batch-size",
+        "32",
+        "--out",
+        str(work / "ddp"),
+        "-q",
+    ]
+    env = {**__import__("os").environ, "PYTHONPATH": str(work / "code"), "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=work / "code", env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    m = json.loads((work / "ddp/metrics.json").read_text())
+    assert m["world_size"] == 2 and len(m["epochs"]) == 2
+    assert _agreement(work / "ddp/student.pt", work) > 0.6
