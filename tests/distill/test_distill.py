@@ -42,7 +42,8 @@ def test_loss_matches_a_hand_computation() -> None:
 
     def softmax(z: np.ndarray) -> np.ndarray:
         e = np.exp(z - z.max(1, keepdims=True))
-        return e / e.sum(1, keepdims=True)
+        out: np.ndarray = e / e.sum(1, keepdims=True)
+        return out
 
     pt, ps = softmax(t / temp), softmax(s / temp)
     kl = float(np.mean(np.sum(pt * (np.log(pt) - np.log(ps)), axis=1)))
