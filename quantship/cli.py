@@ -99,9 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG_EXPORT,
     )
-    e.add_argument("model", help="model.onnx, package.module:factory, or a torch.export .pt2 file")
+    e.add_argument(
+        "model", nargs="?", help="model.onnx, package.module:factory, or a torch.export .pt2 file"
+    )
+    e.add_argument(
+        "--config", type=Path, metavar="TOML", help="a pipeline file: [distill] and [export]"
+    )
     e.add_argument("--calib", metavar="DATA", help="calibration data (see below)")
-    e.add_argument("--out", metavar="DIR", required=True, type=Path, help="output folder")
+    e.add_argument(
+        "--out", metavar="DIR", type=Path, help="output folder (required without --config)"
+    )
     e.add_argument(
         "--backend",
         default="onnxruntime",
@@ -254,7 +261,20 @@ def _run(args: argparse.Namespace) -> int:
     from quantship.ui import UI
 
     ui = UI(quiet=args.quiet)
+    if args.command == "export" and args.config is not None:
+        if args.model is not None or args.out is not None:
+            raise QuantshipError(
+                "--config describes the whole run; give no model or --out beside it"
+            )
+        from quantship.pipeline_config import run_config
+
+        result = run_config(args.config, ui)
+        for failure in result.failures:
+            print(f"quantship: error: {failure}", file=sys.stderr)
+        return 2 if result.failures else 0
     if args.command == "export":
+        if args.model is None or args.out is None:
+            raise QuantshipError("export needs a model and --out (or --config pipeline.toml)")
         from quantship.calibration.data import ImageOptions
 
         try:

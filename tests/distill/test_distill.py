@@ -220,3 +220,59 @@ def test_two_process_torchrun(work: Path) -> None:
     m = json.loads((work / "ddp/metrics.json").read_text())
     assert m["world_size"] == 2 and len(m["epochs"]) == 2
     assert _agreement(work / "ddp/student.pt", work) > 0.6
+
+
+def test_pipeline_config_distills_then_exports(work: Path) -> None:
+    np.savez(work / "calib.npz", x=np.load(work / "train.npz")["x"][:64])
+    (work / "pipeline.toml").write_text(
+        '[distill]\nteacher = "qs_distill_nets:teacher"\nstudent = "qs_distill_nets:student"\n'
+        'data = "train.npz"\nval = "val.npz"\nepochs = 2\nalpha = 1.0\nlr = 0.01\nbatch_size = 32\nout = "student"\n\n'
+        '[export]\ncalib = "calib.npz"\nout = "build"\nbench = false\n'
+    )
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "quantship",
+            "export",
+            "--config",
+            str(work / "pipeline.toml"),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=work / "code",
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    m = json.loads((work / "build/manifest.json").read_text())
+    assert m["input_model"]["source"].endswith("student/student.onnx")
+    assert (work / "student/metrics.json").exists()
+
+
+def test_pipeline_config_typo_names_the_known_keys(work: Path) -> None:
+    (work / "bad.toml").write_text('[export]\nmodel = "m.onnx"\nout = "build"\nsampels = 3\n')
+    p = subprocess.run(
+        [sys.executable, "-m", "quantship", "export", "--config", str(work / "bad.toml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (
+        p.returncode == 2
+        and "unknown key 'sampels' in [export]; did you mean 'samples'" in p.stderr
+    )
+
+
+def test_distill_without_torch_names_the_extra(work: Path) -> None:
+    code = (
+        "import sys, importlib.abc\n"
+        "class B(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, n, p=None, t=None):\n"
+        "        if n.split('.')[0] == 'torch': raise ImportError(n)\n"
+        "sys.meta_path.insert(0, B())\n"
+        "from quantship.cli import main\n"
+        "raise SystemExit(main(['distill', '--teacher', 'a:b', '--student', 'a:c', '--data', 'x.npz', '--out', 'o']))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "quantship[torch]" in p.stderr and "Traceback" not in p.stderr

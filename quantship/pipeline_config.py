@@ -1,0 +1,167 @@
+"""``quantship export --config pipeline.toml``: distillation, calibration and export in
+one run, described in a file.
+
+    [distill]                      # optional: train a student first, then export it
+    teacher = "mypkg.models:resnet_big"
+    teacher_weights = "teacher.pt"
+    student = "mypkg.models:resnet_small"
+    data = "train.npz"
+    val = "val.npz"
+    epochs = 20
+    temperature = 4.0
+    alpha = 0.7
+    out = "student"
+
+    [export]
+    model = "model.onnx"           # not with [distill]: the student is exported
+    calib = "calib.npz"
+    backend = "onnxruntime,openvino"
+    method = "percentile"
+    samples = 256
+    out = "build"
+
+Keys are checked: a misspelt key is an error that names the known ones, not a setting
+silently ignored. Relative paths are relative to the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from quantship.errors import QuantshipError, closest
+from quantship.ui import SILENT, UI
+
+DISTILL_KEYS = {
+    "teacher": str,
+    "teacher_weights": str,
+    "student": str,
+    "data": str,
+    "val": str,
+    "epochs": int,
+    "temperature": float,
+    "alpha": float,
+    "lr": float,
+    "batch_size": int,
+    "seed": int,
+    "out": str,
+}
+EXPORT_KEYS = {
+    "model": str,
+    "calib": str,
+    "out": str,
+    "backend": str,
+    "method": str,
+    "percentile": float,
+    "samples": int,
+    "held_out": str,
+    "calib_cache": str,
+    "weights": str,
+    "threads": int,
+    "bench": bool,
+    "keep_float": list,
+}
+PATH_KEYS = {
+    "teacher_weights",
+    "data",
+    "val",
+    "out",
+    "model",
+    "calib",
+    "held_out",
+    "calib_cache",
+    "weights",
+}
+
+
+def _section(
+    doc: dict[str, Any], name: str, keys: dict[str, type], base: Path, src: Path
+) -> dict[str, Any]:
+    raw = doc.get(name, {})
+    if not isinstance(raw, dict):
+        raise QuantshipError(f"'{src}': [{name}] must be a table")
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k not in keys:
+            raise QuantshipError(f"'{src}': unknown key {k!r} in [{name}]; {closest(k, keys)}")
+        want = keys[k]
+        ok = isinstance(v, want) or (
+            want is float and isinstance(v, int) and not isinstance(v, bool)
+        )
+        if not ok or (want is int and isinstance(v, bool)):
+            raise QuantshipError(f"'{src}': [{name}] {k} must be {want.__name__}, got {v!r}")
+        if k in PATH_KEYS and isinstance(v, str) and not _is_spec(v):
+            v = str((base / v).resolve()) if not Path(v).is_absolute() else v
+        out[k] = float(v) if want is float else v
+    return out
+
+
+def _is_spec(v: str) -> bool:
+    """package.module:function specs are not paths."""
+    from quantship.exporter.torch_export import is_torch_spec
+
+    return is_torch_spec(v) and not v.endswith(".pt2")
+
+
+def run_config(path: Path, ui: UI = SILENT) -> Any:
+    import tomllib
+
+    from quantship import api
+
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise QuantshipError(f"config '{path}' not found") from None
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise QuantshipError(f"config '{path}' is not valid TOML ({e})") from None
+    unknown = set(doc) - {"distill", "export"}
+    if unknown:
+        raise QuantshipError(
+            f"'{path}': unknown table(s) {sorted(unknown)}; the tables are [distill] and [export]"
+        )
+    base = path.parent
+    dst = _section(doc, "distill", DISTILL_KEYS, base, path)
+    exp = _section(doc, "export", EXPORT_KEYS, base, path)
+    if "out" not in exp:
+        raise QuantshipError(f"'{path}': [export] needs out")
+    if dst:
+        for k in ("teacher", "student", "data", "out"):
+            if k not in dst:
+                raise QuantshipError(f"'{path}': [distill] needs {k}")
+        if "model" in exp:
+            raise QuantshipError(
+                f"'{path}': [export] model and [distill] both given; the distilled student is exported"
+            )
+        api.distill(
+            dst["teacher"],
+            dst["student"],
+            dst["data"],
+            dst["out"],
+            val=dst.get("val"),
+            teacher_weights=dst.get("teacher_weights"),
+            **{
+                k: dst[k]
+                for k in ("epochs", "temperature", "alpha", "lr", "batch_size", "seed")
+                if k in dst
+            },
+            ui=ui,
+        )
+        exp["model"] = str(Path(dst["out"]) / "student.onnx")
+    if "model" not in exp:
+        raise QuantshipError(f"'{path}': give [export] model, or a [distill] table")
+    return api.export(
+        exp["model"],
+        exp.get("calib"),
+        exp["out"],
+        backends=exp.get("backend", "onnxruntime"),
+        method=exp.get("method", "percentile"),
+        percentile=exp.get("percentile", 99.99),
+        samples=exp.get("samples"),
+        held_out=exp.get("held_out"),
+        calib_cache=exp.get("calib_cache"),
+        weights=exp.get("weights"),
+        float_nodes=exp.get("keep_float", ()),
+        bench=exp.get("bench", True),
+        threads=exp.get("threads"),
+        ui=ui,
+    )
