@@ -149,6 +149,9 @@ def export(
     images: ImageOptions | None = None,
     weights: str | Path | None = None,
     float_nodes: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    exclude_ops: Sequence[str] = (),
+    max_drop: float | None = None,
     require_engine: bool = False,
     bench: bool = True,
     threads: int | None = None,
@@ -217,7 +220,17 @@ def export(
             fm, data, samples=split.calib_stop, histograms=mspec.needs_histogram, ui=ui
         )
 
-    options = PlanOptions(method=mspec, float_nodes=frozenset(float_nodes))
+    from quantship.guard import Evaluator, guard, held_feeds, resolve_exclusions
+
+    excluded = resolve_exclusions(fm, exclude, exclude_ops)
+    options = PlanOptions(method=mspec, float_nodes=frozenset(float_nodes) | excluded)
+    if max_drop is not None and not 0 < max_drop < 1:
+        raise QuantshipError(f"--max-drop is a budget on 1 - cosine, in (0, 1); got {max_drop}")
+    guard_feeds = (
+        held_feeds(split.held_data, split.held_start, split.held_stop)
+        if max_drop is not None and split.held_data is not None
+        else []
+    )
     artifacts: list[Artifact] = []
     figures: dict[str, dict[str, Any]] = {}
     failures = list(missing)
@@ -227,9 +240,22 @@ def export(
         table.save(stage / "calibration.json")
         float_art = Artifact("onnxruntime", "onnx", stage, (float_rel,), precision="float")
         for b in chosen:
-            art, plan_summary = build_artifact(b, fm, table, options, stage, ui)
+            b_options, guarded = options, None
+            if max_drop is not None:
+                res = guard(Evaluator(fm, table, b, guard_feeds), options, max_drop, ui)
+                b_options = PlanOptions(
+                    options.method, options.float_nodes | frozenset(res.float_nodes)
+                )
+                guarded = res.to_json()
+                ui.note(
+                    f"{b.name}: accuracy guard kept {len(res.float_nodes)} node(s) in float; "
+                    f"1 - cosine {res.before:.4g} -> {res.after:.4g} ({res.evaluations} evaluations, {res.seconds:.1f} s)"
+                )
+            art, plan_summary = build_artifact(b, fm, table, b_options, stage, ui)
             artifacts.append(art)
             figures[b.name] = {"plan": plan_summary}
+            if guarded is not None:
+                figures[b.name]["accuracy_guard"] = guarded
         fid = measure_fidelity(fm, float_art, artifacts, chosen, split, threads, ui)
         for b in chosen:
             figures[b.name]["fidelity"] = fid.get(b.name)
@@ -424,3 +450,58 @@ def distill(
     train = load_dataset(data, "training")
     v = load_dataset(val, "validation") if val is not None else None
     return run(t, s, train, v, Path(out), config, resume=resume, ui=ui)
+
+
+def sensitivity(
+    model: str | Path,
+    calib: str | Path,
+    out: str | Path,
+    *,
+    held_out: str | Path | None = None,
+    backend: str = registry.DEFAULT,
+    method: str = "percentile",
+    samples: int | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    ui: UI = SILENT,
+) -> list[dict[str, Any]]:
+    """Per-layer sensitivity: the error with only each node in INT8, ranked, written to
+    ``out/sensitivity.json`` and ``out/sensitivity.png``."""
+    from quantship.calibration.runner import calibrate
+    from quantship.guard import Evaluator, held_feeds, sensitivity_plot
+    from quantship.guard import sensitivity as rank
+
+    chosen, _ = _backends(backend)
+    fm, data = load_float_model(model, calib, input_shapes=input_shapes, images=None, weights=None)
+    held = open_data(held_out, fm.inputs, role="held-out") if held_out is not None else None
+    split = _split(data, samples, held)
+    assert data is not None
+    table = calibrate(fm, data, samples=split.calib_stop, histograms=True, ui=ui)
+    feeds = (
+        held_feeds(split.held_data, split.held_start, split.held_stop) if split.held_data else []
+    )
+    try:
+        options = PlanOptions(method=MethodSpec(method))  # type: ignore[arg-type]
+    except ValueError as e:
+        raise QuantshipError(str(e)) from None
+    rows = rank(Evaluator(fm, table, chosen[0], feeds), options, ui)
+    outp = Path(out)
+    outp.mkdir(parents=True, exist_ok=True)
+    result = [{"node": r.node, "op_type": r.op_type, "error": r.error} for r in rows]
+    write_json(
+        outp / "sensitivity.json",
+        {
+            "model": str(model),
+            "backend": chosen[0].name,
+            "measure": "1 - cosine with only this node in INT8",
+            "held_out": split.note,
+            "nodes": result,
+        },
+    )
+    ui.table(
+        "per-layer sensitivity (most sensitive first)",
+        ["node", "op", "1 - cosine"],
+        [[r.node, r.op_type, f"{r.error:.3g}"] for r in rows[:20]],
+    )
+    if not sensitivity_plot(rows, outp / "sensitivity.png"):
+        ui.note("plot skipped: matplotlib is not installed (pip install 'quantship[plot]')")
+    return result

@@ -155,6 +155,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NODE",
         help="leave this node in float (repeatable)",
     )
+    e.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="keep nodes whose whole name matches in float (repeatable)",
+    )
+    e.add_argument(
+        "--exclude-op",
+        action="append",
+        default=[],
+        metavar="OP",
+        help="keep every node of this op type in float (repeatable)",
+    )
+    e.add_argument(
+        "--max-drop",
+        type=float,
+        metavar="X",
+        help="accuracy budget on 1 - cosine: return the most sensitive layers to float until it holds",
+    )
     e.add_argument("--threads", type=_positive, help="CPU threads for fidelity and latency runs")
     e.add_argument("--no-bench", action="store_true", help="skip the closing latency measurement")
     e.add_argument(
@@ -243,6 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--out", type=Path, required=True)
     ds.add_argument("--quiet", "-q", action="store_true")
 
+    se = sub.add_parser("sensitivity", help="per-layer sensitivity to INT8, ranked")
+    se.add_argument("model")
+    se.add_argument("--calib", required=True, metavar="DATA")
+    se.add_argument("--held-out", metavar="DATA")
+    se.add_argument("--out", type=Path, required=True)
+    se.add_argument("--backend", default="onnxruntime")
+    se.add_argument(
+        "--method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"]
+    )
+    se.add_argument("--samples", type=_positive)
+    se.add_argument("--quiet", "-q", action="store_true")
+
     d = sub.add_parser(
         "demo", help="train a digits CNN, export INT8 for every installed backend, benchmark"
     )
@@ -303,6 +335,9 @@ def _run(args: argparse.Namespace) -> int:
             images=images,
             weights=args.weights,
             float_nodes=args.keep_float,
+            exclude=args.exclude,
+            exclude_ops=args.exclude_op,
+            max_drop=args.max_drop,
             require_engine=args.require_engine,
             bench=not args.no_bench,
             threads=args.threads,
@@ -352,6 +387,18 @@ def _run(args: argparse.Namespace) -> int:
         return 1 if errors else 0
     if args.command == "build-engine":
         api.build_engine(args.folder, max_batch=args.max_batch, ui=ui)
+        return 0
+    if args.command == "sensitivity":
+        api.sensitivity(
+            args.model,
+            args.calib,
+            args.out,
+            held_out=args.held_out,
+            backend=args.backend,
+            method=args.method,
+            samples=args.samples,
+            ui=ui,
+        )
         return 0
     if args.command == "distill":
         api.distill(

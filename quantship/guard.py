@@ -1,0 +1,227 @@
+"""The accuracy guard: which layers INT8 hurts, and returning them to float until an
+accuracy budget holds.
+
+The measure is ``1 − cosine`` to the float model's outputs (the lowest over outputs,
+averaged over held-out samples), computed on the backend's QDQ model in ONNX Runtime:
+the QDQ model fixes the arithmetic, so the measure is the same for every backend and
+needs no target hardware. Float outputs are computed once and cached; every
+evaluation reuses the one calibration table.
+
+- ``sensitivity``: for each quantizable node, the error when only that node is in
+  INT8. One evaluation per node.
+- ``guard``: quantize everything; while the error exceeds the budget, return the most
+  sensitive remaining node to float and measure again. At most 1 + 2·N evaluations for
+  N quantizable nodes, said before starting.
+- ``resolve_exclusions``: ``--exclude`` regular expressions (matched against whole node
+  names) and ``--exclude-op`` op types; a pattern that matches nothing is an error
+  naming the closest node names.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy.typing as npt
+
+from quantship.backends.base import Backend, PlanOptions
+from quantship.calibration.table import CalibrationTable
+from quantship.errors import QuantshipError, closest
+from quantship.exporter.graph import GraphView
+from quantship.exporter.load import FloatModel
+from quantship.ui import SILENT, UI
+
+Feed = dict[str, npt.NDArray[Any]]
+
+
+def resolve_exclusions(
+    model: FloatModel, patterns: Sequence[str], op_types: Sequence[str]
+) -> frozenset[str]:
+    view = GraphView(model.proto)
+    names = [view.node_name(i) for i in range(len(view.nodes))]
+    ops = {n.op_type for n in view.nodes}
+    out: set[str] = set()
+    for p in patterns:
+        try:
+            rx = re.compile(p)
+        except re.error as e:
+            raise QuantshipError(f"--exclude {p!r} is not a regular expression ({e})") from None
+        hits = [n for n in names if rx.fullmatch(n)]
+        if not hits:
+            raise QuantshipError(
+                f"--exclude {p!r} matches no node (whole names are matched); {closest(p, names)}"
+            )
+        out.update(hits)
+    for op in op_types:
+        if op not in ops:
+            raise QuantshipError(
+                f"--exclude-op {op!r}: the model has no such op; its ops: {', '.join(sorted(ops))}"
+            )
+        out.update(view.node_name(i) for i, n in enumerate(view.nodes) if n.op_type == op)
+    return frozenset(out)
+
+
+class Evaluator:
+    """1 − cosine of a plan's QDQ model against cached float outputs."""
+
+    def __init__(
+        self, model: FloatModel, table: CalibrationTable, backend: Backend, feeds: list[Feed]
+    ) -> None:
+        from quantship.calibration.runner import ort_session
+
+        if not feeds:
+            raise QuantshipError("the accuracy guard needs held-out samples (--held-out)")
+        self.model, self.table, self.backend, self.feeds = model, table, backend, feeds
+        ref = ort_session(model.proto)
+        self.ref = [ref.run(None, f) for f in feeds]
+        self.count = 0
+
+    def error(self, options: PlanOptions) -> float:
+        from quantship.bench.fidelity import FidelityMeter
+        from quantship.calibration.runner import ort_session
+        from quantship.exporter.qdq import write_qdq
+
+        self.count += 1
+        qdq = write_qdq(self.model, self.backend.plan(self.model, self.table, options))
+        s = ort_session(qdq)
+        meter = FidelityMeter(self.model.outputs)
+        for f, r in zip(self.feeds, self.ref, strict=True):
+            meter.update(r, s.run(None, f))
+        return max(0.0, 1.0 - meter.result("guard").cosine)
+
+
+def quantizable_nodes(
+    model: FloatModel, table: CalibrationTable, backend: Backend, options: PlanOptions
+) -> list[str]:
+    """Nodes the backend's plan runs in INT8 (compute ops; data movement follows them)."""
+    plan = backend.plan(model, table, options)
+    view = GraphView(model.proto)
+    compute = {
+        view.node_name(i)
+        for i, n in enumerate(view.nodes)
+        if n.op_type
+        in (
+            "Conv",
+            "ConvTranspose",
+            "Gemm",
+            "MatMul",
+            "Add",
+            "Mul",
+            "Concat",
+            "GlobalAveragePool",
+            "AveragePool",
+            "Sigmoid",
+            "LeakyRelu",
+        )
+    }
+    return [n for n in plan.quantized_nodes if n in compute]
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    node: str
+    op_type: str
+    error: float
+
+
+def sensitivity(evaluator: Evaluator, options: PlanOptions, ui: UI = SILENT) -> list[Sensitivity]:
+    """The error with only each node in INT8, most sensitive first."""
+    m, t, b = evaluator.model, evaluator.table, evaluator.backend
+    nodes = quantizable_nodes(m, t, b, options)
+    view = GraphView(m.proto)
+    op = {view.node_name(i): n.op_type for i, n in enumerate(view.nodes)}
+    ui.note(f"sensitivity: {len(nodes)} evaluations on {len(evaluator.feeds)} held-out samples")
+    out = []
+    with ui.progress("sensitivity", len(nodes)) as advance:
+        for n in nodes:
+            others = frozenset(set(nodes) - {n}) | options.float_nodes
+            out.append(Sensitivity(n, op[n], evaluator.error(replace(options, float_nodes=others))))
+            advance(1)
+    return sorted(out, key=lambda s: (-s.error, s.node))
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    budget: float
+    before: float
+    after: float
+    float_nodes: tuple[str, ...]
+    evaluations: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "budget": self.budget,
+            "measure": "1 - cosine",
+            "before": self.before,
+            "after": self.after,
+            "float_nodes": list(self.float_nodes),
+            "evaluations": self.evaluations,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def guard(
+    evaluator: Evaluator, options: PlanOptions, max_drop: float, ui: UI = SILENT
+) -> GuardResult:
+    """Return the most sensitive nodes to float, one at a time, until the error is
+    within ``max_drop``."""
+    t0 = time.perf_counter()
+    nodes = quantizable_nodes(evaluator.model, evaluator.table, evaluator.backend, options)
+    ui.note(
+        f"accuracy guard: budget {max_drop:g} (1 - cosine); at most {1 + 2 * len(nodes)} evaluations"
+    )
+    before = evaluator.error(options)
+    if before <= max_drop:
+        return GuardResult(max_drop, before, before, (), evaluator.count, time.perf_counter() - t0)
+    ranked = sensitivity(evaluator, options, ui)
+    chosen: list[str] = []
+    err = before
+    for s in ranked:
+        chosen.append(s.node)
+        err = evaluator.error(replace(options, float_nodes=options.float_nodes | frozenset(chosen)))
+        if err <= max_drop:
+            break
+    if err > max_drop:
+        raise QuantshipError(
+            f"--max-drop {max_drop:g}: even with every quantizable node in float the error is {err:.4g}; "
+            "check the calibration data or raise the budget"
+        )
+    return GuardResult(
+        max_drop, before, err, tuple(chosen), evaluator.count, time.perf_counter() - t0
+    )
+
+
+def sensitivity_plot(rows: list[Sensitivity], path: Any, top: int = 20) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = rows[:top]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
+    ax.barh(
+        [f"{r.node} ({r.op_type})" for r in rows][::-1],
+        [r.error for r in rows][::-1],
+        color="#d62728",
+    )
+    ax.set_xlabel("1 - cosine with only this node in INT8")
+    ax.set_title("most sensitive layers")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def held_feeds(data: Any, start: int, stop: int | None, limit: int = 32) -> list[Feed]:
+    feeds = []
+    for f in data.samples(start, stop):
+        feeds.append(f)
+        if len(feeds) >= limit:
+            break
+    return feeds

@@ -1,0 +1,169 @@
+"""The accuracy guard: sensitivity finds a planted fragile layer, the budget loop
+returns no more nodes to float than needed, exclusion patterns and their errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from models import save
+from onnx import TensorProto, helper, numpy_helper
+
+from quantship import api
+
+
+def fragile_model() -> onnx.ModelProto:
+    """images → conv1 → Clip(0, 6) → conv2 → Relu → conv3 → GAP → Flatten → Gemm.
+    The calibration data has rare huge pixels: only conv1 reads them (the Clip stops
+    them), so only conv1's input grid is ruined by its range."""
+    rng = np.random.default_rng(0)
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[1:]))).astype(np.float32)
+
+    inits = [
+        numpy_helper.from_array(a, n)
+        for n, a in [
+            ("w1", w(8, 3, 3, 3)),
+            ("w2", w(8, 8, 3, 3)),
+            ("w3", w(8, 8, 3, 3)),
+            ("fc", w(10, 8)),
+            ("lo", np.asarray(0.0, np.float32)),
+            ("hi", np.asarray(6.0, np.float32)),
+        ]
+    ]
+    nodes = [
+        helper.make_node("Conv", ["images", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["c1", "lo", "hi"], ["k1"], name="clip1"),
+        helper.make_node("Conv", ["k1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3"], ["c3"], name="conv3", pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c3"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc"], ["logits"], name="head", transB=1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "fragile",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.fixture
+def fragile(tmp_path: Path) -> tuple[Path, Path, Path]:
+    model = save(fragile_model(), tmp_path / "fragile.onnx")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64, 3, 16, 16)).astype(np.float32)
+    x[::16, 0, 3, 3] = 1000.0  # rare outliers in the calibration set
+    np.savez(tmp_path / "calib.npz", images=x)
+    np.savez(tmp_path / "held.npz", images=rng.standard_normal((16, 3, 16, 16)).astype(np.float32))
+    return model, tmp_path / "calib.npz", tmp_path / "held.npz"
+
+
+def test_sensitivity_ranks_the_planted_layer_first(
+    tmp_path: Path, fragile: tuple[Path, Path, Path]
+) -> None:
+    model, calib, held = fragile
+    rows = api.sensitivity(model, calib, tmp_path / "sens", held_out=held, method="minmax")
+    assert rows[0]["node"] == "conv1"
+    assert rows[0]["error"] > 10 * rows[1]["error"]
+    saved = json.loads((tmp_path / "sens/sensitivity.json").read_text())
+    assert saved["nodes"][0]["node"] == "conv1"
+    assert (tmp_path / "sens/sensitivity.png").stat().st_size > 1000
+
+
+def test_budget_returns_exactly_what_is_needed(
+    tmp_path: Path, fragile: tuple[Path, Path, Path]
+) -> None:
+    model, calib, held = fragile
+    plain = api.export(
+        model, calib, tmp_path / "plain", held_out=held, method="minmax", bench=False
+    )
+    before = 1 - plain.manifest["artifacts"][0]["fidelity"]["cosine"]
+    res = api.export(
+        model,
+        calib,
+        tmp_path / "guarded",
+        held_out=held,
+        method="minmax",
+        max_drop=0.01,
+        bench=False,
+    )
+    g = res.manifest["artifacts"][0]["accuracy_guard"]
+    assert before > 0.01 and g["before"] > 0.01
+    assert g["float_nodes"] == ["conv1"] and g["after"] <= 0.01
+    assert 1 - res.manifest["artifacts"][0]["fidelity"]["cosine"] <= 0.01
+    assert g["evaluations"] <= 1 + 2 * 6
+
+
+def test_no_fallback_when_the_budget_already_holds(
+    tmp_path: Path, fragile: tuple[Path, Path, Path]
+) -> None:
+    model, _, held = fragile
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "clean.npz", images=rng.standard_normal((32, 3, 16, 16)).astype(np.float32))
+    res = api.export(
+        model, tmp_path / "clean.npz", tmp_path / "o", held_out=held, max_drop=0.05, bench=False
+    )
+    g = res.manifest["artifacts"][0]["accuracy_guard"]
+    assert g["float_nodes"] == [] and g["evaluations"] == 1
+
+
+def test_exclusions(tmp_path: Path, fragile: tuple[Path, Path, Path]) -> None:
+    model, calib, _ = fragile
+    res = api.export(
+        model, calib, tmp_path / "o", exclude=["conv[12]"], exclude_ops=["Gemm"], bench=False
+    )
+    kept = {f["node"] for f in res.manifest["artifacts"][0]["plan"]["float_nodes"]}
+    assert {"conv1", "conv2", "head"} <= kept and "conv3" not in kept
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (
+            ["--exclude", "convv1"],
+            "--exclude 'convv1' matches no node (whole names are matched); did you mean 'conv1'",
+        ),
+        (["--exclude", "conv["], "is not a regular expression"),
+        (
+            ["--exclude-op", "Softmax"],
+            "--exclude-op 'Softmax': the model has no such op; its ops: Clip, Conv",
+        ),
+        (["--max-drop", "2"], "--max-drop is a budget on 1 - cosine, in (0, 1)"),
+    ],
+)
+def test_exclusion_errors(
+    tmp_path: Path, fragile: tuple[Path, Path, Path], args: list[str], fragment: str
+) -> None:
+    model, calib, _ = fragile
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "quantship",
+            "export",
+            str(model),
+            "--calib",
+            str(calib),
+            "--out",
+            str(tmp_path / "o"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert fragment in p.stderr
+    assert not (tmp_path / "o").exists()
