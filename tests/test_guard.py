@@ -24,7 +24,8 @@ def fragile_model() -> onnx.ModelProto:
     rng = np.random.default_rng(0)
 
     def w(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[1:]))).astype(np.float32)
+        out: np.ndarray = (rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[1:]))).astype(np.float32)
+        return out
 
     inits = [
         numpy_helper.from_array(a, n)
