@@ -234,7 +234,10 @@ def export(
     artifacts: list[Artifact] = []
     figures: dict[str, dict[str, Any]] = {}
     failures = list(missing)
+    unguarded: dict[str, Artifact] = {}
     with staged_dir(out) as stage:
+        # Inside the staging folder, so a failed run removes it with the rest.
+        unguarded_root = stage / ".unguarded"
         float_rel = "float/model.onnx"
         fm.save(stage / float_rel)
         table.save(stage / "calibration.json")
@@ -254,6 +257,10 @@ def export(
             art, plan_summary = build_artifact(b, fm, table, b_options, stage, ui)
             artifacts.append(art)
             figures[b.name] = {"plan": plan_summary}
+            if guarded is not None and guarded["float_nodes"] and bench:
+                # The guard's latency cost: the all-INT8 artifact, timed beside the guarded
+                # one, built outside the output folder and deleted afterwards.
+                unguarded[b.name], _ = build_artifact(b, fm, table, options, unguarded_root, SILENT)
             if guarded is not None:
                 figures[b.name]["accuracy_guard"] = guarded
         fid = measure_fidelity(fm, float_art, artifacts, chosen, split, threads, ui)
@@ -264,9 +271,19 @@ def export(
             from quantship.bench.run import with_float_baselines
 
             cands = with_float_baselines(float_art, list(zip(artifacts, chosen, strict=True)))
+            for b in chosen:
+                if b.name in unguarded:
+                    cands.append(Candidate(f"{b.name} int8 (no guard)", b, unguarded[b.name]))
             latency = bench_candidates(
                 cands, fm.inputs, replace(EXPORT_BENCH, threads=threads), ui=ui
             )
+            p50 = {st.label: st.p50_ms for st in latency}
+            for b in chosen:
+                if b.name in unguarded:
+                    g = figures[b.name]["accuracy_guard"]
+                    g["p50_ms_guarded"] = p50[f"{b.name} int8"]
+                    g["p50_ms_all_int8"] = p50[f"{b.name} int8 (no guard)"]
+                    g["latency_cost"] = p50[f"{b.name} int8"] / p50[f"{b.name} int8 (no guard)"]
             for b in chosen:
                 figures[b.name]["latency"] = [
                     s.to_json() for s in latency if s.label == f"{b.name} int8"
@@ -274,6 +291,9 @@ def export(
                 figures[b.name]["float_latency"] = [
                     s.to_json() for s in latency if s.label == f"float ({b.name})"
                 ]
+        import shutil
+
+        shutil.rmtree(unguarded_root, ignore_errors=True)
         from quantship.exporter.pipeline import manifest_for
 
         manifest = manifest_for(

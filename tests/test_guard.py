@@ -24,7 +24,9 @@ def fragile_model() -> onnx.ModelProto:
     rng = np.random.default_rng(0)
 
     def w(*shape: int) -> np.ndarray:
-        out: np.ndarray = (rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[1:]))).astype(np.float32)
+        out: np.ndarray = (rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[1:]))).astype(
+            np.float32
+        )
         return out
 
     inits = [
@@ -168,3 +170,16 @@ def test_exclusion_errors(
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert fragment in p.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_latency_cost_of_the_fallback_is_recorded(
+    tmp_path: Path, fragile: tuple[Path, Path, Path]
+) -> None:
+    model, calib, held = fragile
+    res = api.export(
+        model, calib, tmp_path / "o", held_out=held, method="minmax", max_drop=0.01, threads=1
+    )
+    g = res.manifest["artifacts"][0]["accuracy_guard"]
+    assert g["p50_ms_guarded"] > 0 and g["p50_ms_all_int8"] > 0
+    assert g["latency_cost"] == pytest.approx(g["p50_ms_guarded"] / g["p50_ms_all_int8"])
+    assert not list((tmp_path / "o").rglob("*unguarded*"))
