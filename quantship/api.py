@@ -152,6 +152,7 @@ def export(
     exclude: Sequence[str] = (),
     exclude_ops: Sequence[str] = (),
     max_drop: float | None = None,
+    metric: str | None = None,
     require_engine: bool = False,
     bench: bool = True,
     threads: int | None = None,
@@ -220,17 +221,34 @@ def export(
             fm, data, samples=split.calib_stop, histograms=mspec.needs_histogram, ui=ui
         )
 
-    from quantship.guard import Evaluator, guard, held_feeds, resolve_exclusions
+    from quantship.guard import (
+        Evaluator,
+        guard,
+        held_feeds,
+        held_labels,
+        load_metric,
+        resolve_exclusions,
+    )
 
     excluded = resolve_exclusions(fm, exclude, exclude_ops)
     options = PlanOptions(method=mspec, float_nodes=frozenset(float_nodes) | excluded)
     if max_drop is not None and not 0 < max_drop < 1:
         raise QuantshipError(f"--max-drop is a budget on 1 - cosine, in (0, 1); got {max_drop}")
+    metric_fn = load_metric(metric) if metric is not None else None
+    if metric_fn is not None and max_drop is None:
+        raise QuantshipError("--metric sets what --max-drop measures; give --max-drop too")
+    # A task metric needs more samples than a cosine does to resolve a small drop.
+    limit = 32 if metric_fn is None else 1000
     guard_feeds = (
-        held_feeds(split.held_data, split.held_start, split.held_stop)
+        held_feeds(split.held_data, split.held_start, split.held_stop, limit=limit)
         if max_drop is not None and split.held_data is not None
         else []
     )
+    labels = None
+    if metric_fn is not None:
+        if held_out is None:
+            raise QuantshipError("--metric needs --held-out data with labels")
+        labels = held_labels(held_out, split.held_start, len(guard_feeds))
     artifacts: list[Artifact] = []
     figures: dict[str, dict[str, Any]] = {}
     failures = list(missing)
@@ -245,7 +263,8 @@ def export(
         for b in chosen:
             b_options, guarded = options, None
             if max_drop is not None:
-                res = guard(Evaluator(fm, table, b, guard_feeds), options, max_drop, ui)
+                evaluator = Evaluator(fm, table, b, guard_feeds, metric_fn, labels)
+                res = guard(evaluator, options, max_drop, ui)
                 b_options = PlanOptions(
                     options.method, options.float_nodes | frozenset(res.float_nodes)
                 )

@@ -175,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="X",
         help="accuracy budget on 1 - cosine: return the most sensitive layers to float until it holds",
     )
+    e.add_argument(
+        "--metric",
+        metavar="PKG.MOD:FN",
+        help="with --max-drop: a task metric fn(outputs, labels) -> score; labels: 'labels' in --held-out",
+    )
     e.add_argument("--threads", type=_positive, help="CPU threads for fidelity and latency runs")
     e.add_argument("--no-bench", action="store_true", help="skip the closing latency measurement")
     e.add_argument(
@@ -338,6 +343,7 @@ def _run(args: argparse.Namespace) -> int:
             exclude=args.exclude,
             exclude_ops=args.exclude_op,
             max_drop=args.max_drop,
+            metric=args.metric,
             require_engine=args.require_engine,
             bench=not args.no_bench,
             threads=args.threads,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -64,20 +64,66 @@ def resolve_exclusions(
     return frozenset(out)
 
 
+Metric = Callable[[list[npt.NDArray[Any]], npt.NDArray[Any]], float]
+
+
+def load_metric(spec: str) -> Metric:
+    """``package.module:function``: called as ``fn(outputs, labels)`` with every model
+    output stacked over the held-out samples and their labels; higher is better."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    mod, _, fn = spec.partition(":")
+    if not mod or not fn:
+        raise QuantshipError(f"--metric {spec!r}: expected package.module:function")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        f = getattr(importlib.import_module(mod), fn)
+    except Exception as e:
+        raise QuantshipError(
+            f"--metric {spec!r}: cannot load it ({type(e).__name__}: {e})"
+        ) from None
+    if not callable(f):
+        raise QuantshipError(f"--metric {spec!r} is not a function")
+    metric: Metric = f
+    return metric
+
+
 class Evaluator:
-    """1 − cosine of a plan's QDQ model against cached float outputs."""
+    """The error of a plan's QDQ model against cached float outputs: 1 − cosine, or
+    with a task metric, the metric's drop from float."""
 
     def __init__(
-        self, model: FloatModel, table: CalibrationTable, backend: Backend, feeds: list[Feed]
+        self,
+        model: FloatModel,
+        table: CalibrationTable,
+        backend: Backend,
+        feeds: list[Feed],
+        metric: Metric | None = None,
+        labels: npt.NDArray[Any] | None = None,
     ) -> None:
         from quantship.calibration.runner import ort_session
 
         if not feeds:
             raise QuantshipError("the accuracy guard needs held-out samples (--held-out)")
         self.model, self.table, self.backend, self.feeds = model, table, backend, feeds
+        self.metric, self.labels = metric, labels
         ref = ort_session(model.proto)
         self.ref = [ref.run(None, f) for f in feeds]
+        self.float_score = self._score(self.ref) if metric is not None else 0.0
         self.count = 0
+
+    def _score(self, outs: list[list[npt.NDArray[Any]]]) -> float:
+        import numpy as np
+
+        assert self.metric is not None and self.labels is not None
+        stacked = [np.concatenate([o[i] for o in outs], axis=0) for i in range(len(outs[0]))]
+        try:
+            return float(self.metric(stacked, self.labels))
+        except Exception as e:
+            raise QuantshipError(f"--metric failed: {type(e).__name__}: {e}") from None
 
     def error(self, options: PlanOptions) -> float:
         from quantship.bench.fidelity import FidelityMeter
@@ -87,6 +133,8 @@ class Evaluator:
         self.count += 1
         qdq = write_qdq(self.model, self.backend.plan(self.model, self.table, options))
         s = ort_session(qdq)
+        if self.metric is not None:
+            return self.float_score - self._score([s.run(None, f) for f in self.feeds])
         meter = FidelityMeter(self.model.outputs)
         for f, r in zip(self.feeds, self.ref, strict=True):
             meter.update(r, s.run(None, f))
@@ -216,6 +264,29 @@ def sensitivity_plot(rows: list[Sensitivity], path: Any, top: int = 20) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def held_labels(path: Any, start: int, count: int) -> npt.NDArray[Any]:
+    """Labels of held-out samples start … start+count: the array 'labels' (or 'y') of
+    the held-out .npz."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from quantship.calibration.data import _memmap_npz
+
+    p = Path(str(path))
+    if p.suffix != ".npz" or not p.exists():
+        raise QuantshipError(
+            "--metric needs labels: give --held-out as an .npz with an array 'labels' (or 'y')"
+        )
+    arrays = _memmap_npz(p)
+    key = "labels" if "labels" in arrays else "y" if "y" in arrays else None
+    if key is None:
+        raise QuantshipError(
+            f"--metric needs labels: '{p}' has no array 'labels' or 'y' ({', '.join(arrays)})"
+        )
+    return np.asarray(arrays[key][start : start + count])
 
 
 def held_feeds(data: Any, start: int, stop: int | None, limit: int = 32) -> list[Feed]:

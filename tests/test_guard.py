@@ -15,6 +15,7 @@ from models import save
 from onnx import TensorProto, helper, numpy_helper
 
 from quantship import api
+from quantship.errors import QuantshipError
 
 
 def fragile_model() -> onnx.ModelProto:
@@ -183,3 +184,45 @@ def test_latency_cost_of_the_fallback_is_recorded(
     assert g["p50_ms_guarded"] > 0 and g["p50_ms_all_int8"] > 0
     assert g["latency_cost"] == pytest.approx(g["p50_ms_guarded"] / g["p50_ms_all_int8"])
     assert not list((tmp_path / "o").rglob("*unguarded*"))
+
+
+def test_task_metric_budget(
+    tmp_path: Path, fragile: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task metric scored against labels in the held-out data: here regression
+    targets (the float model's logits) scored by negative mean squared error."""
+    from models import run_ort
+
+    model, calib, _ = fragile
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((64, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "held_labeled.npz", images=x, labels=run_ort(model, {"images": x})[0])
+    (tmp_path / "qs_metrics.py").write_text(
+        "import numpy as np\n"
+        "def neg_mse(outputs, labels):\n"
+        "    return -float(np.mean((outputs[0] - labels) ** 2))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    res = api.export(
+        model,
+        calib,
+        tmp_path / "o",
+        held_out=tmp_path / "held_labeled.npz",
+        method="minmax",
+        max_drop=0.002,
+        metric="qs_metrics:neg_mse",
+        bench=False,
+    )
+    g = res.manifest["artifacts"][0]["accuracy_guard"]
+    assert g["before"] > 0.002
+    assert g["after"] <= 0.002 and g["float_nodes"] == ["conv1"]
+    with pytest.raises(QuantshipError, match="needs labels"):
+        api.export(
+            model,
+            calib,
+            tmp_path / "o2",
+            held_out=calib,
+            max_drop=0.05,
+            metric="qs_metrics:neg_mse",
+            bench=False,
+        )
