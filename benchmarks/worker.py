@@ -137,10 +137,65 @@ def nncf_job(model: str, calib: str, out: str, samples: int) -> dict[str, Any]:
     return {"quantize_s": t1 - t0, "save_s": time.perf_counter() - t1}
 
 
+def nncf_ac_job(
+    model: str, calib: str, held: str, out: str, samples: int, max_drop: float
+) -> dict[str, Any]:
+    """NNCF's quantize_with_accuracy_control on the OpenVINO model, with the same
+    measure as quantship's guard: validation metric = mean cosine to the float outputs
+    (the float model scores 1.0), absolute drop."""
+    import nncf
+    import openvino as ov
+
+    ov_model = ov.convert_model(model)
+    name = ov_model.inputs[0].get_any_name()
+    core = ov.Core()
+    ref_c = core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    held_items = list(_Lazy(held, name, 1000))
+    ref = [[np.array(v) for v in ref_c(f).values()] for f in held_items]
+
+    def validate(compiled: Any, data: Any) -> float:
+        cos = []
+        for f, r in zip(data, ref, strict=True):
+            outs = [np.array(v) for v in compiled(f).values()]
+            for a, b in zip(outs, r, strict=True):
+                a, b = a.ravel(), b.ravel()
+                cos.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30)))
+        return float(np.mean(cos))
+
+    t0 = time.perf_counter()
+    q = nncf.quantize_with_accuracy_control(
+        ov_model,
+        nncf.Dataset(_Lazy(calib, name, samples)),
+        nncf.Dataset(held_items),
+        validate,
+        max_drop=max_drop,
+        drop_type=nncf.DropType.ABSOLUTE,
+        subset_size=samples,
+    )
+    secs = time.perf_counter() - t0
+    ov.save_model(q, out, compress_to_fp16=False)
+    return {"quantize_s": secs}
+
+
+class _Lazy:
+    def __init__(self, path: str, name: str, samples: int) -> None:
+        self.path, self.name, self.samples = path, name, samples
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        reader = _Reader(self.path, self.name, self.samples)
+        while (feed := reader.get_next()) is not None:
+            yield feed
+
+    def __len__(self) -> int:
+        return self.samples
+
+
 def main(argv: list[str]) -> int:
     job = argv[0]
     if job == "quantship":
         rep = quantship_job(argv[1], argv[2], argv[3], argv[4], int(argv[5]), *argv[6:7])
+    elif job == "nncf_ac":
+        rep = nncf_ac_job(argv[1], argv[2], argv[3], argv[4], int(argv[5]), float(argv[6]))
     elif job == "nncf":
         rep = nncf_job(argv[1], argv[2], argv[3], int(argv[4]))
     elif job == "ort":

@@ -185,6 +185,57 @@ class DetectorLike(nn.Module):
         return h[0](o2), h[1](o3), h[2](o4)
 
 
+class EncoderLayer(nn.Module):
+    """A BERT encoder layer: multi-head self-attention and a GELU feed-forward block,
+    each with a residual connection and post-LayerNorm."""
+
+    def __init__(self, d: int, heads: int, ffn: int) -> None:
+        super().__init__()
+        self.h, self.dk = heads, d // heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.ln1 = nn.LayerNorm(d)
+        self.ff1 = nn.Linear(d, ffn)
+        self.ff2 = nn.Linear(ffn, d)
+        self.ln2 = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.h, self.dk).permute(2, 0, 3, 1, 4)
+        att = torch.softmax(q @ k.transpose(-1, -2) / self.dk**0.5, dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(b, t, d)
+        x = self.ln1(x + self.out(y))
+        out: torch.Tensor = self.ln2(x + self.ff2(nn.functional.gelu(self.ff1(x))))
+        return out
+
+
+class BertLike(nn.Module):
+    """A BERT-like encoder stack over embedded tokens (batch, 128, 256), with a
+    classification head on the first position: 4 layers, 4 heads, FFN 1024."""
+
+    def __init__(
+        self, layers: int = 4, d: int = 256, heads: int = 4, ffn: int = 1024, classes: int = 10
+    ) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(*[EncoderLayer(d, heads, ffn) for _ in range(layers)])
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.layers(x)[:, 0])
+        return out
+
+
+def token_embeddings(
+    n: int, seq: int = 128, d: int = 256, seed: int = 0
+) -> npt.NDArray[np.float32]:
+    """Embedding-like inputs for BertLike: unit-variance vectors, a few outlier
+    dimensions as trained transformers have them."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, seq, d)).astype(np.float32)
+    x[:, :, :4] *= 8.0
+    return x
+
+
 MODELS: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "resnet18": (ResNet18Like, 224),
     "mobilenetv2": (MobileNetV2Like, 224),

@@ -226,3 +226,88 @@ def test_task_metric_budget(
             metric="qs_metrics:neg_mse",
             bench=False,
         )
+
+
+def test_transformer_defaults_keep_layernorm_softmax_gelu_float(tmp_path: Path) -> None:
+    """No backend has an integer rule for LayerNorm, Softmax or GELU (Erf): they stay
+    float in every plan, while the weight MatMuls around them are quantized."""
+    torch = pytest.importorskip("torch", reason="needs torch to build the encoder")
+    from quantship import examples
+    from quantship.backends import registry
+    from quantship.backends.base import PlanOptions
+    from quantship.calibration.data import open_data
+    from quantship.calibration.runner import calibrate
+    from quantship.exporter.load import load_model
+    from quantship.exporter.torch_export import export_module
+
+    torch.manual_seed(0)
+    net = examples.BertLike(layers=1, d=32, heads=2, ffn=64).eval()
+    path = tmp_path / "enc.onnx"
+    path.write_bytes(export_module(net, {"hidden": (1, 16, 32)}).SerializeToString())
+    np.savez(tmp_path / "c.npz", hidden=examples.token_embeddings(24, seq=16, d=32))
+    fm = load_model(path, data_shapes={"hidden": (1, 16, 32)})
+    table = calibrate(fm, open_data(tmp_path / "c.npz", fm.inputs))
+    names = {n.name or f"{n.op_type}_{i}": n.op_type for i, n in enumerate(fm.proto.graph.node)}
+    kept_float = {k for k, op in names.items() if op in ("LayerNormalization", "Softmax", "Erf")}
+    assert len(kept_float) == 4  # 2 LayerNorm, 1 Softmax, 1 Erf (GELU)
+    for backend in ("onnxruntime", "openvino", "tensorrt"):
+        plan = registry.get(backend).plan(fm, table, PlanOptions())
+        quantized = set(plan.quantized_nodes)
+        assert not kept_float & quantized, backend
+        weight_matmuls = {c.uses[0].node for c in plan.constants if c.role == "weight"}
+        assert len(weight_matmuls) >= 4, backend  # qkv, out, ff1, ff2 (+ the head)
+
+
+def test_detection_decoding_after_the_last_conv_stays_float(tmp_path: Path) -> None:
+    """conv head → Sigmoid → Mul(stride) → Add(grid) and Sigmoid(a)·Sigmoid(b): the
+    decoding after the last weighted layer stays float; the convolutions do not."""
+    from quantship.backends import registry
+    from quantship.backends.base import PlanOptions
+    from quantship.calibration.data import open_data
+    from quantship.calibration.runner import calibrate
+    from quantship.exporter.load import load_model
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(a, n)
+        for n, a in [
+            ("w1", rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3),
+            ("wh", rng.standard_normal((4, 8, 1, 1)).astype(np.float32) * 0.3),
+            ("stride", np.asarray(8.0, np.float32)),
+            ("grid", rng.uniform(0, 16, (1, 4, 16, 16)).astype(np.float32)),
+        ]
+    ]
+    nodes = [
+        helper.make_node("Conv", ["images", "w1"], ["c1"], name="backbone", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+        helper.make_node("Conv", ["r1", "wh"], ["h"], name="head"),
+        helper.make_node("Sigmoid", ["h"], ["s"], name="decode_sigmoid"),
+        helper.make_node("Mul", ["s", "stride"], ["m"], name="decode_scale"),
+        helper.make_node("Add", ["m", "grid"], ["boxes"], name="decode_offset"),
+        helper.make_node("Mul", ["s", "s"], ["conf"], name="decode_conf"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "det",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("conf", TensorProto.FLOAT, None),
+        ],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = save(m, tmp_path / "det.onnx")
+    np.savez(tmp_path / "c.npz", images=rng.standard_normal((16, 3, 16, 16)).astype(np.float32))
+    fm = load_model(path, data_shapes={"images": (1, 3, 16, 16)})
+    table = calibrate(fm, open_data(tmp_path / "c.npz", fm.inputs))
+    for backend in ("onnxruntime", "openvino", "tensorrt"):
+        plan = registry.get(backend).plan(fm, table, PlanOptions())
+        assert {"backbone", "head"} <= set(plan.quantized_nodes), backend
+        assert not {"decode_sigmoid", "decode_scale", "decode_offset", "decode_conf"} & set(
+            plan.quantized_nodes
+        )
+    ort_plan = registry.get("onnxruntime").plan(fm, table, PlanOptions())
+    reasons = {f.node: f.reason for f in ort_plan.float_nodes}
+    assert reasons["decode_conf"] == "output decoding after the last weighted layer"

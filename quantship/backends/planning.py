@@ -148,11 +148,17 @@ def make_plan(
     view = GraphView(model.proto)
     float_nodes: list[FloatNode] = []
     compute: dict[int, _Resolved] = {}
+    tail = output_tail(view)
 
     for idx, node in enumerate(view.nodes):
         rule = rules.ops.get(node.op_type)
         name = view.node_name(idx)
         if rule is None or rule.kind != "compute":
+            continue
+        if idx in tail:
+            float_nodes.append(
+                FloatNode(name, node.op_type, "output decoding after the last weighted layer")
+            )
             continue
         if name in options.float_nodes:
             float_nodes.append(FloatNode(name, node.op_type, "kept in float as asked"))
@@ -262,6 +268,26 @@ def make_plan(
         quantized_nodes=tuple(view.node_name(i) for i in quantized),
         dedicated_dq=rules.dedicated_dq,
     )
+
+
+WEIGHTED = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+
+
+def output_tail(view: GraphView) -> set[int]:
+    """Nodes after the last weighted layer: no Conv/MatMul/Gemm is reachable from them.
+    A detector's box decoding (sigmoid, grid offsets, stride scaling, concatenation)
+    lives here; it is cheap, precision-sensitive arithmetic, so it stays float."""
+    reaches: set[int] = set()
+    for idx in range(len(view.nodes) - 1, -1, -1):  # ONNX node order is topological
+        node = view.nodes[idx]
+        if node.op_type in WEIGHTED:
+            reaches.add(idx)
+            continue
+        for o in node.output:
+            if any(u.node in reaches for u in view.consumers(o)):
+                reaches.add(idx)
+                break
+    return {i for i, n in enumerate(view.nodes) if i not in reaches and n.op_type not in WEIGHTED}
 
 
 def _hoist(
