@@ -19,7 +19,7 @@ from quantship.calibration.data import CalibrationData, ImageOptions, open_data
 from quantship.calibration.methods import MethodSpec
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError, DataError, QuantshipError
-from quantship.exporter.load import FloatModel, InputSpec
+from quantship.exporter.load import FloatModel
 from quantship.exporter.output import MANIFEST, check_output_dir, staged_dir, write_json
 from quantship.ui import SILENT, UI
 
@@ -118,20 +118,7 @@ def load_float_model(
 
 
 def _backends(spec: str | Sequence[str]) -> tuple[list[Backend], list[str]]:
-    names = spec.split(",") if isinstance(spec, str) else list(spec)
-    backends = registry.parse(",".join(names))
-    ok, missing = [], []
-    for b in backends:
-        reason = b.available()
-        if reason is None:
-            ok.append(b)
-        else:
-            missing.append(
-                f"backend {b.name!r} is not available: {reason} (pip install 'quantship[{b.extra}]')"
-            )
-    if not ok:
-        raise BackendError(missing[0])
-    return ok, missing
+    return registry.available(spec)
 
 
 def export(
@@ -339,92 +326,6 @@ def export(
     return ExportResult(out, manifest, final, tuple(failures))
 
 
-def bench(
-    target: str | Path,
-    *,
-    backends: str | Sequence[str] | None = None,
-    settings: BenchSettings | None = None,
-    throughput_seconds: float = 0.0,
-    data: str | Path | None = None,
-    json_path: str | Path | None = None,
-    plot_path: str | Path | None = None,
-    ui: UI = SILENT,
-) -> list[LatencyStats]:
-    """Latency of an export folder (each artifact beside the float model in its own
-    runtime) or of one ONNX model in one or more runtimes; with ``throughput_seconds``,
-    also the throughput mode of runtimes that have one (OpenVINO's async requests)."""
-    from quantship.bench.report import latency_plot, latency_table
-    from quantship.bench.run import throughput_candidates, with_float_baselines
-    from quantship.exporter.load import load_model
-    from quantship.exporter.manifest import artifacts_in, float_artifact, read_manifest
-
-    settings = settings or BenchSettings()
-    path = Path(target)
-    if path.is_dir():
-        manifest = read_manifest(path)
-        inputs = [
-            InputSpec(i["name"], tuple(i["shape"]), i["dtype"])
-            for i in manifest["float_model"]["inputs"]
-        ]
-        wanted = None
-        if backends is not None:
-            spec = backends if isinstance(backends, str) else ",".join(backends)
-            wanted = {b.name for b in registry.parse(spec)}
-        pairs: list[tuple[Artifact, Backend]] = []
-        for a in artifacts_in(path, manifest):
-            if wanted is not None and a.backend not in wanted:
-                continue
-            b = registry.get(a.backend)
-            reason = b.available()
-            if reason is not None:
-                ui.note(f"skipping {a.backend}: {reason}")
-                continue
-            pairs.append((a, b))
-        if not pairs:
-            pairs_f = [(float_artifact(path, manifest), registry.get("onnxruntime"))]
-            cands = [Candidate("float (onnxruntime)", pairs_f[0][1], pairs_f[0][0])]
-        else:
-            cands = with_float_baselines(float_artifact(path, manifest), pairs)
-        title = f"latency: {path}"
-    else:
-        fm = load_model(path)
-        inputs = list(fm.inputs)
-        chosen, missing = _backends(backends or registry.DEFAULT)
-        for m in missing:
-            ui.note(f"error: {m}")
-        art = Artifact("onnxruntime", "onnx", path.parent, (path.name,), precision="float")
-        cands = []
-        for b in chosen:
-            if "onnx" not in b.formats:
-                raise BackendError(f"backend {b.name!r} cannot run an ONNX model directly")
-            cands.append(Candidate(b.name, b, art, cands[0].label if cands else None))
-        title = f"latency: {path.name}"
-    sample = open_data(data, inputs, role="benchmark").first() if data is not None else None
-    stats = bench_candidates(cands, inputs, settings, sample=sample, ui=ui)
-    latency_table(ui, stats, title, {c.label: c.baseline for c in cands})
-    tput = throughput_candidates(cands, inputs, settings, throughput_seconds, sample=sample, ui=ui)
-    if tput:
-        ui.table(
-            "throughput mode (the runtime's own parallel requests)",
-            ["model", "batch", "samples/s", "runs"],
-            [[t.label, str(t.batch), f"{t.samples_per_s:.1f}", str(t.runs)] for t in tput],
-        )
-    if json_path is not None:
-        write_json(
-            Path(json_path),
-            {
-                "target": str(path),
-                "settings": dict(settings.__dict__),
-                "results": [s.to_json() for s in stats],
-                "throughput": [t.to_json() for t in tput],
-                "baselines": {c.label: c.baseline for c in cands},
-            },
-        )
-    if plot_path is not None and not latency_plot(stats, Path(plot_path), title):
-        ui.note("plot skipped: matplotlib is not installed (pip install 'quantship[plot]')")
-    return stats
-
-
 def build_engine(folder: str | Path, *, max_batch: int = 32, ui: UI = SILENT) -> dict[str, Any]:
     """Build the TensorRT engine of an export folder here (the deployment GPU) and
     record it in the manifest, which is rewritten only once the engine is built."""
@@ -491,56 +392,16 @@ def distill(
     return run(t, s, train, v, Path(out), config, resume=resume, ui=ui)
 
 
-def sensitivity(
-    model: str | Path,
-    calib: str | Path,
-    out: str | Path,
-    *,
-    held_out: str | Path | None = None,
-    backend: str = registry.DEFAULT,
-    method: str = "percentile",
-    samples: int | None = None,
-    input_shapes: dict[str, tuple[int, ...]] | None = None,
-    ui: UI = SILENT,
-) -> list[dict[str, Any]]:
-    """Per-layer sensitivity: the error with only each node in INT8, ranked, written to
-    ``out/sensitivity.json`` and ``out/sensitivity.png``."""
-    from quantship.calibration.runner import calibrate
-    from quantship.guard import Evaluator, held_feeds, sensitivity_plot
-    from quantship.guard import sensitivity as rank
+# Implemented beside what they orchestrate; part of this API.
+from quantship.bench.command import bench  # noqa: E402
+from quantship.guard_command import sensitivity  # noqa: E402
 
-    chosen, _ = _backends(backend)
-    fm, data = load_float_model(model, calib, input_shapes=input_shapes, images=None, weights=None)
-    held = open_data(held_out, fm.inputs, role="held-out") if held_out is not None else None
-    split = _split(data, samples, held)
-    assert data is not None
-    table = calibrate(fm, data, samples=split.calib_stop, histograms=True, ui=ui)
-    feeds = (
-        held_feeds(split.held_data, split.held_start, split.held_stop) if split.held_data else []
-    )
-    try:
-        options = PlanOptions(method=MethodSpec(method))  # type: ignore[arg-type]
-    except ValueError as e:
-        raise QuantshipError(str(e)) from None
-    rows = rank(Evaluator(fm, table, chosen[0], feeds), options, ui)
-    outp = Path(out)
-    outp.mkdir(parents=True, exist_ok=True)
-    result = [{"node": r.node, "op_type": r.op_type, "error": r.error} for r in rows]
-    write_json(
-        outp / "sensitivity.json",
-        {
-            "model": str(model),
-            "backend": chosen[0].name,
-            "measure": "1 - cosine with only this node in INT8",
-            "held_out": split.note,
-            "nodes": result,
-        },
-    )
-    ui.table(
-        "per-layer sensitivity (most sensitive first)",
-        ["node", "op", "1 - cosine"],
-        [[r.node, r.op_type, f"{r.error:.3g}"] for r in rows[:20]],
-    )
-    if not sensitivity_plot(rows, outp / "sensitivity.png"):
-        ui.note("plot skipped: matplotlib is not installed (pip install 'quantship[plot]')")
-    return result
+__all__ = [
+    "ExportResult",
+    "bench",
+    "build_engine",
+    "distill",
+    "export",
+    "load_float_model",
+    "sensitivity",
+]

@@ -371,3 +371,26 @@ def binary_check(node: onnx.NodeProto, view: GraphView) -> str | None:
 
 def describe(plan: QuantPlan) -> dict[str, Any]:
     return plan.summary()
+
+
+def input_side_ops() -> dict[str, OpRule]:
+    """Ops quantized on their inputs only, for runtimes whose kernels absorb the DQ in
+    front of them and requantize on their own (OpenVINO's LPT, TensorRT): weighted
+    ops, residual Adds and average pooling."""
+    return {
+        "Conv": OpRule("compute", weight=1, weight_axis=0, quantize_output=False, check=conv_check),
+        "Gemm": OpRule(
+            "compute", weight=1, weight_axis=gemm_axis, quantize_output=False, check=gemm_check
+        ),
+        "MatMul": OpRule(
+            "compute",
+            weight=1,
+            weight_axis=1,
+            weight_may_be_activation=True,
+            quantize_output=False,
+            check=matmul_check,
+        ),
+        "Add": OpRule("compute", act_inputs=(0, 1), quantize_output=False, check=binary_check),
+        "GlobalAveragePool": OpRule("compute", quantize_output=False),
+        "AveragePool": OpRule("compute", quantize_output=False),
+    }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import cast
 
@@ -72,3 +73,21 @@ def parse(spec: str) -> list[Backend]:
 
 def suggestion(name: str) -> str:
     return closest(name, names())
+
+
+def available(spec: str | Sequence[str]) -> tuple[list[Backend], list[str]]:
+    """The backends named in ``spec`` that can run here, and for the others one line
+    each saying why and which extra to install. None usable at all is an error."""
+    text = spec if isinstance(spec, str) else ",".join(spec)
+    ok, missing = [], []
+    for b in parse(text):
+        reason = b.available()
+        if reason is None:
+            ok.append(b)
+        else:
+            missing.append(
+                f"backend {b.name!r} is not available: {reason} (pip install 'quantship[{b.extra}]')"
+            )
+    if not ok:
+        raise BackendError(missing[0])
+    return ok, missing

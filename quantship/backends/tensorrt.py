@@ -31,38 +31,16 @@ import numpy.typing as npt
 import onnx
 
 from quantship.backends.base import Artifact, Feed, PlanOptions, QuantPlan, SessionSettings
-from quantship.backends.planning import (
-    OpRule,
-    Rules,
-    binary_check,
-    conv_check,
-    gemm_axis,
-    gemm_check,
-    make_plan,
-    matmul_check,
-)
+from quantship.backends.planning import OpRule, Rules, input_side_ops, make_plan
 from quantship.backends.tensorrt_check import check_tensorrt
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError
 from quantship.exporter.load import FloatModel, save_model
 
 TRT_OPS: dict[str, OpRule] = {
-    "Conv": OpRule("compute", weight=1, weight_axis=0, quantize_output=False, check=conv_check),
+    **input_side_ops(),
+    # ConvTranspose weights are (in, out/groups, k, k): the output channel is axis 1.
     "ConvTranspose": OpRule("compute", weight=1, weight_axis=1, quantize_output=False),
-    "Gemm": OpRule(
-        "compute", weight=1, weight_axis=gemm_axis, quantize_output=False, check=gemm_check
-    ),
-    "MatMul": OpRule(
-        "compute",
-        weight=1,
-        weight_axis=1,
-        weight_may_be_activation=True,
-        quantize_output=False,
-        check=matmul_check,
-    ),
-    "Add": OpRule("compute", act_inputs=(0, 1), quantize_output=False, check=binary_check),
-    "GlobalAveragePool": OpRule("compute", quantize_output=False),
-    "AveragePool": OpRule("compute", quantize_output=False),
 }
 RULES = Rules(
     backend="tensorrt",

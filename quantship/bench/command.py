@@ -1,0 +1,103 @@
+"""``quantship bench``: latency of an export folder (each artifact beside the float
+model in its own runtime) or of one model in one or more runtimes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from quantship.backends import registry
+from quantship.backends.base import Artifact, Backend
+from quantship.bench.run import Candidate, bench_candidates
+from quantship.bench.timing import BenchSettings, LatencyStats
+from quantship.calibration.data import open_data
+from quantship.errors import BackendError
+from quantship.exporter.load import InputSpec
+from quantship.exporter.output import write_json
+from quantship.ui import SILENT, UI
+
+
+def bench(
+    target: str | Path,
+    *,
+    backends: str | Sequence[str] | None = None,
+    settings: BenchSettings | None = None,
+    throughput_seconds: float = 0.0,
+    data: str | Path | None = None,
+    json_path: str | Path | None = None,
+    plot_path: str | Path | None = None,
+    ui: UI = SILENT,
+) -> list[LatencyStats]:
+    """Latency of an export folder (each artifact beside the float model in its own
+    runtime) or of one ONNX model in one or more runtimes; with ``throughput_seconds``,
+    also the throughput mode of runtimes that have one (OpenVINO's async requests)."""
+    from quantship.bench.report import latency_plot, latency_table
+    from quantship.bench.run import throughput_candidates, with_float_baselines
+    from quantship.exporter.load import load_model
+    from quantship.exporter.manifest import artifacts_in, float_artifact, read_manifest
+
+    settings = settings or BenchSettings()
+    path = Path(target)
+    if path.is_dir():
+        manifest = read_manifest(path)
+        inputs = [
+            InputSpec(i["name"], tuple(i["shape"]), i["dtype"])
+            for i in manifest["float_model"]["inputs"]
+        ]
+        wanted = None
+        if backends is not None:
+            spec = backends if isinstance(backends, str) else ",".join(backends)
+            wanted = {b.name for b in registry.parse(spec)}
+        pairs: list[tuple[Artifact, Backend]] = []
+        for a in artifacts_in(path, manifest):
+            if wanted is not None and a.backend not in wanted:
+                continue
+            b = registry.get(a.backend)
+            reason = b.available()
+            if reason is not None:
+                ui.note(f"skipping {a.backend}: {reason}")
+                continue
+            pairs.append((a, b))
+        if not pairs:
+            pairs_f = [(float_artifact(path, manifest), registry.get("onnxruntime"))]
+            cands = [Candidate("float (onnxruntime)", pairs_f[0][1], pairs_f[0][0])]
+        else:
+            cands = with_float_baselines(float_artifact(path, manifest), pairs)
+        title = f"latency: {path}"
+    else:
+        fm = load_model(path)
+        inputs = list(fm.inputs)
+        chosen, missing = registry.available(backends or registry.DEFAULT)
+        for m in missing:
+            ui.note(f"error: {m}")
+        art = Artifact("onnxruntime", "onnx", path.parent, (path.name,), precision="float")
+        cands = []
+        for b in chosen:
+            if "onnx" not in b.formats:
+                raise BackendError(f"backend {b.name!r} cannot run an ONNX model directly")
+            cands.append(Candidate(b.name, b, art, cands[0].label if cands else None))
+        title = f"latency: {path.name}"
+    sample = open_data(data, inputs, role="benchmark").first() if data is not None else None
+    stats = bench_candidates(cands, inputs, settings, sample=sample, ui=ui)
+    latency_table(ui, stats, title, {c.label: c.baseline for c in cands})
+    tput = throughput_candidates(cands, inputs, settings, throughput_seconds, sample=sample, ui=ui)
+    if tput:
+        ui.table(
+            "throughput mode (the runtime's own parallel requests)",
+            ["model", "batch", "samples/s", "runs"],
+            [[t.label, str(t.batch), f"{t.samples_per_s:.1f}", str(t.runs)] for t in tput],
+        )
+    if json_path is not None:
+        write_json(
+            Path(json_path),
+            {
+                "target": str(path),
+                "settings": dict(settings.__dict__),
+                "results": [s.to_json() for s in stats],
+                "throughput": [t.to_json() for t in tput],
+                "baselines": {c.label: c.baseline for c in cands},
+            },
+        )
+    if plot_path is not None and not latency_plot(stats, Path(plot_path), title):
+        ui.note("plot skipped: matplotlib is not installed (pip install 'quantship[plot]')")
+    return stats
