@@ -224,3 +224,16 @@ def md_table(headers: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out) + "\n"
+
+
+def job_summary(w: Watched) -> dict[str, Any]:
+    """A watched quantization job as it goes into the results JSON."""
+    return {
+        "ok": w.ok,
+        "wall_s": round(w.wall_s, 2),
+        "peak_rss_mb": round(w.peak_rss_mb, 1),
+        "peak_anon_mb": round(w.peak_anon_mb, 1),
+        "killed": w.killed,
+        "report": w.report,
+        "error": None if w.ok else w.stderr_tail[-600:],
+    }

@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import WORK, machine, md_table, prepare, run_watched, write_results
+from common import WORK, job_summary, machine, md_table, prepare, run_watched, write_results
 
 
 def run_model(
@@ -49,13 +49,13 @@ def run_model(
         limit_mb,
         3600,
     )
-    jobs["quantship openvino"] = _job(w)
+    jobs["quantship openvino"] = job_summary(w)
     if w.ok:
         files["quantship openvino"] = (Path(out.with_suffix(".path").read_text()), "openvino-ir")
     print(f"[{name}] nncf ...", flush=True)
     out = d / "nncf.xml"
     w = run_watched(["nncf", model, calib, str(out), str(samples)], limit_mb, 3600)
-    jobs["nncf"] = _job(w)
+    jobs["nncf"] = job_summary(w)
     if w.ok:
         files["nncf"] = (out, "openvino-ir")
     print(f"[{name}] quantship onnxruntime layout, run in OpenVINO ...", flush=True)
@@ -63,7 +63,7 @@ def run_model(
     w = run_watched(
         ["quantship", model, calib, str(out), "percentile", str(samples)], limit_mb, 3600
     )
-    jobs["quantship ort layout in openvino"] = _job(w)
+    jobs["quantship ort layout in openvino"] = job_summary(w)
     if w.ok:
         files["quantship ort layout in openvino"] = (out, "onnx-qdq")
 
@@ -107,18 +107,6 @@ def run_model(
         "latency": lat,
         "throughput": tput,
         "sizes": sizes,
-    }
-
-
-def _job(w: Any) -> dict[str, Any]:
-    return {
-        "ok": w.ok,
-        "wall_s": round(w.wall_s, 2),
-        "peak_anon_mb": round(w.peak_anon_mb, 1),
-        "peak_rss_mb": round(w.peak_rss_mb, 1),
-        "killed": w.killed,
-        "report": w.report,
-        "error": None if w.ok else w.stderr_tail[-600:],
     }
 
 

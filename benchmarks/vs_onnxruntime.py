@@ -21,7 +21,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import WORK, fidelity, latency, machine, md_table, prepare, run_watched, write_results
+from common import (
+    WORK,
+    fidelity,
+    job_summary,
+    latency,
+    machine,
+    md_table,
+    prepare,
+    run_watched,
+    write_results,
+)
 
 QUANTSHIP = ["minmax", "percentile", "entropy"]
 ORT = [  # label, method, activation type, CalibMaxIntermediateOutputs
@@ -48,7 +58,7 @@ def run_model(
         label = f"quantship {m}"
         print(f"[{name}] {label} ...", flush=True)
         w = run_watched(["quantship", model, calib, str(out), m, str(samples)], limit_mb, 3600)
-        jobs[label] = _job(w)
+        jobs[label] = job_summary(w)
         if w.ok:
             files[label] = out
     for label, method, act, inter in ORT:
@@ -58,7 +68,7 @@ def run_model(
             [str(inter)] if inter else []
         )
         w = run_watched(args, limit_mb, 3600)
-        jobs[label] = _job(w)
+        jobs[label] = job_summary(w)
         if w.ok:
             files[label] = out
     print(f"[{name}] fidelity on {held} held-out images ...", flush=True)
@@ -73,18 +83,6 @@ def run_model(
         "fidelity": fid,
         "latency": lat,
         "sizes": sizes,
-    }
-
-
-def _job(w: Any) -> dict[str, Any]:
-    return {
-        "ok": w.ok,
-        "wall_s": round(w.wall_s, 2),
-        "peak_rss_mb": round(w.peak_rss_mb, 1),
-        "peak_anon_mb": round(w.peak_anon_mb, 1),
-        "killed": w.killed,
-        "report": w.report,
-        "error": None if w.ok else w.stderr_tail[-600:],
     }
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from quantship.backends import registry
-from quantship.backends.base import Artifact, Backend, PlanOptions
+from quantship.backends.base import Artifact, PlanOptions
 from quantship.bench.run import Candidate, bench_candidates
 from quantship.bench.timing import BenchSettings, LatencyStats
 from quantship.calibration.data import CalibrationData, ImageOptions, open_data
@@ -117,10 +117,6 @@ def load_float_model(
     return fm, data
 
 
-def _backends(spec: str | Sequence[str]) -> tuple[list[Backend], list[str]]:
-    return registry.available(spec)
-
-
 def export(
     model: str | Path,
     calib: str | Path | None,
@@ -157,7 +153,7 @@ def export(
     if samples is not None and samples < 1:
         raise QuantshipError(f"--samples must be at least 1, got {samples}")
     check_output_dir(out)
-    chosen, missing = _backends(backends)
+    chosen, missing = registry.available(backends)
     if require_engine:
         from quantship.backends.tensorrt import engine_unavailable
 

@@ -70,17 +70,14 @@ Metric = Callable[[list[npt.NDArray[Any]], npt.NDArray[Any]], float]
 def load_metric(spec: str) -> Metric:
     """``package.module:function``: called as ``fn(outputs, labels)`` with every model
     output stacked over the held-out samples and their labels; higher is better."""
-    import importlib
-    import sys
-    from pathlib import Path
+    from quantship.specs import is_callable_spec, resolve
 
-    mod, _, fn = spec.partition(":")
-    if not mod or not fn:
+    if not is_callable_spec(spec):
         raise QuantshipError(f"--metric {spec!r}: expected package.module:function")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
     try:
-        f = getattr(importlib.import_module(mod), fn)
+        _, fn, f = resolve(spec)
+        if f is None:
+            raise AttributeError(f"no attribute {fn!r}")
     except Exception as e:
         raise QuantshipError(
             f"--metric {spec!r}: cannot load it ({type(e).__name__}: {e})"
@@ -144,28 +141,8 @@ class Evaluator:
 def quantizable_nodes(
     model: FloatModel, table: CalibrationTable, backend: Backend, options: PlanOptions
 ) -> list[str]:
-    """Nodes the backend's plan runs in INT8 (compute ops; data movement follows them)."""
-    plan = backend.plan(model, table, options)
-    view = GraphView(model.proto)
-    compute = {
-        view.node_name(i)
-        for i, n in enumerate(view.nodes)
-        if n.op_type
-        in (
-            "Conv",
-            "ConvTranspose",
-            "Gemm",
-            "MatMul",
-            "Add",
-            "Mul",
-            "Concat",
-            "GlobalAveragePool",
-            "AveragePool",
-            "Sigmoid",
-            "LeakyRelu",
-        )
-    }
-    return [n for n in plan.quantized_nodes if n in compute]
+    """Nodes the backend's plan runs in INT8 as compute ops (data movement follows them)."""
+    return list(backend.plan(model, table, options).compute_nodes)
 
 
 @dataclass(frozen=True)

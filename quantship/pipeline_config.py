@@ -98,9 +98,9 @@ def _section(
 
 def _is_spec(v: str) -> bool:
     """package.module:function specs are not paths."""
-    from quantship.exporter.torch_export import is_torch_spec
+    from quantship.specs import is_callable_spec
 
-    return is_torch_spec(v) and not v.endswith(".pt2")
+    return is_callable_spec(v)
 
 
 def run_config(path: Path, ui: UI = SILENT) -> Any:

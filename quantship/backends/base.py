@@ -7,12 +7,11 @@ runs that artifact (``session``). The calibration table it plans from is shared.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-import numpy as np
 import numpy.typing as npt
 import onnx
 
@@ -90,6 +89,7 @@ class QuantPlan:
     constants: tuple[ConstantQuant, ...]
     float_nodes: tuple[FloatNode, ...]
     quantized_nodes: tuple[str, ...]
+    compute_nodes: tuple[str, ...] = ()  # the quantized_nodes that compute (not data movement)
     dedicated_dq: bool = False  # one DequantizeLinear per consumer (TensorRT's rule)
 
     def __post_init__(self) -> None:
@@ -180,7 +180,3 @@ class Backend(Protocol):
     def compile(self, qdq: onnx.ModelProto, out_dir: Path, model: FloatModel) -> Artifact: ...
 
     def session(self, artifact: Artifact, settings: SessionSettings) -> Session: ...
-
-
-def outputs_close(a: Sequence[npt.NDArray[Any]], b: Sequence[npt.NDArray[Any]]) -> bool:
-    return len(a) == len(b) and all(np.allclose(x, y) for x, y in zip(a, b, strict=True))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -266,6 +266,7 @@ def make_plan(
         constants=tuple(constants),
         float_nodes=tuple(float_nodes),
         quantized_nodes=tuple(view.node_name(i) for i in quantized),
+        compute_nodes=tuple(view.node_name(i) for i in sorted(compute)),
         dedicated_dq=rules.dedicated_dq,
     )
 
@@ -367,10 +368,6 @@ def binary_check(node: onnx.NodeProto, view: GraphView) -> str | None:
     if len(node.input) != 2 or any(view.is_constant(i) for i in node.input):
         return f"{node.op_type} with a constant operand"
     return None
-
-
-def describe(plan: QuantPlan) -> dict[str, Any]:
-    return plan.summary()
 
 
 def input_side_ops() -> dict[str, OpRule]:

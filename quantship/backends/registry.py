@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 from typing import cast
 
 from quantship.backends.base import Backend
-from quantship.errors import BackendError, closest
+from quantship.errors import BackendError
 
 BUILTIN: dict[str, str] = {
     "onnxruntime": "quantship.backends.onnxruntime:OnnxRuntimeBackend",
@@ -69,10 +69,6 @@ def parse(spec: str) -> list[Backend]:
     if not out:
         raise BackendError(f"no backend named in {spec!r}; available: {', '.join(names())}")
     return out
-
-
-def suggestion(name: str) -> str:
-    return closest(name, names())
 
 
 def available(spec: str | Sequence[str]) -> tuple[list[Backend], list[str]]:

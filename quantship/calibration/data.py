@@ -16,8 +16,6 @@ before any work, and every sample is checked for NaN/Inf as it streams.
 
 from __future__ import annotations
 
-import importlib
-import sys
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ import numpy.typing as npt
 
 from quantship.errors import DataError
 from quantship.exporter.load import InputSpec
+from quantship.specs import is_callable_spec, resolve
 
 Feed = dict[str, npt.NDArray[Any]]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -155,23 +154,11 @@ def open_data(
             f"{role} data '{path}' is neither .npz, .npy nor a folder of images; "
             "see `quantship export --help` for the accepted forms"
         )
-    if _looks_like_callable(text):
+    if is_callable_spec(text):
         return _callable(text, inputs, role)
     raise DataError(
         f"{role} data '{text}' not found (expected an .npz/.npy file, a folder of images, "
         "or package.module:function)"
-    )
-
-
-def _looks_like_callable(text: str) -> bool:
-    if ":" not in text or "/" in text or "\\" in text:
-        return False
-    mod, _, fn = text.partition(":")
-    return (
-        bool(mod)
-        and bool(fn)
-        and all(p.isidentifier() for p in mod.split("."))
-        and fn.isidentifier()
     )
 
 
@@ -327,15 +314,12 @@ def _npy(path: Path, inputs: Sequence[InputSpec], role: str) -> CalibrationData:
 
 def _callable(text: str, inputs: Sequence[InputSpec], role: str) -> CalibrationData:
     mod_name, _, fn_name = text.partition(":")
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
     try:
-        module = importlib.import_module(mod_name)
+        _, _, fn = resolve(text)
     except Exception as e:
         raise DataError(
             f"{role} data '{text}': cannot import {mod_name!r} ({type(e).__name__}: {e})"
         ) from None
-    fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise DataError(f"{role} data '{text}': module {mod_name!r} has no function {fn_name!r}")
     names = [i.name for i in inputs]
@@ -390,7 +374,7 @@ def peek_shapes(spec: str | Path, images: ImageOptions | None = None) -> dict[st
         return {k: (1, *a.shape[1:]) for k, a in _memmap_npz(path).items()}
     if path.suffix == ".npy" and path.exists():
         return {"input": (1, *_stored_npy(path).shape[1:])}
-    if _looks_like_callable(text):
+    if is_callable_spec(text):
         fake = [InputSpec("input", (None,), "float32")]
         src = _callable(text, fake, "calibration")
         for feed in src._open():

@@ -136,7 +136,7 @@ def augmented(
     return aug, probes
 
 
-def ort_session(model: onnx.ModelProto, threads: int | None = None, optimize: bool = True) -> Any:
+def ort_session(model: onnx.ModelProto, threads: int | None = None) -> Any:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -144,11 +144,7 @@ def ort_session(model: onnx.ModelProto, threads: int | None = None, optimize: bo
     if threads:
         so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if optimize
-        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    )
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
         return ort.InferenceSession(
             model.SerializeToString(), so, providers=["CPUExecutionProvider"]

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from quantship.errors import DataError, ModelError, QuantshipError
+from quantship.specs import is_callable_spec
 from quantship.ui import SILENT, UI
 
 CHECKPOINT = "checkpoint.pt"
@@ -73,12 +74,14 @@ def load_dataset(spec: str | Path, role: str) -> Any:
             torch.from_numpy(np.ascontiguousarray(x, np.float32)),
             torch.from_numpy(y.astype(np.int64)),
         )
-    if ":" in text and not path.exists():
-        import importlib
+    if is_callable_spec(text) and not path.exists():
+        from quantship.specs import resolve
 
-        mod, _, fn = text.partition(":")
         try:
-            obj = getattr(importlib.import_module(mod), fn)()
+            _, name, fn = resolve(text)
+            if fn is None:
+                raise AttributeError(f"no attribute {name!r}")
+            obj = fn()
         except Exception as e:
             raise DataError(f"{role} data '{text}': {type(e).__name__}: {e}") from None
         return obj

@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import logging
-import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,17 +14,13 @@ from typing import Any
 import onnx
 
 from quantship.errors import ModelError, QuantshipError
+from quantship.specs import is_callable_spec, resolve
 
 EXPORT_OPSET = 18
 
 
 def is_torch_spec(spec: str) -> bool:
-    if spec.endswith(".pt2"):
-        return True
-    if ":" not in spec or "/" in spec or "\\" in spec:
-        return False
-    mod, _, fn = spec.partition(":")
-    return all(p.isidentifier() for p in mod.split(".")) and fn.isidentifier()
+    return spec.endswith(".pt2") or is_callable_spec(spec)
 
 
 def _torch() -> Any:
@@ -43,15 +37,12 @@ def load_factory(spec: str, what: str = "model") -> Any:
     """Call ``package.module:factory`` and return the nn.Module it builds."""
     torch = _torch()
     mod_name, _, fn_name = spec.partition(":")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
     try:
-        module = importlib.import_module(mod_name)
+        _, _, factory = resolve(spec)
     except Exception as e:
         raise ModelError(
             f"{what} '{spec}': cannot import {mod_name!r} ({type(e).__name__}: {e})"
         ) from None
-    factory = getattr(module, fn_name, None)
     if factory is None or not callable(factory):
         raise ModelError(f"{what} '{spec}': module {mod_name!r} has no callable {fn_name!r}")
     try:

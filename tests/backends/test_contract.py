@@ -30,11 +30,6 @@ def _require(name: str) -> None:
         pytest.skip(f"backend {name!r} unavailable: {reason}")
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return {}
-
-
 @pytest.mark.parametrize("name", BACKENDS)
 def test_backend_contract(name: str, tmp_path: Path) -> None:
     _require(name)
