@@ -93,12 +93,15 @@ def _anon_bytes(pid: int) -> int:
 
 
 def prepare(name: str, n_calib: int, n_held: int) -> dict[str, Path]:
-    """Float ONNX model (BN statistics from real images), calibration and held-out
-    image sets, cached under WORK by name and sizes."""
+    """Float ONNX model (trained on a proxy task from real images, BN statistics from
+    real images at its input size: see pretrain.py), calibration and held-out image
+    sets, cached under WORK by name and sizes."""
+    from pretrain import pretrain
+
     from quantship import examples
 
     size = examples.MODELS[name][1]
-    d = WORK / f"{name}-{n_calib}-{n_held}"
+    d = WORK / f"{name}-trained-{n_calib}-{n_held}"
     paths = {"model": d / "float.onnx", "calib": d / "calib.npz", "held": d / "held.npz"}
     if all(p.exists() for p in paths.values()):
         return paths
@@ -108,7 +111,9 @@ def prepare(name: str, n_calib: int, n_held: int) -> dict[str, Path]:
         flush=True,
     )
     bn_images = examples.sample_images(64 if size <= 256 else 32, size, seed=1)
-    net = examples.build(name, bn_images)
+    net = examples.calibrate_batchnorm(
+        pretrain(name, log=lambda m: print(m, flush=True)), bn_images
+    )
     examples.to_onnx(net, size, str(paths["model"]))
     # Calibration data written in chunks, uncompressed: both tools read it memory-mapped.
     _save_images(paths["calib"], n_calib, size, seed=2)

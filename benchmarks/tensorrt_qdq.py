@@ -19,7 +19,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import WORK, machine, md_table, prepare, write_results
+from common import machine, md_table, prepare, write_results
 
 
 def main() -> int:
@@ -40,7 +40,7 @@ def main() -> int:
     rows, results = [], []
     for name in args.models.split(","):
         paths = prepare(name, args.samples, args.held)
-        out = WORK / f"{name}-{args.samples}-{args.held}" / "trt-export"
+        out = paths["model"].parent / "trt-export"
         print(f"[{name}] export --backend tensorrt ...", flush=True)
         res = api.export(
             paths["model"],
@@ -54,9 +54,9 @@ def main() -> int:
         )
         arts = {a["backend"]: a for a in res.manifest["artifacts"]}
         trt_findings = check_tensorrt(onnx.load(str(out / arts["tensorrt"]["path"])))
-        ort_file = WORK / f"{name}-{args.samples}-{args.held}" / "ort-minmax-s8.onnx"
+        ort_file = paths["model"].parent / "ort-minmax-s8.onnx"
         ort_findings = check_tensorrt(onnx.load(str(ort_file))) if ort_file.exists() else []
-        ort_u8 = WORK / f"{name}-{args.samples}-{args.held}" / "ort-minmax-u8.onnx"
+        ort_u8 = paths["model"].parent / "ort-minmax-u8.onnx"
         u8_findings = check_tensorrt(onnx.load(str(ort_u8))) if ort_u8.exists() else []
         r: dict[str, Any] = {
             "model": name,

@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import WORK, job_summary, machine, md_table, prepare, run_watched, write_results
+from common import job_summary, machine, md_table, prepare, run_watched, write_results
 
 
 def run_model(
@@ -37,7 +37,7 @@ def run_model(
     from quantship.exporter.load import InputSpec
 
     paths = prepare(name, samples, held)
-    d = WORK / f"{name}-{samples}-{held}"
+    d = paths["model"].parent
     model, calib = str(paths["model"]), str(paths["calib"])
     jobs: dict[str, Any] = {}
     files: dict[str, tuple[Path, str]] = {}

@@ -22,7 +22,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
-    WORK,
     fidelity,
     job_summary,
     latency,
@@ -49,7 +48,7 @@ def run_model(
     name: str, samples: int, held: int, threads: int, limit_mb: float, duration: float
 ) -> dict[str, Any]:
     paths = prepare(name, samples, held)
-    d = WORK / f"{name}-{samples}-{held}"
+    d = paths["model"].parent
     model, calib = str(paths["model"]), str(paths["calib"])
     jobs: dict[str, Any] = {}
     files: dict[str, Path] = {}

@@ -297,32 +297,47 @@ IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32)
 def sample_images(n: int, size: int, seed: int = 0) -> npt.NDArray[np.float32]:
     """``n`` real-image crops (NCHW, ImageNet-normalised) at ``size``×``size``, cut at
     seeded random positions and scales from scikit-image's bundled sample images."""
-    import skimage.data
-    from skimage.transform import resize
-
-    resize_fn: Any = resize  # scikit-image ships no type information
-
-    srcs: list[Any] = []
-    for name in SAMPLE_IMAGES:
-        img = getattr(skimage.data, name)()
-        img = np.asarray(img)
-        if img.ndim == 2:
-            img = np.stack([img] * 3, axis=-1)
-        srcs.append(img[..., :3].astype(np.float32) / (255.0 if img.dtype == np.uint8 else 1.0))
+    srcs = source_images()
     rng = np.random.default_rng(seed)
     out = np.empty((n, 3, size, size), np.float32)
     for i in range(n):
-        src = srcs[rng.integers(len(srcs))]
-        h, w = src.shape[:2]
-        side = int(min(h, w) * rng.uniform(0.4, 1.0))
-        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        crop = resize_fn(
-            src[y : y + side, x : x + side], (size, size), order=1, anti_aliasing=False
-        )
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        out[i] = ((crop - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+        out[i] = random_crop(srcs[rng.integers(len(srcs))], size, size, rng)
     return out
+
+
+def source_images() -> list[npt.NDArray[np.float32]]:
+    """scikit-image's bundled sample images (``SAMPLE_IMAGES``), HWC RGB in [0, 1]."""
+    import skimage.data
+
+    srcs: list[npt.NDArray[np.float32]] = []
+    for name in SAMPLE_IMAGES:
+        img = np.asarray(getattr(skimage.data, name)())
+        if img.ndim == 2:
+            img = np.stack([img] * 3, axis=-1)
+        srcs.append(img[..., :3].astype(np.float32) / (255.0 if img.dtype == np.uint8 else 1.0))
+    return srcs
+
+
+def random_crop(
+    src: npt.NDArray[np.float32],
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.4, 1.0),
+) -> npt.NDArray[np.float32]:
+    """A square crop of ``src`` at a random position and scale, resized to
+    ``height``×``width``, randomly mirrored, ImageNet-normalised, CHW."""
+    from skimage.transform import resize
+
+    resize_fn: Any = resize  # scikit-image ships no type information
+    h, w = src.shape[:2]
+    side = int(min(h, w) * rng.uniform(*scale))
+    y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+    crop = resize_fn(src[y : y + side, x : x + side], (height, width), order=1, anti_aliasing=False)
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    out: npt.NDArray[np.float32] = ((crop - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+    return out.astype(np.float32)
 
 
 def to_onnx(net: nn.Module, size: int, path: str, input_name: str = "images") -> None:
