@@ -5,6 +5,9 @@ The architectures follow the published topologies (ResNet-18, MobileNetV2, a
 YOLOv8n-sized detector) without any pretrained weights: nothing is downloaded. Their
 BatchNorm statistics are set from real images (``calibrate_batchnorm``), so activations
 have the per-channel scale of a trained network rather than of random initialisation.
+Random weights still leave a deep BatchNorm network chaotic (it amplifies small
+perturbations), so the benchmarks first train these networks briefly on proxy tasks
+cut from the same sample images (``benchmarks/pretrain.py``).
 """
 
 from __future__ import annotations

@@ -77,31 +77,29 @@ def fold_batchnorm(model: onnx.ModelProto) -> int:
 
 def remove_noops(model: onnx.ModelProto) -> int:
     """Bypass Identity and inference-mode Dropout nodes whose output is not a graph
-    output. Returns how many were removed."""
-    removed = 0
-    while True:
-        view = GraphView(model)
-        target = None
-        for idx, n in enumerate(view.nodes):
-            if n.op_type not in ("Identity", "Dropout") or not n.input or not n.input[0]:
-                continue
-            if n.op_type == "Dropout" and (len(n.output) > 1 and n.output[1]):
-                continue
-            if n.output[0] in view.outputs:
-                continue
-            target = idx
-            break
-        if target is None:
-            break
-        node = view.nodes[target]
-        src, dst = node.input[0], node.output[0]
-        for n in model.graph.node:
-            for k, name in enumerate(n.input):
-                if name == dst:
-                    n.input[k] = src
-        del model.graph.node[target]
-        removed += 1
+    output, in one pass. Returns how many were removed."""
+    outputs = {o.name for o in model.graph.output}
+    rename: dict[str, str] = {}
+    keep: list[onnx.NodeProto] = []
+    for n in model.graph.node:  # topological order: a chain resolves as it goes
+        bypass = (
+            n.op_type in ("Identity", "Dropout")
+            and bool(n.input)
+            and bool(n.input[0])
+            and not (n.op_type == "Dropout" and len(n.output) > 1 and n.output[1])
+            and n.output[0] not in outputs
+        )
+        if bypass:
+            rename[n.output[0]] = rename.get(n.input[0], n.input[0])
+            continue
+        for k, name in enumerate(n.input):
+            if name in rename:
+                n.input[k] = rename[name]
+        keep.append(n)
+    removed = len(model.graph.node) - len(keep)
     if removed:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
         remove_unused_initializers(model)
     return removed
 

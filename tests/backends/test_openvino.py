@@ -87,6 +87,37 @@ def test_quantization_goes_on_inputs_only(tmp_path: Path, cnn_path: Path, calib_
     assert "r1" in quantized_tensors and "p1" not in quantized_tensors
 
 
+def test_quantization_moves_above_concat(tmp_path: Path, calib_npz: Path) -> None:
+    from models import save, tiny_cnn
+
+    from quantship.calibration.data import open_data
+    from quantship.calibration.runner import calibrate
+    from quantship.exporter.load import load_model
+
+    m = tiny_cnn()
+    # the pooled p1, concatenated with itself, feeds conv2
+    nodes = list(m.graph.node)
+    idx = next(i for i, n in enumerate(nodes) if n.name == "conv2")
+    concat = onnx.helper.make_node("Concat", ["p1", "p1"], ["cat"], name="cat", axis=1)
+    w = np.asarray(
+        onnx.numpy_helper.to_array(next(i for i in m.graph.initializer if i.name == "conv2.w"))
+    )
+    m.graph.initializer.remove(next(i for i in m.graph.initializer if i.name == "conv2.w"))
+    m.graph.initializer.append(
+        onnx.numpy_helper.from_array(np.concatenate([w, w], 1) / 2, "conv2.w")
+    )
+    nodes[idx].input[0] = "cat"
+    nodes[idx:idx] = [concat]
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    fm = load_model(save(m, tmp_path / "cat.onnx"), data_shapes={"images": (1, 3, 16, 16)})
+    table = calibrate(fm, open_data(calib_npz, fm.inputs), samples=16)
+    plan = OpenVINOBackend().plan(fm, table, PlanOptions())
+    quantized = {a.tensor for a in plan.activations}
+    # int8 data goes through the Concat (and the MaxPool above it): nothing after them
+    assert "r1" in quantized and not {"p1", "cat"} & quantized
+
+
 def test_throughput_mode(exported: Path) -> None:
     from quantship.exporter.manifest import artifacts_in, read_manifest
 

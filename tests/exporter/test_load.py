@@ -96,3 +96,32 @@ def test_initializers_listed_as_inputs(tmp_path: Path) -> None:
     path = save(m, tmp_path / "legacy.onnx")
     fm = load_model(path, data_shapes={"images": (1, 3, 16, 16)})
     assert [i.name for i in fm.inputs] == ["images"]
+
+
+def test_identity_and_dropout_chains_are_bypassed_but_graph_outputs_kept() -> None:
+    from onnx import helper
+
+    from quantship.exporter.fold import remove_noops
+
+    m = tiny_cnn(batchnorm=False)
+    nodes = list(m.graph.node)
+    idx = next(i for i, n in enumerate(nodes) if n.name == "conv2")
+    src = nodes[idx].input[0]
+    chain = [
+        helper.make_node("Identity", [src], ["i1"], name="i1"),
+        helper.make_node("Dropout", ["i1"], ["i2"], name="d1"),
+        helper.make_node("Identity", ["i2"], ["i3"], name="i3"),
+    ]
+    nodes[idx].input[0] = "i3"
+    nodes[idx:idx] = chain
+    out = m.graph.output[0].name
+    nodes.append(helper.make_node("Identity", [out], ["final"], name="keep"))
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    m.graph.output[0].name = "final"
+    x = {"images": images(2)}
+    before = run_ort(m, x)[0]
+    assert remove_noops(m) == 3
+    assert _ops(m)["Dropout"] == 0 and _ops(m)["Identity"] == 1  # the graph output's stays
+    assert next(n for n in m.graph.node if n.name == "conv2").input[0] == src
+    np.testing.assert_array_equal(run_ort(m, x)[0], before)
