@@ -187,10 +187,10 @@ def make_plan(
                 if out in view.outputs:
                     outputs_q.add(out)
 
-    if rules.hoist:
-        _hoist(through, view, table, rules.hoist, options)
-
     tie: dict[str, str] = {}
+    if rules.hoist:
+        tie.update(_hoist(through, view, table, rules.hoist, options))
+
     transparent: list[int] = []
     for idx, node in enumerate(view.nodes):  # ONNX graphs are topologically sorted
         rule = rules.ops.get(node.op_type)
@@ -297,9 +297,16 @@ def _hoist(
     table: CalibrationTable,
     ops: frozenset[str],
     options: PlanOptions,
-) -> None:
+) -> dict[str, str]:
     """Move quantization from the outputs of ``ops`` (Split, Concat, …) to their
-    inputs, repeatedly: consumers then read the dequantized data through the op."""
+    inputs, repeatedly: consumers then read the dequantized data through the op.
+
+    Returns the tensors that must share their quantization with another (tensor →
+    the tensor whose calibrated range they take): the inputs of one Concat get the
+    range of its output, the union of theirs. A runtime that concatenates int8 data
+    needs one scale for all of it; OpenVINO otherwise requantizes the inputs to a
+    common one after the fact, an error a QDQ simulation does not show."""
+    share: dict[str, str] = {}
     changed = True
     while changed:
         changed = False
@@ -318,10 +325,15 @@ def _hoist(
             ):
                 continue
             del through[t]
+            root = share.get(t, t)
             for s, x in data:
                 through.setdefault(x, set()).add(Use(p, s))
+                unify = node.op_type == "Concat" and t in table and table[t].count > 0
+                if (unify or t in share) and x not in share:
+                    share[x] = root
             changed = True
             break
+    return share
 
 
 # --- checks shared by backends -----------------------------------------------------

@@ -95,10 +95,12 @@ def test_quantization_moves_above_concat(tmp_path: Path, calib_npz: Path) -> Non
     from quantship.exporter.load import load_model
 
     m = tiny_cnn()
-    # the pooled p1, concatenated with itself, feeds conv2
+    # the pooled p1, concatenated with 3 × p1, feeds conv2
     nodes = list(m.graph.node)
     idx = next(i for i, n in enumerate(nodes) if n.name == "conv2")
-    concat = onnx.helper.make_node("Concat", ["p1", "p1"], ["cat"], name="cat", axis=1)
+    three = onnx.helper.make_node("Mul", ["p1", "three"], ["p3"], name="times3")
+    concat = onnx.helper.make_node("Concat", ["p1", "p3"], ["cat"], name="cat", axis=1)
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(3.0, np.float32), "three"))
     w = np.asarray(
         onnx.numpy_helper.to_array(next(i for i in m.graph.initializer if i.name == "conv2.w"))
     )
@@ -107,7 +109,7 @@ def test_quantization_moves_above_concat(tmp_path: Path, calib_npz: Path) -> Non
         onnx.numpy_helper.from_array(np.concatenate([w, w], 1) / 2, "conv2.w")
     )
     nodes[idx].input[0] = "cat"
-    nodes[idx:idx] = [concat]
+    nodes[idx:idx] = [three, concat]
     del m.graph.node[:]
     m.graph.node.extend(nodes)
     fm = load_model(save(m, tmp_path / "cat.onnx"), data_shapes={"images": (1, 3, 16, 16)})
@@ -115,7 +117,17 @@ def test_quantization_moves_above_concat(tmp_path: Path, calib_npz: Path) -> Non
     plan = OpenVINOBackend().plan(fm, table, PlanOptions())
     quantized = {a.tensor for a in plan.activations}
     # int8 data goes through the Concat (and the MaxPool above it): nothing after them
-    assert "r1" in quantized and not {"p1", "cat"} & quantized
+    assert {"r1", "p3"} <= quantized and not {"p1", "cat"} & quantized
+    # one range for all of the Concat's data: that of its output, three times r1's
+    from quantship.calibration.methods import MethodSpec, activation_params
+
+    def own(t: str) -> float:
+        return float(
+            activation_params(table[t], MethodSpec(), dtype="uint8", symmetric=False).scale
+        )
+
+    scales = {a.tensor: float(a.params.scale) for a in plan.activations}
+    assert scales["r1"] == scales["p3"] == own("cat") > 2 * own("r1")
 
 
 def test_throughput_mode(exported: Path) -> None:
