@@ -11,12 +11,13 @@ activation dequantization must be per tensor):
   each op) leaves OpenVINO requantizing in float between layers.
 - Activations are asymmetric uint8 (NNCF's "mixed" preset), which is zero point 0 for
   never-negative tensors such as ReLU outputs. Weights: int8 symmetric per output
-  channel, stored as int8 in the .bin. Measured on a YOLOv8n-sized detector at 640
-  (2 threads): symmetric activations gave cosine 0.77 to float, asymmetric 0.90 at the
-  same speed; SiLU outputs dip to −0.28, so a symmetric grid wastes half its codes.
-- Mul stays float: quantizing both inputs of SiLU's x·sigmoid(x) cost speed (9.6 ms vs
-  7.3 ms) and fidelity (0.90 vs 0.93) on that detector. ResNet-18 and MobileNetV2 are
-  unchanged either way; leaving Add float made them 5-9% slower, so Add is quantized.
+  channel, stored as int8 in the .bin. Symmetric activations, measured
+  (``benchmarks/plan_choices.py``, 2 threads): 11-12% slower on the ResNet-18- and
+  MobileNetV2-like CNNs, and 3.3× the error (1 − cosine) on a YOLOv8n-sized detector,
+  whose SiLU outputs dip to −0.28, so that a symmetric grid wastes half its codes.
+- Mul stays float: quantizing both inputs of SiLU's x·sigmoid(x) made that detector 26%
+  slower, for no gain in fidelity (same script). The CNNs are unchanged either way.
+  Leaving Add float made them 5-9% slower during development, so Add is quantized.
 - Biases stay float: OpenVINO adds them after dequantization.
 - Float layers run in f32 (``INFERENCE_PRECISION_HINT``): on CPUs with bf16 the
   plugin would otherwise run them in bf16 and the comparison with float would be
@@ -45,9 +46,9 @@ OV_OPS: dict[str, OpRule] = {
     **input_side_ops(),
 }
 # Quantization moves above Split, Concat, Resize and MaxPool so OpenVINO moves int8
-# data and requantizes nothing after them (as NNCF places it). Above Concat alone, on
-# the YOLOv8n-sized detector: 5% faster, 1 − cosine 0.00037 → 0.00025
-# (benchmarks/plan_choices.py); each input of the Concat keeps its own range.
+# data and requantizes nothing after them (as NNCF places it); a Concat's inputs share
+# its output's range (planning._hoist). Above Concat, on the YOLOv8n-sized detector:
+# 4% faster, 1 − cosine 3.7e-4 → 3.1e-4 (benchmarks/plan_choices.py).
 RULES = Rules(
     backend="openvino",
     ops=OV_OPS,
