@@ -17,7 +17,6 @@ runs in a watched process. Results: benchmarks/results/accuracy_guard.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import WORK, machine, md_table, run_watched, write_results
+from common import WORK, machine, md_table, parser, run_watched, write_results
 
 BUDGETS = {"bert": 0.002, "detector320": 0.05}
 
@@ -61,12 +60,7 @@ def main() -> int:
     from quantship import api
     from quantship.ui import UI
 
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--models", default="bert,detector320")
-    ap.add_argument("--samples", type=int, default=128)
-    ap.add_argument("--held", type=int, default=32)
+    ap = parser(__doc__, models="bert,detector320", samples=128)
     args = ap.parse_args()
     quiet = UI(quiet=True)
     rows, results = [], []

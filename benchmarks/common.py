@@ -11,6 +11,7 @@ calibration data, that the kernel can drop at any time).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -90,6 +91,21 @@ def _anon_bytes(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+CNNS = "resnet18,mobilenetv2,detector640"
+
+
+def parser(doc: str | None, models: str = CNNS, samples: int = 256) -> argparse.ArgumentParser:
+    """The options every model benchmark takes: which models, how many calibration
+    and held-out samples; the script adds its own."""
+    ap = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--models", default=models)
+    ap.add_argument("--samples", type=int, default=samples)
+    ap.add_argument("--held", type=int, default=32)
+    return ap
 
 
 def prepare(name: str, n_calib: int, n_held: int) -> dict[str, Path]:

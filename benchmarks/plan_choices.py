@@ -15,7 +15,6 @@ one plan: the same planner, one rule changed. Results: benchmarks/results/plan_c
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import shutil
 import sys
@@ -26,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import WORK, machine, md_table, prepare, write_results
+from common import WORK, machine, md_table, parser, prepare, write_results
 
 THREADS = 2
 
@@ -45,7 +44,8 @@ def variants() -> list[tuple[str, str, Any, Any]]:
     """(label, backend, backend module, rules)."""
     from quantship.backends import onnxruntime as qort
     from quantship.backends import openvino as qov
-    from quantship.backends.planning import OpRule, binary_check
+    from quantship.backends.op_rules import binary_check
+    from quantship.backends.planning import OpRule
 
     return [
         ("ort plan", "onnxruntime", qort, qort.RULES),
@@ -95,17 +95,13 @@ def main() -> int:
     from quantship.exporter.pipeline import build_artifact
     from quantship.ui import SILENT
 
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--models", default="resnet18,mobilenetv2,detector640")
-    ap.add_argument("--samples", type=int, default=256)
-    ap.add_argument("--held", type=int, default=32)
+    ap = parser(__doc__)
     ap.add_argument("--duration", type=float, default=10.0, help="timed seconds per variant")
     args = ap.parse_args()
     results: list[dict[str, Any]] = []
     rows: list[list[str]] = []
     settings = SessionSettings(threads=THREADS)
+    chosen = variants()
     for name in args.models.split(","):
         paths = prepare(name, args.samples, args.held)
         fm, data = api.load_float_model(
@@ -126,7 +122,7 @@ def main() -> int:
         cands: list[Candidate] = []
         fid: dict[str, float] = {}
         backends: dict[str, Any] = {}
-        for label, bname, module, rules in variants():
+        for label, bname, module, rules in chosen:
             b = registry.available(bname)[0][0]
             backends[bname] = b
             with rules_of(module, rules):
@@ -148,7 +144,7 @@ def main() -> int:
             cands, fm.inputs, BenchSettings(duration=args.duration, threads=THREADS)
         )
         p50 = {st.label: st.p50_ms for st in stats}
-        for label, bname, _, _ in variants():
+        for label, bname, _, _ in chosen:
             plan = "ort plan" if bname == "onnxruntime" else "ov plan"
             r = {
                 "model": name,

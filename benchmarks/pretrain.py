@@ -3,13 +3,13 @@ downloaded, and random weights make a poor stand-in for a model anyone deploys.
 
 Why: a randomly initialised deep network with BatchNorm is chaotic (Yang et al., "A
 Mean Field Theory of Batch Normalization", ICLR 2019: gradients explode with depth at
-initialisation), so it amplifies any small perturbation. Measured here on the
-random-weight MobileNetV2 with real-image BatchNorm statistics: uniform noise of ±½ of
-an 8-bit step on the input alone leaves a cosine of 0.988 between its outputs, and
-quantizing any one activation costs up to 0.02. No 8-bit scheme reaches a trained
-network's fidelity on such a model, so the comparisons between tools would measure the
-model's chaos. After the short training below the same architecture loses nothing
-measurable to that input noise (cosine 1.00000).
+initialisation), so it amplifies any small perturbation. Measured by
+model_conditioning.py on the random-weight MobileNetV2 with real-image BatchNorm
+statistics: uniform noise of ±½ of an 8-bit step on the input alone leaves a cosine of
+0.988 between its outputs (detector 0.996). No 8-bit scheme reaches a trained network's
+fidelity on such a model, so the comparisons between tools would measure the model's
+chaos. After the short training below, all three lose nothing measurable to that input
+noise (cosine 1.00000).
 
 The proxy tasks use scikit-image's 17 bundled sample images:
 - classifiers: which source image a random crop (scale 0.2–1, mirrored) was cut from;

@@ -12,14 +12,13 @@ export also builds the engine and this script reports its GPU latency.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, md_table, prepare, write_results
+from common import machine, md_table, parser, prepare, write_results
 
 
 def main() -> int:
@@ -30,12 +29,7 @@ def main() -> int:
     from quantship.backends.tensorrt_check import check_tensorrt
     from quantship.ui import UI
 
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--models", default="resnet18,mobilenetv2,detector640")
-    ap.add_argument("--samples", type=int, default=256)
-    ap.add_argument("--held", type=int, default=32)
+    ap = parser(__doc__)
     args = ap.parse_args()
     rows, results = [], []
     for name in args.models.split(","):

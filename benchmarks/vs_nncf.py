@@ -15,14 +15,13 @@ Results: benchmarks/results/vs_nncf.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import job_summary, machine, md_table, prepare, run_watched, write_results
+from common import job_summary, machine, md_table, parser, prepare, run_watched, write_results
 
 
 def run_model(
@@ -148,12 +147,7 @@ def summarize(res: dict[str, Any]) -> tuple[list[list[str]], dict[str, Any]]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--models", default="resnet18,mobilenetv2,detector640")
-    ap.add_argument("--samples", type=int, default=256)
-    ap.add_argument("--held", type=int, default=32)
+    ap = parser(__doc__)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit-gb", type=float, default=12.0)
     ap.add_argument("--duration", type=float, default=15.0)

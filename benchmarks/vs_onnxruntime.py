@@ -14,7 +14,6 @@ float on 32 held-out images. Results: benchmarks/results/vs_onnxruntime.{json,md
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from common import (
     latency,
     machine,
     md_table,
+    parser,
     prepare,
     run_watched,
     write_results,
@@ -144,12 +144,7 @@ def summarize(res: dict[str, Any]) -> tuple[list[list[str]], dict[str, Any]]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--models", default="resnet18,mobilenetv2,detector640")
-    ap.add_argument("--samples", type=int, default=256)
-    ap.add_argument("--held", type=int, default=32)
+    ap = parser(__doc__)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--limit-gb", type=float, default=12.0, help="kill a quantizer past this much memory"

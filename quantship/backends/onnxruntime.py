@@ -41,16 +41,14 @@ from quantship.backends.base import (
     QuantPlan,
     SessionSettings,
 )
-from quantship.backends.planning import (
-    OpRule,
-    Rules,
+from quantship.backends.op_rules import (
     binary_check,
     conv_check,
     gemm_axis,
     gemm_check,
     input_side_ops,
-    make_plan,
 )
+from quantship.backends.planning import OpRule, Rules, make_plan
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError
 from quantship.exporter.load import FloatModel, save_model

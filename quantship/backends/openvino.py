@@ -37,7 +37,8 @@ import numpy.typing as npt
 import onnx
 
 from quantship.backends.base import Artifact, Feed, PlanOptions, QuantPlan, SessionSettings
-from quantship.backends.planning import OpRule, Rules, input_side_ops, make_plan
+from quantship.backends.op_rules import input_side_ops
+from quantship.backends.planning import OpRule, Rules, make_plan
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError
 from quantship.exporter.load import FloatModel

@@ -187,8 +187,9 @@ def export_table(ui: UI, out: Path, manifest: dict[str, Any]) -> None:
                 fmt_num(fid.get("top1_agreement"), 3),
             ]
         )
-    headers = ["model", "size MB", "size ratio", "p50 ms", "speedup", "cosine", "SQNR dB"]
-    headers.append("top-1 agree")
+    headers = [
+        "model", "size MB", "size ratio", "p50 ms", "speedup", "cosine", "SQNR dB", "top-1 agree"
+    ]  # fmt: skip
     title = f"quantship export → {out}   (fidelity on {manifest['fidelity_data']})"
     if not fl["latency"]:  # not benchmarked (--no-bench): no latency columns of dashes
         headers = headers[:3] + headers[5:]
