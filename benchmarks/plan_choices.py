@@ -104,7 +104,7 @@ def main() -> int:
     chosen = variants()
     for name in args.models.split(","):
         paths = prepare(name, args.samples, args.held)
-        fm, data = api.load_float_model(
+        fm, data, _ = api.load_float_model(
             paths["model"], paths["calib"], input_shapes=None, images=None, weights=None
         )
         print(f"[{name}] calibrating ...", flush=True)

@@ -35,7 +35,7 @@ def quantship_job(
     from quantship.exporter.qdq import write_qdq
 
     t0 = time.perf_counter()
-    fm, data = load_float_model(model, calib, input_shapes=None, images=None, weights=None)
+    fm, data, _ = load_float_model(model, calib, input_shapes=None, images=None, weights=None)
     assert data is not None
     t1 = time.perf_counter()
     spec = MethodSpec(method)  # type: ignore[arg-type]

@@ -25,6 +25,8 @@ from quantship.ui import SILENT, UI
 
 DEFAULT_SAMPLES = 256
 DEFAULT_HELD_OUT = 100
+# Held-out samples the prepared float model is compared on with the user's model.
+DRIFT_SAMPLES = 4
 EXPORT_BENCH = BenchSettings(warmup=5, duration=3.0, min_iterations=10)
 
 
@@ -80,13 +82,18 @@ def load_float_model(
     input_shapes: dict[str, tuple[int, ...]] | None,
     images: ImageOptions | None,
     weights: Path | None,
-) -> tuple[FloatModel, CalibrationData | None]:
-    """The prepared float model, and the calibration data bound to its inputs."""
+) -> tuple[FloatModel, CalibrationData | None, Path | bytes]:
+    """The prepared float model, the calibration data bound to its inputs, and the
+    user's model as given (a file, or the bytes a PyTorch export produced), against
+    which the prepared model's outputs are checked."""
     from quantship.calibration.data import peek_shapes
     from quantship.exporter import load as loader
+    from quantship.exporter.prepare import prepare
     from quantship.exporter.torch_export import export_spec, is_torch_spec
 
     spec = str(model)
+    reference: Path | bytes
+    weights_dir: Path | None = None
     if is_torch_spec(spec) and Path(spec).suffix != ".onnx":
         torch_shapes = dict(input_shapes or {})
         if not torch_shapes:
@@ -98,23 +105,37 @@ def load_float_model(
         proto = export_spec(spec, weights, torch_shapes)
         from quantship.exporter.output import sha256_bytes
 
-        source_sha = sha256_bytes(proto.SerializeToString())
+        exported = proto.SerializeToString()
+        source_sha, source_bytes = sha256_bytes(exported), len(exported)
+        reference = exported
     else:
         if weights is not None:
             raise QuantshipError(
                 "--weights applies to a PyTorch model (package.module:factory), not an ONNX file"
             )
-        proto, source_sha = loader.read_onnx(Path(spec))
+        reference = Path(spec)
+        proto, source_sha, source_bytes = loader.read_onnx(reference)
+        if loader.has_external_data(proto):
+            weights_dir = reference.parent
     raw = loader.raw_inputs(proto)
     data = open_data(calib, raw, images=images) if calib is not None else None
     first = data.first() if data is not None else None
     data_shapes = {k: tuple(v.shape) for k, v in first.items()} if first else None
     shapes = loader.resolve_shapes(raw, input_shapes, data_shapes)
-    fm = loader.prepare(proto, source=spec, source_sha256=source_sha, shapes=shapes)
+    fm = prepare(
+        proto,
+        source=spec,
+        source_sha256=source_sha,
+        shapes=shapes,
+        weights_dir=weights_dir,
+        source_bytes=source_bytes,
+    )
+    if data_shapes:
+        fm = replace(fm, example_shapes={k: (1, *v[1:]) for k, v in data_shapes.items()})
     if calib is not None:
         data = open_data(calib, fm.inputs, images=images)
         data.first()
-    return fm, data
+    return fm, data, reference
 
 
 def export(
@@ -144,6 +165,14 @@ def export(
     """Quantize ``model`` for each backend into ``out``; see ``quantship export --help``."""
     from quantship.calibration.runner import calibrate
     from quantship.exporter.pipeline import build_artifact, measure_fidelity
+    from quantship.guard import (
+        Evaluator,
+        guard,
+        held_feeds,
+        held_labels,
+        load_metric,
+        resolve_exclusions,
+    )
 
     out = Path(out)
     try:
@@ -169,7 +198,7 @@ def export(
     if calib is None and calib_cache is None:
         raise DataError("give calibration data (--calib) or a calibration table (--calib-cache)")
 
-    fm, data = load_float_model(
+    fm, data, reference = load_float_model(
         model,
         calib,
         input_shapes=input_shapes,
@@ -183,7 +212,18 @@ def export(
         if held_out is not None
         else None
     )
+    for d in (data, held):
+        for n in d.notes if d is not None else ():
+            ui.note(n)
     split = _split(data, samples, held)
+    from quantship.exporter.prepare import output_drift
+
+    check_feeds = (
+        held_feeds(split.held_data, split.held_start, split.held_stop, limit=DRIFT_SAMPLES)
+        if split.held_data is not None
+        else []
+    )
+    drift = output_drift(reference, fm, check_feeds)
 
     if calib_cache is not None:
         table = CalibrationTable.load(Path(calib_cache))
@@ -203,15 +243,6 @@ def export(
         table = calibrate(
             fm, data, samples=split.calib_stop, histograms=mspec.needs_histogram, ui=ui
         )
-
-    from quantship.guard import (
-        Evaluator,
-        guard,
-        held_feeds,
-        held_labels,
-        load_metric,
-        resolve_exclusions,
-    )
 
     excluded = resolve_exclusions(fm, exclude, exclude_ops)
     options = PlanOptions(method=mspec, float_nodes=frozenset(float_nodes) | excluded)
@@ -242,7 +273,10 @@ def export(
         float_rel = "float/model.onnx"
         fm.save(stage / float_rel)
         table.save(stage / "calibration.json")
-        float_art = Artifact("onnxruntime", "onnx", stage, (float_rel,), precision="float")
+        float_files = (float_rel,) + (
+            (float_rel + ".data",) if (stage / (float_rel + ".data")).exists() else ()
+        )
+        float_art = Artifact("onnxruntime", "onnx", stage, float_files, precision="float")
         for b in chosen:
             b_options, guarded = options, None
             if max_drop is not None:
@@ -277,7 +311,11 @@ def export(
                 if b.name in unguarded:
                     cands.append(Candidate(f"{b.name} int8 (no guard)", b, unguarded[b.name]))
             latency = bench_candidates(
-                cands, fm.inputs, replace(EXPORT_BENCH, threads=threads), ui=ui
+                cands,
+                fm.inputs,
+                replace(EXPORT_BENCH, threads=threads),
+                sample=check_feeds[0] if check_feeds else None,
+                ui=ui,
             )
             p50 = {st.label: st.p50_ms for st in latency}
             for b in chosen:
@@ -311,6 +349,7 @@ def export(
             latency,
             failures,
             calib_cache,
+            drift,
         )
         write_json(stage / MANIFEST, manifest)
     final = tuple(

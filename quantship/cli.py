@@ -232,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds of throughput mode for runtimes that have one (0: skip)",
     )
     b.add_argument("--data", metavar="DATA", help="feed a real sample instead of random inputs")
+    b.add_argument(
+        "--input-shape",
+        action="append",
+        type=_shape_arg,
+        default=[],
+        metavar="NAME=1x128",
+        help="sizes of an input's dynamic dimensions, e.g. a sequence length (repeatable; "
+        "default: the calibration sample's)",
+    )
     b.add_argument("--json", type=Path, metavar="FILE", help="write results as JSON")
     b.add_argument("--plot", type=Path, metavar="FILE.png", help="write a latency plot")
     b.add_argument("--quiet", "-q", action="store_true")
@@ -372,6 +381,7 @@ def _run(args: argparse.Namespace) -> int:
             backends=args.backend,
             settings=settings,
             data=args.data,
+            input_shapes=dict(args.input_shape) or None,
             throughput_seconds=args.throughput_seconds,
             json_path=args.json,
             plot_path=args.plot,
@@ -382,7 +392,7 @@ def _run(args: argparse.Namespace) -> int:
         from quantship.backends.tensorrt_check import check_tensorrt
         from quantship.exporter.load import read_onnx
 
-        proto, _ = read_onnx(args.model)
+        proto, _, _ = read_onnx(args.model)
         findings = check_tensorrt(proto)
         for f in findings:
             print(f)

@@ -30,7 +30,6 @@ import numpy.typing as npt
 from quantship.backends.base import Backend, PlanOptions
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import QuantshipError, closest
-from quantship.exporter.graph import GraphView
 from quantship.exporter.load import FloatModel
 from quantship.ui import SILENT, UI
 
@@ -40,7 +39,7 @@ Feed = dict[str, npt.NDArray[Any]]
 def resolve_exclusions(
     model: FloatModel, patterns: Sequence[str], op_types: Sequence[str]
 ) -> frozenset[str]:
-    view = GraphView(model.proto)
+    view = model.view()
     names = [view.node_name(i) for i in range(len(view.nodes))]
     ops = {n.op_type for n in view.nodes}
     out: set[str] = set()
@@ -107,7 +106,7 @@ class Evaluator:
             raise QuantshipError("the accuracy guard needs held-out samples (--held-out)")
         self.model, self.table, self.backend, self.feeds = model, table, backend, feeds
         self.metric, self.labels = metric, labels
-        ref = ort_session(model.proto)
+        ref = ort_session(model.proto, weights_dir=model.weights_dir)
         self.ref = [ref.run(None, f) for f in feeds]
         self.float_score = self._score(self.ref) if metric is not None else 0.0
         self.count = 0
@@ -129,7 +128,7 @@ class Evaluator:
 
         self.count += 1
         qdq = write_qdq(self.model, self.backend.plan(self.model, self.table, options))
-        s = ort_session(qdq)
+        s = ort_session(qdq, weights_dir=self.model.weights_dir)
         if self.metric is not None:
             return self.float_score - self._score([s.run(None, f) for f in self.feeds])
         meter = FidelityMeter(self.model.outputs)
@@ -156,7 +155,7 @@ def sensitivity(evaluator: Evaluator, options: PlanOptions, ui: UI = SILENT) -> 
     """The error with only each node in INT8, most sensitive first."""
     m, t, b = evaluator.model, evaluator.table, evaluator.backend
     nodes = quantizable_nodes(m, t, b, options)
-    view = GraphView(m.proto)
+    view = m.view()
     op = {view.node_name(i): n.op_type for i, n in enumerate(view.nodes)}
     ui.note(f"sensitivity: {len(nodes)} evaluations on {len(evaluator.feeds)} held-out samples")
     out = []

@@ -35,7 +35,9 @@ def sensitivity(
     from quantship.guard import sensitivity as rank
 
     chosen, _ = registry.available(backend)
-    fm, data = load_float_model(model, calib, input_shapes=input_shapes, images=None, weights=None)
+    fm, data, _ = load_float_model(
+        model, calib, input_shapes=input_shapes, images=None, weights=None
+    )
     held = open_data(held_out, fm.inputs, role="held-out") if held_out is not None else None
     split = _split(data, samples, held)
     assert data is not None

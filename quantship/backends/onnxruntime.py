@@ -44,6 +44,7 @@ from quantship.backends.base import (
 from quantship.backends.op_rules import (
     binary_check,
     conv_check,
+    embedding_table,
     gemm_axis,
     gemm_check,
     input_side_ops,
@@ -68,6 +69,7 @@ ORT_OPS: dict[str, OpRule] = {
     "Concat": OpRule("compute", act_inputs=None),
     "Sigmoid": OpRule("compute"),
     "LeakyRelu": OpRule("compute"),
+    "Gather": embedding_table(quantize_output=True),
     "MaxPool": _TRANSPARENT,
     "Reshape": _TRANSPARENT,
     "Flatten": _TRANSPARENT,
@@ -200,7 +202,7 @@ class OnnxRuntimeBackend:
     def compile(self, qdq: onnx.ModelProto, out_dir: Path, model: FloatModel) -> Artifact:
         rel = "onnxruntime/model.int8.onnx"
         path = out_dir / rel
-        save_model(qdq, path)
+        save_model(qdq, path, model.weights_dir)
         files = [rel] + ([rel + ".data"] if (out_dir / (rel + ".data")).exists() else [])
         return Artifact(
             backend=self.name,

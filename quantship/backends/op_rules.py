@@ -1,12 +1,25 @@
 """Op rules and checks that more than one backend uses: what makes a Gemm, MatMul,
-Conv or binary op quantizable, and the ops quantized on their inputs only."""
+Conv, binary op or embedding lookup quantizable, and the ops quantized on their inputs
+only. Checks read shapes, not weights: a weight is loaded once, when it is quantized."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from quantship.backends.planning import OpRule
 from quantship.exporter.graph import GraphView, get_attr
+
+# Embedding tables smaller than this stay float: a few KB saved, one more DQ to run.
+MIN_TABLE_VALUES = 4096
+
+
+def _rank(view: GraphView, t: str) -> int | None:
+    shape = view.shape.get(t)
+    if shape is not None:
+        return len(shape)
+    v = view.constant_value(t)
+    return None if v is None else v.ndim
 
 
 def gemm_check(node: onnx.NodeProto, view: GraphView) -> str | None:
@@ -17,11 +30,11 @@ def gemm_check(node: onnx.NodeProto, view: GraphView) -> str | None:
     if len(node.input) > 2 and node.input[2]:
         if abs(float(get_attr(node, "beta", 1.0)) - 1.0) > 1e-6:
             return "Gemm with beta != 1"
-        c = view.constant_value(node.input[2])
-        if c is None or c.ndim != 1:
+        if not view.is_constant(node.input[2]) or _rank(view, node.input[2]) != 1:
             return "Gemm whose C is not a 1-D constant bias"
-    w = view.constant_value(node.input[1]) if len(node.input) > 1 else None
-    if w is None or w.ndim != 2:
+    if len(node.input) < 2 or not view.is_constant(node.input[1]):
+        return "Gemm whose B is not a 2-D constant"
+    if _rank(view, node.input[1]) != 2:
         return "Gemm whose B is not a 2-D constant"
     return None
 
@@ -32,16 +45,14 @@ def gemm_axis(node: onnx.NodeProto) -> int:
 
 
 def matmul_check(node: onnx.NodeProto, view: GraphView) -> str | None:
-    if len(node.input) > 1 and view.is_constant(node.input[1]):
-        w = view.constant_value(node.input[1])
-        if w is None or w.ndim != 2:
-            return "MatMul with a constant B that is not 2-D"
+    if len(node.input) > 1 and view.is_constant(node.input[1]) and _rank(view, node.input[1]) != 2:
+        return "MatMul with a constant B that is not 2-D"
     return None
 
 
 def conv_check(node: onnx.NodeProto, view: GraphView) -> str | None:
-    w = view.constant_value(node.input[1]) if len(node.input) > 1 else None
-    if w is not None and w.ndim < 3:
+    rank = _rank(view, node.input[1]) if len(node.input) > 1 else None
+    if rank is not None and rank < 3:
         return "Conv weight of rank < 3"
     return None
 
@@ -50,6 +61,36 @@ def binary_check(node: onnx.NodeProto, view: GraphView) -> str | None:
     if len(node.input) != 2 or any(view.is_constant(i) for i in node.input):
         return f"{node.op_type} with a constant operand"
     return None
+
+
+def table_check(node: onnx.NodeProto, view: GraphView) -> str | None:
+    if int(get_attr(node, "axis", 0)) != 0:
+        return "Gather along an axis other than 0"
+    if len(node.input) < 2 or view.is_constant(node.input[1]):
+        return "Gather with constant indices"
+    shape = view.shape.get(node.input[0])
+    if shape is None or len(shape) < 2 or any(d is None for d in shape):
+        return "Gather from a table that is not a constant matrix"
+    if int(np.prod([int(d or 0) for d in shape], dtype=np.int64)) < MIN_TABLE_VALUES:
+        return "embedding table too small to be worth quantizing"
+    return None
+
+
+def embedding_table(quantize_output: bool) -> OpRule:
+    """An embedding lookup (Gather from a float table at run-time indices): the table
+    is stored as int8, symmetric per tensor (a per-row scale would have to be gathered
+    too). ``quantize_output``: quantize the rows read with the table's own params, so a
+    runtime that drops a Q/DQ pair around data movement (ONNX Runtime) gathers int8 rows
+    and dequantizes only those, instead of the whole table on every run."""
+    return OpRule(
+        "compute",
+        act_inputs=(),
+        weight=0,
+        weight_axis=None,
+        quantize_output=quantize_output,
+        output_like_weight=quantize_output,
+        check=table_check,
+    )
 
 
 def input_side_ops() -> dict[str, OpRule]:
@@ -72,4 +113,5 @@ def input_side_ops() -> dict[str, OpRule]:
         "Add": OpRule("compute", act_inputs=(0, 1), quantize_output=False, check=binary_check),
         "GlobalAveragePool": OpRule("compute", quantize_output=False),
         "AveragePool": OpRule("compute", quantize_output=False),
+        "Gather": embedding_table(quantize_output=False),
     }

@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 import tempfile
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from quantship.backends.op_rules import input_side_ops
 from quantship.backends.planning import OpRule, Rules, make_plan
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError
-from quantship.exporter.load import FloatModel
+from quantship.exporter.load import FloatModel, save_model
 
 OV_OPS: dict[str, OpRule] = {
     **input_side_ops(),
@@ -70,7 +71,9 @@ def _ov() -> Any:
     return ov
 
 
-def _config(settings: SessionSettings) -> dict[str, Any]:
+def _config(
+    settings: SessionSettings, overrides: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "PERFORMANCE_HINT": "THROUGHPUT" if settings.mode == "throughput" else "LATENCY",
         "INFERENCE_PRECISION_HINT": "f32",
@@ -79,7 +82,54 @@ def _config(settings: SessionSettings) -> dict[str, Any]:
         cfg["INFERENCE_NUM_THREADS"] = settings.threads
     if settings.mode == "throughput" and settings.streams:
         cfg["NUM_STREAMS"] = settings.streams
+    cfg.update(overrides or {})
     return cfg
+
+
+# What to turn off when a static-shape compile disagrees with the dynamic one. Seen with
+# OpenVINO 2026.4 on AVX-512 CPUs: at a static batch of 4 or more, the CPU plugin fuses
+# a chain of INT8 fully connected layers into one snippets Subgraph that computes wrong
+# values (cosine 0 to the float model); the same IR compiled with dynamic shapes, or
+# with snippets disabled, is right.
+_FALLBACKS: tuple[dict[str, str], ...] = ({"SNIPPETS_MODE": "DISABLE"},)
+
+
+def static_shape_check(xml: Path, model: FloatModel) -> tuple[dict[str, str], str | None]:
+    """Compile the IR at static shapes (batch 1 and 8) and compare its outputs with the
+    dynamic-shape compile on the same random inputs. Returns the plugin settings under
+    which they agree (none needed, normally) and, if any were needed, why."""
+    ov = _ov()
+    rng = np.random.default_rng(0)
+    batches = (1, 8) if model.dynamic_batch else (None,)
+    for fallback in ({}, *_FALLBACKS):
+        agree = True
+        for b in batches:
+            feeds: Feed = {}
+            for spec in model.inputs:
+                shape = model.example_shape(spec, b or 1)
+                dtype = np.dtype(spec.dtype)
+                feeds[spec.name] = (
+                    rng.standard_normal(shape).astype(dtype)
+                    if np.issubdtype(dtype, np.floating)
+                    else np.ones(shape, dtype)
+                )
+            ref = OVSession(xml, SessionSettings(), fallback, static=False).run(feeds)
+            got = OVSession(xml, SessionSettings(), fallback).run(feeds)
+            for r, g in zip(ref, got, strict=True):
+                scale = float(np.nanmax(np.abs(r))) if r.size and np.isfinite(r).any() else 1.0
+                if not np.allclose(g, r, rtol=0.05, atol=0.05 * scale + 1e-6, equal_nan=True):
+                    agree = False
+        if agree:
+            if not fallback:
+                return {}, None
+            return dict(fallback), (
+                f"OpenVINO {ov.get_version()} computed this model wrongly at static shapes "
+                f"(not at dynamic ones); runs with {fallback} to compute it right"
+            )
+    raise BackendError(
+        "OpenVINO computes this model differently at static and dynamic shapes, whatever "
+        "the plugin settings; this is an OpenVINO bug: try another OpenVINO version"
+    )
 
 
 def int8_layers(compiled: Any) -> dict[str, dict[str, int]]:
@@ -107,13 +157,23 @@ def int8_layers(compiled: Any) -> dict[str, dict[str, int]]:
 
 class OVSession:
     """A compiled model per input shape: the model is reshaped to the static shape of
-    the first feed of each batch size (static shapes compile to faster kernels)."""
+    the first feed of each batch size (static shapes compile to faster kernels).
+    ``overrides`` are plugin settings the artifact needs (see ``static_shape_check``)."""
 
-    def __init__(self, path: Path, settings: SessionSettings) -> None:
+    def __init__(
+        self,
+        path: Path,
+        settings: SessionSettings,
+        overrides: Mapping[str, str] | None = None,
+        *,
+        static: bool = True,
+    ) -> None:
         ov = _ov()
         self.core = ov.Core()
         self.path = path
         self.settings = settings
+        self.overrides = dict(overrides or {})
+        self.static = static
         try:
             self.model = self.core.read_model(str(path))
         except Exception as e:
@@ -130,10 +190,12 @@ class OVSession:
                 name = inp.get_any_name()
                 if name in feeds:
                     shapes[name] = list(feeds[name].shape)
-            if shapes:
+            if shapes and self.static:
                 model.reshape(shapes)
             try:
-                self._compiled[key] = self.core.compile_model(model, "CPU", _config(self.settings))
+                self._compiled[key] = self.core.compile_model(
+                    model, "CPU", _config(self.settings, self.overrides)
+                )
             except Exception as e:
                 raise BackendError(
                     f"OpenVINO cannot compile the model: {str(e).splitlines()[0]}"
@@ -155,7 +217,9 @@ class OVSession:
 
         ov = _ov()
         tp = OVSession(
-            self.path, SessionSettings(self.settings.threads, "throughput", self.settings.streams)
+            self.path,
+            SessionSettings(self.settings.threads, "throughput", self.settings.streams),
+            self.overrides,
         )
         compiled = tp.compiled_for(feeds)
         n = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
@@ -198,7 +262,7 @@ class OpenVINOBackend:
         xml.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / "model.qdq.onnx"
-            src.write_bytes(qdq.SerializeToString())
+            save_model(qdq, src, model.weights_dir)
             try:
                 ov_model = ov.convert_model(str(src))
             except Exception as e:
@@ -208,7 +272,8 @@ class OpenVINOBackend:
         ov.save_model(ov_model, str(xml), compress_to_fp16=False)
         text = xml.read_text(encoding="utf-8")
         consts = Counter(re.findall(r'type="Const"[^>]*>\s*<data element_type="(\w+)"', text))
-        compiled = ov.Core().compile_model(str(xml), "CPU", _config(SessionSettings()))
+        overrides, why = static_shape_check(xml, model)
+        compiled = ov.Core().compile_model(str(xml), "CPU", _config(SessionSettings(), overrides))
         return Artifact(
             backend=self.name,
             format="openvino-ir",
@@ -222,6 +287,7 @@ class OpenVINOBackend:
                 "constants_by_type": dict(sorted(consts.items())),
                 "fake_quantize_ops": text.count('type="FakeQuantize"'),
                 "integer_kernels": int8_layers(compiled) if compiled is not None else {},
+                **({"runtime_config": overrides, "runtime_config_reason": why} if why else {}),
             },
         )
 
@@ -230,4 +296,4 @@ class OpenVINOBackend:
             raise BackendError(
                 f"backend 'openvino' runs {', '.join(self.formats)} artifacts, not {artifact.format!r}"
             )
-        return OVSession(artifact.path, settings)
+        return OVSession(artifact.path, settings, artifact.metadata.get("runtime_config"))

@@ -16,7 +16,15 @@ The placement follows how runtimes fuse QDQ into integer kernels:
 - data-movement ops (MaxPool, Reshape, …) whose input is quantized are quantized with
   their input's params, so runtimes run them on integers and drop the pair;
 - once a tensor's producer is quantized, all its consumers read the DQ: a float
-  consumer of the raw tensor would stop the producer's fusion.
+  consumer of the raw tensor would stop the producer's fusion;
+- an embedding table (Gather from a float constant) is stored as int8 per tensor; where
+  the runtime needs it (ONNX Runtime), the lookup's output is quantized with the table's
+  own params, so the lookup runs on int8 rows and only the rows read are dequantized.
+
+What is never quantized: tensors that do not carry the model's data (masks, position
+ramps, shape arithmetic: ``GraphView.is_data``), tensors that held ±inf/NaN or sentinel
+values (the dtype's lowest value, as attention masks use) on the calibration data, and
+the elementwise ops between an attention mask and its Softmax.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from quantship.backends.base import (
     Use,
 )
 from quantship.calibration.methods import activation_params
+from quantship.calibration.observers import TensorStats
 from quantship.calibration.qparams import QDType, QuantParams, bias_params, weight_params
 from quantship.calibration.table import CalibrationTable
 from quantship.exporter.graph import GraphView
@@ -58,6 +67,9 @@ class OpRule:
     bias: int | None = None
     quantize_output: bool = True
     check: Check | None = None
+    # The output is quantized with the weight's params (an embedding lookup: the rows
+    # it reads are int8 already, so the runtime moves them without requantizing).
+    output_like_weight: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,9 +130,80 @@ def _resolve(idx: int, view: GraphView, rule: OpRule, table: CalibrationTable) -
             return f"input {t!r} is a constant (only run-time tensors are quantized here)"
         if not view.is_float(t):
             return f"input {t!r} is not a float tensor"
+        if not view.is_data(t):
+            return f"input {t!r} is not computed from the model's data (a mask, position or shape computation)"
         if t not in table or table[t].count == 0:
             return f"no calibration statistics for input {t!r}"
+        problem = value_problem(table[t], view.elem_type.get(t))
+        if problem:
+            return f"input {t!r} {problem}"
     return _Resolved(slots, weight, bias, rule)
+
+
+# Magnitudes no trained network computes: attention masks add the dtype's lowest value
+# (torch.finfo(dtype).min), and an 8-bit grid spanning it would resolve nothing else.
+_SENTINEL: dict[int, float] = {
+    onnx.TensorProto.FLOAT: 1e30,
+    onnx.TensorProto.BFLOAT16: 1e30,
+    onnx.TensorProto.FLOAT16: 32768.0,
+}
+
+
+def value_problem(stats: TensorStats, elem_type: int | None) -> str | None:
+    """Why a tensor's calibrated values cannot be quantized, or None."""
+    if stats.nonfinite:
+        return "held ±inf or NaN on the calibration data (attention masking)"
+    limit = _SENTINEL.get(int(elem_type or onnx.TensorProto.FLOAT), 1e30)
+    if stats.absmax >= limit:
+        return f"reached {stats.absmax:.3g} on the calibration data, a mask's sentinel value"
+    return None
+
+
+# Between an attention mask and its Softmax: arithmetic and data movement.
+_MASK_PATH_OPS = frozenset(
+    {"Add", "Sub", "Mul", "Div", "Where", "Cast", "Reshape", "Transpose", "Expand",
+     "Unsqueeze", "Squeeze", "Slice", "Max", "Min", "Neg", "Identity"}
+)  # fmt: skip
+
+
+def masked_softmax_region(view: GraphView, table: CalibrationTable) -> set[int]:
+    """Nodes between an attention mask and the Softmax it masks. Walking back from each
+    Softmax through elementwise ops, a region is masked when one of its operands is a
+    mask: a float tensor not computed from the model's data, a boolean condition, or a
+    tensor that held ±inf or sentinel values. The whole region then stays float: its
+    values span the mask's range, which 8 bits cannot share with the scores'."""
+    out: set[int] = set()
+    for node in view.nodes:
+        if node.op_type not in ("Softmax", "LogSoftmax") or not node.input:
+            continue
+        region: list[int] = []
+        masked = False
+        stack = [node.input[0]]
+        seen: set[str] = set()
+        while stack:
+            t = stack.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            p = view.producer.get(t)
+            if p is None or view.nodes[p].op_type not in _MASK_PATH_OPS:
+                continue
+            region.append(p)
+            for i in view.nodes[p].input:
+                if not i or view.is_constant(i):
+                    continue
+                elem = view.elem_type.get(i)
+                if (
+                    elem == onnx.TensorProto.BOOL
+                    or (view.is_float(i) and not view.is_data(i))
+                    or (i in table and value_problem(table[i], elem))
+                ):
+                    masked = True
+                elif view.is_data(i):
+                    stack.append(i)
+        if masked:
+            out.update(region)
+    return out
 
 
 def _absorbed(t: str, view: GraphView, absorb: frozenset[str]) -> str:
@@ -142,13 +225,22 @@ def _weight_axis(rule: OpRule, node: onnx.NodeProto) -> int | None:
     return ax(node) if callable(ax) else ax
 
 
+def _weight_params(view: GraphView, node: onnx.NodeProto, res: _Resolved) -> QuantParams:
+    assert res.weight is not None
+    w_val = view.constant_value(node.input[res.weight])
+    assert w_val is not None
+    axis = _weight_axis(res.rule, node)
+    return weight_params(w_val, axis if w_val.ndim > 0 else None)
+
+
 def make_plan(
     model: FloatModel, table: CalibrationTable, options: PlanOptions, rules: Rules
 ) -> QuantPlan:
-    view = GraphView(model.proto)
+    view = model.view()
     float_nodes: list[FloatNode] = []
     compute: dict[int, _Resolved] = {}
     tail = output_tail(view)
+    masked = masked_softmax_region(view, table)
 
     for idx, node in enumerate(view.nodes):
         rule = rules.ops.get(node.op_type)
@@ -163,6 +255,9 @@ def make_plan(
         if name in options.float_nodes:
             float_nodes.append(FloatNode(name, node.op_type, "kept in float as asked"))
             continue
+        if idx in masked:
+            float_nodes.append(FloatNode(name, node.op_type, "attention masking before Softmax"))
+            continue
         res = _resolve(idx, view, rule, table)
         if isinstance(res, str):
             float_nodes.append(FloatNode(name, node.op_type, res))
@@ -173,6 +268,8 @@ def make_plan(
     through: dict[str, set[Use]] = {}
     produced: set[str] = set()
     outputs_q: set[str] = set()
+    weight_params_of: dict[int, QuantParams] = {}
+    fixed: dict[str, QuantParams] = {}
     for idx, res in compute.items():
         node = view.nodes[idx]
         for s in res.acts:
@@ -181,7 +278,18 @@ def make_plan(
             out = _absorbed(node.output[0], view, rules.absorb)
             if out in view.outputs and not rules.quantize_graph_outputs:
                 continue
-            if out in table and table[out].count:
+            if res.rule.output_like_weight and res.weight is not None and out == node.output[0]:
+                weight_params_of[idx] = _weight_params(view, node, res)
+                fixed[out] = weight_params_of[idx]
+                produced.add(out)
+                through.setdefault(out, set())
+                continue
+            if (
+                out in table
+                and table[out].count
+                and view.is_data(out)
+                and not value_problem(table[out], view.elem_type.get(out))
+            ):
                 produced.add(out)
                 through.setdefault(out, set())
                 if out in view.outputs:
@@ -221,6 +329,8 @@ def make_plan(
 
     def params_of(t: str) -> QuantParams:
         root = tie.get(t, t)
+        if root in fixed:
+            return fixed[root]
         if root not in params:
             dtype: QDType
             if rules.act_dtype == "auto":
@@ -246,10 +356,7 @@ def make_plan(
             continue
         node = view.nodes[idx]
         w_name = node.input[res.weight]
-        w_val = view.constant_value(w_name)
-        assert w_val is not None
-        axis = _weight_axis(res.rule, node)
-        wp = weight_params(w_val, axis if w_val.ndim > 0 else None)
+        wp = weight_params_of.get(idx) or _weight_params(view, node, res)
         if res.bias is not None:
             b_name = node.input[res.bias]
             b_val = view.constant_value(b_name)

@@ -88,6 +88,33 @@ def _gpu() -> dict[str, str]:
     return {"gpu": name.strip("\x00 "), "compute_capability": f"{prop.major}.{prop.minor}"}
 
 
+def engine_inputs(model: FloatModel) -> list[dict[str, Any]]:
+    """Each input's shape and the shape its engine profile is built for: TensorRT needs
+    bounds on every dynamic dimension. The batch axis spans 1 … max_batch; another
+    dynamic dimension (a sequence length) is fixed at the calibration sample's size,
+    and the entry says so."""
+    out: list[dict[str, Any]] = []
+    for spec in model.inputs:
+        example = model.example_shape(spec)
+        profile: list[int | None] = [
+            None if spec.shape and spec.shape[0] is None else spec.shape[0]
+        ]
+        fixed = []
+        for axis in range(1, len(spec.shape)):
+            profile.append(example[axis])
+            if spec.shape[axis] is None:
+                fixed.append(axis)
+        entry: dict[str, Any] = {"name": spec.name, "shape": list(spec.shape), "profile": profile}
+        if fixed:
+            entry["fixed_for_engine"] = {
+                "axes": fixed,
+                "why": "a TensorRT profile needs bounds on dynamic dimensions; fixed at the "
+                "calibration sample's size",
+            }
+        out.append(entry)
+    return out
+
+
 def build_engine(
     qdq_path: Path,
     engine_path: Path,
@@ -123,9 +150,10 @@ def build_engine(
     profile = builder.create_optimization_profile()
     dynamic = False
     for spec in inputs:
-        dims = [int(d) if d is not None else -1 for d in spec["shape"]]
-        if dims and dims[0] == -1:
-            profile.set_shape(spec["name"], [1, *dims[1:]], [1, *dims[1:]], [max_batch, *dims[1:]])
+        dims = [int(d) if d is not None else -1 for d in spec.get("profile", spec["shape"])]
+        if -1 in dims:
+            rest = dims[1:]
+            profile.set_shape(spec["name"], [1, *rest], [1, *rest], [max_batch, *rest])
             dynamic = True
     if dynamic:
         config.add_optimization_profile(profile)
@@ -268,9 +296,11 @@ class TensorRTBackend:
                 f"the TensorRT plan broke a TensorRT rule (a quantship bug): {errors[0]}"
             )
         path = out_dir / QDQ_FILE
-        save_model(qdq, path)
-        inputs = [{"name": i.name, "shape": list(i.shape)} for i in model.inputs]
-        files = [QDQ_FILE]
+        save_model(qdq, path, model.weights_dir)
+        inputs = engine_inputs(model)
+        files = [QDQ_FILE] + (
+            [QDQ_FILE + ".data"] if (out_dir / (QDQ_FILE + ".data")).exists() else []
+        )
         reason = engine_unavailable()
         engine: dict[str, Any]
         if reason is None:

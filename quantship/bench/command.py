@@ -11,7 +11,7 @@ from quantship.backends.base import Artifact, Backend
 from quantship.bench.run import Candidate, bench_candidates
 from quantship.bench.timing import BenchSettings, LatencyStats
 from quantship.calibration.data import open_data
-from quantship.errors import BackendError
+from quantship.errors import BackendError, QuantshipError
 from quantship.exporter.load import InputSpec
 from quantship.exporter.output import write_json
 from quantship.ui import SILENT, UI
@@ -24,6 +24,7 @@ def bench(
     settings: BenchSettings | None = None,
     throughput_seconds: float = 0.0,
     data: str | Path | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
     json_path: str | Path | None = None,
     plot_path: str | Path | None = None,
     ui: UI = SILENT,
@@ -44,6 +45,11 @@ def bench(
             InputSpec(i["name"], tuple(i["shape"]), i["dtype"])
             for i in manifest["float_model"]["inputs"]
         ]
+        examples: dict[str, tuple[int, ...]] = {
+            i["name"]: tuple(i["example_shape"])
+            for i in manifest["float_model"]["inputs"]
+            if "example_shape" in i
+        }
         wanted = None
         if backends is not None:
             spec = backends if isinstance(backends, str) else ",".join(backends)
@@ -67,6 +73,7 @@ def bench(
     else:
         fm = load_model(path)
         inputs = list(fm.inputs)
+        examples = {}
         chosen, missing = registry.available(backends or registry.DEFAULT)
         for m in missing:
             ui.note(f"error: {m}")
@@ -77,10 +84,14 @@ def bench(
                 raise BackendError(f"backend {b.name!r} cannot run an ONNX model directly")
             cands.append(Candidate(b.name, b, art, cands[0].label if cands else None))
         title = f"latency: {path.name}"
+    for name, shape in (input_shapes or {}).items():
+        examples[name] = _checked_shape(inputs, name, shape)
     sample = open_data(data, inputs, role="benchmark").first() if data is not None else None
-    stats = bench_candidates(cands, inputs, settings, sample=sample, ui=ui)
+    stats = bench_candidates(cands, inputs, settings, sample=sample, examples=examples, ui=ui)
     latency_table(ui, stats, title, {c.label: c.baseline for c in cands})
-    tput = throughput_candidates(cands, inputs, settings, throughput_seconds, sample=sample, ui=ui)
+    tput = throughput_candidates(
+        cands, inputs, settings, throughput_seconds, sample=sample, examples=examples, ui=ui
+    )
     if tput:
         ui.table(
             "throughput mode (the runtime's own parallel requests)",
@@ -101,3 +112,28 @@ def bench(
     if plot_path is not None and not latency_plot(stats, Path(plot_path), title):
         ui.note("plot skipped: matplotlib is not installed (pip install 'quantship[plot]')")
     return stats
+
+
+def _checked_shape(
+    inputs: Sequence[InputSpec], name: str, shape: tuple[int, ...]
+) -> tuple[int, ...]:
+    """An ``--input-shape`` for ``bench``: it names an input, has its rank, and agrees
+    with its fixed dimensions (the batch comes from ``--batch``)."""
+    spec = next((i for i in inputs if i.name == name), None)
+    if spec is None:
+        raise QuantshipError(
+            f"--input-shape names {name!r}; the model's inputs are: "
+            + ", ".join(i.name for i in inputs)
+        )
+    if len(shape) != len(spec.shape):
+        raise QuantshipError(
+            f"--input-shape {name}={'x'.join(map(str, shape))} has rank {len(shape)}; "
+            f"the input is {spec.shape_str()}"
+        )
+    for axis, (want, have) in enumerate(zip(shape, spec.shape, strict=True)):
+        if axis and have is not None and have != want:
+            raise QuantshipError(
+                f"--input-shape {name}={'x'.join(map(str, shape))}: dimension {axis} of "
+                f"{spec.shape_str()} is fixed at {have}"
+            )
+    return shape

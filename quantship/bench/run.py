@@ -6,7 +6,7 @@ machine that has only what deployment has.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,10 +77,16 @@ class Throughput:
 
 
 def make_feeds(
-    inputs: Sequence[InputSpec], batch: int, sample: Feed | None = None, seed: int = 0
+    inputs: Sequence[InputSpec],
+    batch: int,
+    sample: Feed | None = None,
+    seed: int = 0,
+    examples: Mapping[str, Sequence[int]] | None = None,
 ) -> Feed:
     """Inputs for one run at ``batch``: a real sample repeated, or seeded random data
-    (standard normal for floats, zeros for integers)."""
+    (standard normal for floats, zeros for integers). A dynamic dimension other than
+    the batch takes its size from the sample, else from ``examples`` (the calibration
+    sample's shape, or ``--input-shape``)."""
     rng = np.random.default_rng(seed)
     feeds: Feed = {}
     for spec in inputs:
@@ -90,7 +96,23 @@ def make_feeds(
                 f"model input {spec.name!r} has a fixed batch of {fixed}; batch {batch} needs a "
                 "model exported with a dynamic batch axis"
             )
-        shape = (batch, *[int(d or 1) for d in spec.shape[1:]])
+        if sample is not None and spec.name in sample:
+            ex: Sequence[int] | None = sample[spec.name].shape
+        else:
+            ex = (examples or {}).get(spec.name)
+        dims = []
+        for axis, d in enumerate(spec.shape[1:], start=1):
+            if d is not None:
+                dims.append(int(d))
+            elif ex is not None and axis < len(ex):
+                dims.append(int(ex[axis]))
+            else:
+                example = "x".join(str(x or "N") for x in spec.shape)
+                raise QuantshipError(
+                    f"model input {spec.name!r} ({spec.shape_str()}) has dynamic dimension {axis}; "
+                    f"say its size with --input-shape {spec.name}={example.replace('N', '1', 1)}"
+                )
+        shape = (batch, *dims)
         if sample is not None and spec.name in sample:
             one = sample[spec.name]
             feeds[spec.name] = np.ascontiguousarray(np.repeat(one[:1], batch, axis=0))
@@ -107,17 +129,18 @@ def bench_candidates(
     settings: BenchSettings,
     *,
     sample: Feed | None = None,
+    examples: Mapping[str, Sequence[int]] | None = None,
     ui: UI = SILENT,
 ) -> list[LatencyStats]:
     """Latency of every candidate at every batch size, interleaved per batch size."""
     for b in settings.batches:
-        make_feeds(inputs, b)  # fail on an impossible batch before loading anything
+        make_feeds(inputs, b, sample, examples=examples)  # fail before loading anything
     sessions: dict[str, Session] = {}
     for c in candidates:
         sessions[c.label] = c.backend.session(c.artifact, SessionSettings(threads=settings.threads))
     out: list[LatencyStats] = []
     for b in settings.batches:
-        feeds = make_feeds(inputs, b, sample)
+        feeds = make_feeds(inputs, b, sample, examples=examples)
         for label, s in sessions.items():
             try:
                 s.run(feeds)
@@ -159,6 +182,7 @@ def throughput_candidates(
     seconds: float,
     *,
     sample: Feed | None = None,
+    examples: Mapping[str, Sequence[int]] | None = None,
     ui: UI = SILENT,
 ) -> list[Throughput]:
     """Throughput mode for the candidates whose session offers it, in two interleaved
@@ -173,7 +197,7 @@ def throughput_candidates(
         return out
     with ui.progress("throughput mode", len(capable) * len(settings.batches) * 2) as advance:
         for b in settings.batches:
-            feeds = make_feeds(inputs, b, sample)
+            feeds = make_feeds(inputs, b, sample, examples=examples)
             acc = {c.label: [0, 0.0] for c, _ in capable}
             for _ in range(2):
                 for c, s in capable:

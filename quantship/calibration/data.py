@@ -69,6 +69,7 @@ class CalibrationData:
     inputs: tuple[InputSpec, ...]
     num_samples: int | None
     _open: Callable[[], Iterator[Feed]]
+    notes: tuple[str, ...] = ()
 
     def samples(self, start: int = 0, stop: int | None = None) -> Iterator[Feed]:
         """Checked one-sample feeds, ``start`` ≤ index < ``stop``."""
@@ -95,6 +96,13 @@ class CalibrationData:
                         f"{self.role} data {self.description}: input {spec.name!r} is {arr.dtype}; "
                         f"the model expects {want}"
                     )
+                if np.issubdtype(want, np.integer) and arr.size:
+                    info = np.iinfo(want)
+                    if arr.min() < info.min or arr.max() > info.max:
+                        raise DataError(
+                            f"{self.role} data {self.description}: sample {index} of input "
+                            f"{spec.name!r} holds values outside {want}'s range"
+                        )
                 arr = arr.astype(want)
             if arr.ndim != len(spec.shape):
                 raise DataError(
@@ -121,7 +129,10 @@ class CalibrationData:
 
 def _castable(src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
     """Float data for a float input (float64 arrays are common), integers for integer
-    inputs, integers for float inputs (uint8 pixels); never floats to integers."""
+    inputs (token ids saved as int32 for an int64 input), integers for float inputs
+    (uint8 pixels); booleans only for boolean inputs (masks); never floats to integers."""
+    if dst == np.bool_ or src == np.bool_:
+        return bool(src == dst)
     if np.issubdtype(dst, np.floating):
         return bool(np.issubdtype(src, np.floating) or np.issubdtype(src, np.integer))
     return bool(np.issubdtype(dst, np.integer) and np.issubdtype(src, np.integer))
@@ -162,19 +173,27 @@ def open_data(
     )
 
 
+# The key np.savez gives an array passed without a name.
+UNNAMED = "arr_0"
+
+
 def _map_names(
     keys: Sequence[str], inputs: Sequence[InputSpec], desc: str, role: str
-) -> dict[str, str]:
-    """Which key feeds which input: by name, or the only array for a one-input model."""
+) -> tuple[dict[str, str], str | None]:
+    """Which key feeds which input, by name. The one exception: a one-input model and
+    an archive whose only array is np.savez's unnamed ``arr_0``, bound by position and
+    said so (the returned note). Any other name that is not an input's is an error."""
     names = [i.name for i in inputs]
     if all(n in keys for n in names):
-        return {n: n for n in names}
-    if len(names) == 1 and len(keys) == 1:
-        return {names[0]: keys[0]}
+        return {n: n for n in names}, None
+    if len(names) == 1 and list(keys) == [UNNAMED]:
+        note = f"{role} data {desc}: its one unnamed array ({UNNAMED}) feeds input {names[0]!r}"
+        return {names[0]: UNNAMED}, note
     missing = [n for n in names if n not in keys]
     raise DataError(
         f"{role} data {desc} has no array for model input(s) {', '.join(map(repr, missing))}; "
-        f"it has {', '.join(map(repr, keys)) or 'none'} (key arrays by input name)"
+        f"it has {', '.join(map(repr, keys)) or 'none'} (save arrays under the input names: "
+        f"np.savez(path, {names[0]}=...))"
     )
 
 
@@ -277,7 +296,7 @@ def _stored_npy(path: Path) -> Any:
 def _arrays_source(
     arrays: dict[str, Any], inputs: Sequence[InputSpec], desc: str, role: str
 ) -> CalibrationData:
-    mapping = _map_names(list(arrays), inputs, desc, role)
+    mapping, note = _map_names(list(arrays), inputs, desc, role)
     counts = {k: arrays[k].shape[0] if arrays[k].ndim else 0 for k in mapping.values()}
     if len(set(counts.values())) != 1:
         raise DataError(
@@ -292,7 +311,7 @@ def _arrays_source(
         for i in range(n):
             yield {name: np.asarray(arrays[key][i : i + 1]) for name, key in mapping.items()}
 
-    return CalibrationData(desc, role, tuple(inputs), n, gen)
+    return CalibrationData(desc, role, tuple(inputs), n, gen, (note,) if note else ())
 
 
 def _npz(path: Path, inputs: Sequence[InputSpec], role: str) -> CalibrationData:
@@ -306,7 +325,7 @@ def _npy(path: Path, inputs: Sequence[InputSpec], role: str) -> CalibrationData:
             f"{role} data '{path}' is one array, but the model has {len(inputs)} inputs; "
             "use an .npz keyed by input name"
         )
-    return _arrays_source({inputs[0].name: arr}, inputs, f"'{path}'", role)
+    return _arrays_source({inputs[0].name: arr}, inputs, f"'{path}'", role)  # one array, no name
 
 
 # --- package.module:function ----------------------------------------------------------
@@ -348,7 +367,7 @@ def _callable(text: str, inputs: Sequence[InputSpec], role: str) -> CalibrationD
                     "keyed by input name (or arrays, for a one-input model)"
                 )
             if mapping is None:
-                mapping = _map_names(list(item), inputs, f"'{text}'", role)
+                mapping, _ = _map_names(list(item), inputs, f"'{text}'", role)
             arrays = {n: np.asarray(item[k]) for n, k in mapping.items()}
             batch = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
             if len(batch) != 1:

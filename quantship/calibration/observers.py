@@ -134,10 +134,13 @@ class TensorStats:
     hist: Histogram | None = None  # of the values that are not exactly 0
     zeros: int = 0  # how many values were exactly 0 (ReLU outputs: often half)
     binned: bool = True  # False: only min/max were collected (method minmax)
+    # Values that were ±inf or NaN (attention masks). Then min/max span the finite
+    # values seen, and the tensor is never quantized.
+    nonfinite: int = 0
 
     def __post_init__(self) -> None:
-        if self.count < 0:
-            raise ValueError("count must be non-negative")
+        if self.count < 0 or self.nonfinite < 0:
+            raise ValueError(f"{self.name}: counts must be non-negative")
         if self.count and not (math.isfinite(self.min) and math.isfinite(self.max)):
             raise ValueError(f"{self.name}: min/max must be finite")
         if self.count and self.min > self.max:
@@ -181,6 +184,7 @@ class TensorStats:
             hist,
             zeros,
             self.binned and other.binned,
+            self.nonfinite + other.nonfinite,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -191,6 +195,8 @@ class TensorStats:
             d["zeros"] = self.zeros
         if not self.binned:
             d["binned"] = False
+        if self.nonfinite:
+            d["nonfinite"] = self.nonfinite
         return d
 
     @classmethod
@@ -204,6 +210,7 @@ class TensorStats:
             hist,
             int(d.get("zeros", 0)),
             bool(d.get("binned", True)),
+            int(d.get("nonfinite", 0)),
         )
 
 
@@ -220,6 +227,7 @@ class Observer:
         self._lo = 0
         self._counts = np.zeros(0, dtype=np.int64)
         self._zeros = 0
+        self._nonfinite = 0
 
     def update(self, x: npt.NDArray[Any]) -> None:
         """Observe a batch (first axis: samples)."""
@@ -237,20 +245,29 @@ class Observer:
 
     def update_summary(self, mn: float, mx: float, count: int, sub: npt.NDArray[Any]) -> None:
         """Observe a batch given as its min, max, number of values and the systematic
-        sample ``sample_stride`` picks (computed inside the runtime, see the runner)."""
+        sample ``sample_stride`` picks (computed inside the runtime, see the runner).
+
+        Non-finite values (±inf from attention masks, NaN from fully masked rows) are
+        counted apart. The runtime's min/max skip a NaN unless it comes first, so the
+        sample is checked too; a tensor with any is never quantized, and its range is
+        that of the finite values in the sample."""
         if count == 0:
             return
-        if not (math.isfinite(mn) and math.isfinite(mx)):
-            # NaN propagates into min/max; name the tensor so the user can find it.
-            raise FloatingPointError(f"tensor {self.name!r} holds NaN or Inf")
+        sub = np.asarray(sub, dtype=np.float32).reshape(-1)
+        finite = np.isfinite(sub)
+        if not (math.isfinite(mn) and math.isfinite(mx)) or not finite.all():
+            self._nonfinite += max(1, int(sub.size - np.count_nonzero(finite)))
+            sub = sub[finite]
+            if sub.size == 0:
+                self._count += count
+                self._min, self._max = min(self._min, 0.0), max(self._max, 0.0)
+                return
+            mn, mx = float(sub.min()), float(sub.max())
         self._count += count
         self._min = min(self._min, mn)
         self._max = max(self._max, mx)
         if not self.histogram:
             return
-        sub = np.asarray(sub, dtype=np.float32).reshape(-1)
-        if not np.isfinite(sub).all():
-            raise FloatingPointError(f"tensor {self.name!r} holds NaN or Inf")
         zeros = sub.size - int(np.count_nonzero(sub))
         self._zeros += zeros
         amax = max(-mn, mx)
@@ -294,12 +311,19 @@ class Observer:
 
     def stats(self) -> TensorStats:
         if self._count == 0:
-            return TensorStats(self.name, 0, 0.0, 0.0, None, 0, self.histogram)
+            return TensorStats(self.name, 0, 0.0, 0.0, None, 0, self.histogram, self._nonfinite)
         hist = None
         if self.histogram and self._exp is not None:
             hist = Histogram(self._exp, self._lo, self._counts.copy()).retrim()
             if hist.counts.size == 0:
                 hist = None
         return TensorStats(
-            self.name, self._count, self._min, self._max, hist, self._zeros, self.histogram
+            self.name,
+            self._count,
+            self._min,
+            self._max,
+            hist,
+            self._zeros,
+            self.histogram,
+            self._nonfinite,
         )

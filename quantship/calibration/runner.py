@@ -1,12 +1,22 @@
-"""One streaming pass over the sample data: run the float model with every float
-activation exposed as an output, update one observer per tensor, drop the batch.
+"""One streaming pass over the sample data: run the float model with small probes on
+every data tensor, update one observer per tensor, drop the batch.
 
 Memory is bounded by one batch of activations plus the histograms: it does not grow
 with the number of samples. Batches are small on purpose: with every activation an
 output, a batch's working set leaves the caches quickly, and measured on ResNet-18 at
 224 (2 cores) 32 samples took 0.37 s in batches of 1-2 and 0.96 s in batches of 11.
-The batch holds at most ``ACTIVATION_BUDGET`` bytes of activations (a fixed-batch
-model runs its own batch).
+The batch holds at most ``ACTIVATION_BUDGET`` bytes of activations, measured on the
+first sample (a fixed-batch model runs its own batch); only samples of one shape are
+batched together, so data of several sequence lengths streams as it comes.
+
+Everything a probe needs is computed in the graph from the tensor itself (``Size``,
+``Shape``), never from shapes known when exporting: dimensions left dynamic stay
+dynamic, and an exporter's stale or ``-1`` shape annotations cannot mislead it.
+
+Tensors inside the graph may hold ±inf or NaN where they come from attention masking
+(``Where(mask, scores, -inf)``); they are counted, not rejected, and such tensors are
+never quantized. The model's *outputs* must be finite: a non-finite output is an error
+that names the output and the samples.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,121 +33,111 @@ import onnx
 from onnx import helper, numpy_helper
 
 from quantship.calibration.data import CalibrationData, Feed
-from quantship.calibration.observers import Observer, sample_stride
+from quantship.calibration.observers import HIST_VALUES_PER_SAMPLE, Observer
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import DataError, ModelError
-from quantship.exporter.graph import GraphView
 from quantship.exporter.load import FloatModel
 from quantship.ui import SILENT, UI
 
 ACTIVATION_BUDGET = 64 * 2**20
+# Slice's starts, ends and axes for "every k-th value of each row".
+_SLICE_ROWS = ("quantship.calib/zero", "quantship.calib/end", "quantship.calib/one")
 MAX_BATCH = 16
 
 
 def observed_tensors(model: FloatModel) -> list[str]:
-    return GraphView(model.proto).activations()
-
-
-def bytes_per_sample(model: FloatModel, tensors: list[str]) -> int | None:
-    view = GraphView(model.proto)
-    total = 0
-    for t in tensors:
-        shape = view.shape.get(t)
-        if shape is None or any(d is None for d in shape[1:]):
-            return None
-        total += int(np.prod([int(d or 0) for d in shape[1:]], dtype=np.int64)) * 4
-    return total
-
-
-def choose_batch(model: FloatModel, tensors: list[str]) -> int:
-    fixed = {s.shape[0] for s in model.inputs if s.shape and s.shape[0] is not None}
-    if fixed:
-        return int(max(fixed))
-    per = bytes_per_sample(model, tensors)
-    if not per:
-        return 1
-    return int(max(1, min(MAX_BATCH, ACTIVATION_BUDGET // per)))
+    return model.view().activations()
 
 
 @dataclass(frozen=True)
 class Probe:
-    """How one tensor is observed: ``outputs`` are (min, max[, sample]) computed in the
-    graph, or (tensor,) when its per-sample size is not static and numpy sees it whole."""
+    """How one tensor is observed: the names of its in-graph min, max, value count and
+    histogram sample (``sample`` is None without histograms)."""
 
     tensor: str
-    outputs: tuple[str, ...]
-    per_sample: int | None = None
-    leading: int | None = None  # a static first dimension (None: the batch axis)
+    min: str
+    max: str
+    count: str
+    sample: str | None
 
 
 def augmented(
     model: FloatModel, tensors: list[str], histograms: bool = True
 ) -> tuple[onnx.ModelProto, list[Probe]]:
-    """The float model with probes on ``tensors``: ReduceMin/ReduceMax over the whole
-    tensor and, for histograms, the systematic sample ``sample_stride`` picks (Reshape
-    to samples × values, then a strided Slice). Only these small results leave the
-    runtime, instead of every activation of every sample."""
+    """The float model with probes on ``tensors``: ReduceMin/ReduceMax/Size over the
+    whole tensor and, for histograms, a systematic sample of each row (the first axis,
+    the batch for most tensors): every k-th value, k = ⌈row size / 16384⌉ computed in
+    the graph. Only these small results leave the runtime."""
     aug = onnx.ModelProto()
     aug.CopyFrom(model.proto)
-    view = GraphView(aug)
+    view = model.view()
     g = aug.graph
-    existing = set(view.outputs)
+    nodes: list[onnx.NodeProto] = []
+    consts = {
+        "quantship.calib/rows": [0, -1],
+        "quantship.calib/one_row": [1, -1],
+        "quantship.calib/zero": [0],
+        "quantship.calib/one": [1],
+        "quantship.calib/end": [2**62],
+        "quantship.calib/chunk": [HIST_VALUES_PER_SAMPLE],
+        "quantship.calib/chunk_m1": [HIST_VALUES_PER_SAMPLE - 1],
+    }
     probes: list[Probe] = []
-    consts: dict[str, onnx.TensorProto] = {}
-
-    def const(name: str, values: list[int]) -> str:
-        if name not in consts:
-            consts[name] = numpy_helper.from_array(np.asarray(values, np.int64), name)
-        return name
-
     for t in tensors:
-        shape = view.shape.get(t)
-        if shape is None or len(shape) < 2 or any(d is None for d in shape[1:]):
-            if t not in existing and t not in view.inputs:
-                g.output.append(helper.make_tensor_value_info(t, view.elem_type[t], None))
-            probes.append(Probe(t, (t,)))
-            continue
-        per = int(np.prod([int(d) for d in shape[1:] if d is not None], dtype=np.int64))
         base = f"quantship.calib/{t}"
-        mn, mx = f"{base}/min", f"{base}/max"
-        g.node.append(helper.make_node("ReduceMin", [t], [mn], name=mn, keepdims=0))
-        g.node.append(helper.make_node("ReduceMax", [t], [mx], name=mx, keepdims=0))
-        outs = [mn, mx]
+        mn, mx, cnt = f"{base}/min", f"{base}/max", f"{base}/count"
+        nodes += [
+            helper.make_node("ReduceMin", [t], [mn], name=mn, keepdims=0),
+            helper.make_node("ReduceMax", [t], [mx], name=mx, keepdims=0),
+            helper.make_node("Size", [t], [cnt], name=cnt),
+        ]
+        outs = [(mn, view.elem_type[t]), (mx, view.elem_type[t]), (cnt, onnx.TensorProto.INT64)]
+        sample = None
         if histograms:
-            stride = sample_stride(per)
-            flat = f"{base}/flat"
-            g.node.append(
+            shape = view.shape.get(t)
+            rowwise = shape is not None and len(shape) >= 1
+            flat, sample = f"{base}/flat", f"{base}/sample"
+            stride, per, step = f"{base}/stride", f"{base}/per_row", f"{base}/step"
+            target = "quantship.calib/rows" if rowwise else "quantship.calib/one_row"
+            nodes += [
+                helper.make_node("Reshape", [t, target], [flat], name=flat),
+                helper.make_node("Shape", [flat], [f"{base}/shape"], name=f"{base}/shape"),
                 helper.make_node(
-                    "Reshape", [t, const("quantship.calib/rows", [0, -1])], [flat], name=flat
-                )
-            )
-            if stride == 1:
-                outs.append(flat)
-            else:
-                smp = f"{base}/sample"
-                g.node.append(
-                    helper.make_node(
-                        "Slice",
-                        [
-                            flat,
-                            const("quantship.calib/zero", [0]),
-                            const("quantship.calib/end", [2**62]),
-                            const("quantship.calib/one", [1]),
-                            const(f"quantship.calib/step{stride}", [stride]),
-                        ],
-                        [smp],
-                        name=smp,
-                    )
-                )
-                outs.append(smp)
-        for o in outs:
-            g.output.append(helper.make_tensor_value_info(o, view.elem_type[t], None))
-        probes.append(Probe(t, tuple(outs), per, shape[0]))
-    g.initializer.extend(consts.values())
+                    "Slice",
+                    [f"{base}/shape", "quantship.calib/one", "quantship.calib/end"],
+                    [per],
+                    name=per,
+                ),
+                helper.make_node(
+                    "Add", [per, "quantship.calib/chunk_m1"], [f"{base}/ceil"], name=f"{base}/ceil"
+                ),
+                helper.make_node(
+                    "Div", [f"{base}/ceil", "quantship.calib/chunk"], [stride], name=stride
+                ),
+                helper.make_node("Max", [stride, "quantship.calib/one"], [step], name=step),
+                helper.make_node(
+                    "Slice",
+                    [flat, *_SLICE_ROWS, step],
+                    [sample],
+                    name=sample,
+                ),
+            ]
+            outs.append((sample, view.elem_type[t]))
+        for name, elem in outs:
+            g.output.append(helper.make_tensor_value_info(name, elem, None))
+        probes.append(Probe(t, mn, mx, cnt, sample))
+    g.node.extend(nodes)
+    g.initializer.extend(
+        numpy_helper.from_array(np.asarray(v, np.int64), k) for k, v in consts.items()
+    )
     return aug, probes
 
 
-def ort_session(model: onnx.ModelProto, threads: int | None = None) -> Any:
+def ort_session(
+    model: onnx.ModelProto | Path, threads: int | None = None, weights_dir: Path | None = None
+) -> Any:
+    """An ONNX Runtime CPU session on a model in memory (its external tensors read from
+    ``weights_dir``) or a file."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -145,22 +146,29 @@ def ort_session(model: onnx.ModelProto, threads: int | None = None) -> Any:
         so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        return ort.InferenceSession(
-            model.SerializeToString(), so, providers=["CPUExecutionProvider"]
+    if weights_dir is not None:
+        so.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", str(weights_dir)
         )
+    src: str | bytes = str(model) if isinstance(model, Path) else model.SerializeToString()
+    try:
+        return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise ModelError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0]}") from None
 
 
 def batches(samples: Iterator[Feed], size: int) -> Iterator[tuple[Feed, int]]:
-    """Group one-sample feeds into batches of ``size`` (the last may be smaller)."""
+    """Group one-sample feeds into batches of up to ``size``; samples of different
+    shapes (sequence lengths) never share a batch."""
     buf: list[Feed] = []
+    key: tuple[Any, ...] | None = None
     for feed in samples:
-        buf.append(feed)
-        if len(buf) == size:
+        k = tuple((name, a.shape) for name, a in sorted(feed.items()))
+        if buf and (k != key or len(buf) == size):
             yield _stack(buf), len(buf)
             buf = []
+        buf.append(feed)
+        key = k
     if buf:
         yield _stack(buf), len(buf)
 
@@ -178,6 +186,14 @@ def hash_feed(h: Any, feed: Feed) -> None:
         h.update(a.tobytes())
 
 
+def _hashed(samples: Iterator[Feed], h: Any) -> Iterator[Feed]:
+    """The samples, each added to ``h`` as it passes: the data hash does not depend on
+    how samples are batched."""
+    for feed in samples:
+        hash_feed(h, feed)
+        yield feed
+
+
 def calibrate(
     model: FloatModel,
     data: CalibrationData,
@@ -188,15 +204,18 @@ def calibrate(
     batch_size: int | None = None,
     ui: UI = SILENT,
 ) -> CalibrationTable:
-    """Statistics of every float activation over data samples ``start … start+samples``."""
+    """Statistics of every data tensor over data samples ``start … start+samples``."""
     tensors = observed_tensors(model)
     if not tensors:
         raise ModelError("the model has no float activations to calibrate")
-    fixed_batch = any(s.shape and s.shape[0] is not None and s.shape[0] > 1 for s in model.inputs)
-    batch = batch_size or choose_batch(model, tensors)
+    fixed = {s.shape[0] for s in model.inputs if s.shape and s.shape[0] is not None}
+    fixed_batch = int(max(fixed)) if fixed else None
     graph, probes = augmented(model, tensors, histograms)
-    session = ort_session(graph)
+    session = ort_session(graph, weights_dir=model.weights_dir)
+    del graph
     out_names = [o.name for o in session.get_outputs()]
+    view = model.view()
+    checked = [o for o in model.outputs if o in out_names and view.is_float(o)]
     observers = {t: Observer(t, histogram=histograms) for t in tensors}
     total = None
     if data.num_samples is not None:
@@ -205,40 +224,22 @@ def calibrate(
     stop = None if samples is None else start + samples
     h = hashlib.sha256()
     seen = 0
+    stream = _hashed(data.samples(start, stop), h)
     with ui.progress("calibrating", total) as advance:
-        for feed, n in batches(data.samples(start, stop), batch):
-            if fixed_batch and n != batch:
+        # The first sample runs alone: its activation bytes size the batches after it.
+        head = list(_take(stream, fixed_batch or 1))
+        per = 0
+        if head and (fixed_batch is None or len(head) == fixed_batch):
+            per = _observe(
+                session, out_names, probes, observers, checked, _stack(head), start, len(head)
+            )
+            seen += len(head)
+            advance(len(head))
+        size = fixed_batch or batch_size or _batch_for(per)
+        for feed, n in batches(stream, size):
+            if fixed_batch is not None and n != fixed_batch:
                 break  # a fixed-batch model cannot run a partial batch
-            hash_feed(h, feed)
-            try:
-                outs = session.run(out_names, feed)
-            except Exception as e:
-                raise ModelError(
-                    f"the float model failed on calibration data: {str(e).splitlines()[0]}"
-                ) from None
-            arrays: dict[str, npt.NDArray[Any]] = dict(zip(out_names, outs, strict=True))
-            arrays.update(feed)
-            for p in probes:
-                try:
-                    if p.per_sample is None:
-                        observers[p.tensor].update(arrays[p.tensor])
-                    else:
-                        rows = p.leading if p.leading is not None else n
-                        sub = (
-                            arrays[p.outputs[2]] if len(p.outputs) > 2 else np.zeros(0, np.float32)
-                        )
-                        observers[p.tensor].update_summary(
-                            float(arrays[p.outputs[0]]),
-                            float(arrays[p.outputs[1]]),
-                            rows * p.per_sample,
-                            sub,
-                        )
-                except FloatingPointError as e:
-                    raise ModelError(
-                        f"the float model produced NaN/Inf on calibration samples "
-                        f"{start + seen}..{start + seen + n - 1}: {e}"
-                    ) from None
-            del arrays, outs
+            _observe(session, out_names, probes, observers, checked, feed, start + seen, n)
             seen += n
             advance(n)
     if seen == 0:
@@ -250,3 +251,55 @@ def calibrate(
         histograms=histograms,
         tensors={t: o.stats() for t, o in observers.items()},
     )
+
+
+def _take(it: Iterator[Feed], n: int) -> Iterator[Feed]:
+    for _ in range(n):
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+
+
+def _batch_for(bytes_per_sample: int) -> int:
+    if bytes_per_sample <= 0:
+        return MAX_BATCH
+    return int(max(1, min(MAX_BATCH, ACTIVATION_BUDGET // bytes_per_sample)))
+
+
+def _observe(
+    session: Any,
+    out_names: list[str],
+    probes: list[Probe],
+    observers: dict[str, Observer],
+    checked: list[str],
+    feed: Feed,
+    first: int,
+    n: int,
+) -> int:
+    """Run one batch and update every observer. Returns the bytes of activations the
+    batch held per sample (4 bytes a value)."""
+    try:
+        outs = session.run(out_names, feed)
+    except Exception as e:
+        raise ModelError(
+            f"the float model failed on calibration samples {first}..{first + n - 1}: "
+            f"{str(e).splitlines()[0]}"
+        ) from None
+    arrays: dict[str, npt.NDArray[Any]] = dict(zip(out_names, outs, strict=True))
+    for name in checked:
+        out = np.asarray(arrays[name])
+        if np.issubdtype(out.dtype, np.floating) and not np.isfinite(out).all():
+            bad = "NaN" if np.isnan(out).any() else "Inf"
+            raise ModelError(
+                f"the float model's output {name!r} holds {bad} on calibration samples "
+                f"{first}..{first + n - 1}; the model or these samples are broken "
+                "(check the input preprocessing)"
+            )
+    values = 0
+    for p in probes:
+        count = int(arrays[p.count])
+        values += count
+        sub = arrays[p.sample] if p.sample is not None else np.zeros(0, np.float32)
+        observers[p.tensor].update_summary(float(arrays[p.min]), float(arrays[p.max]), count, sub)
+    return values * 4 // max(n, 1)

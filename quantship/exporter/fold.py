@@ -1,5 +1,6 @@
-"""Graph clean-ups before calibration: fold BatchNormalization into the Conv before it,
-drop inference no-ops (Identity, Dropout).
+"""Graph edits the clean-up library cannot do for us: folding BatchNormalization into
+the Conv before it when the Conv's weights live in external data (hidden from the
+library, see ``exporter/prepare.py``), and removing what the QDQ writer leaves unused.
 
 Folding matters for INT8, not only for speed: quantizing a Conv's weights before its
 BatchNormalization would use per-channel ranges of the *unscaled* weights, and a QDQ
@@ -8,6 +9,8 @@ pair between Conv and BN blocks ONNX Runtime's QLinearConv fusion.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -15,10 +18,12 @@ from onnx import numpy_helper
 from quantship.exporter.graph import GraphView, get_attr
 
 
-def fold_batchnorm(model: onnx.ModelProto) -> int:
+def fold_batchnorm(model: onnx.ModelProto, weights_dir: Path | None = None) -> int:
     """Fold every Conv → BatchNormalization pair (BN the Conv output's only consumer,
     constant parameters, inference mode) into the Conv. Returns how many were folded."""
-    view = GraphView(model)
+    if not any(n.op_type == "BatchNormalization" for n in model.graph.node):
+        return 0
+    view = GraphView(model, weights_dir)
     g = model.graph
     remove: set[int] = set()
     new_inits: list[onnx.TensorProto] = []
@@ -75,33 +80,37 @@ def fold_batchnorm(model: onnx.ModelProto) -> int:
     return folded
 
 
-def remove_noops(model: onnx.ModelProto) -> int:
-    """Bypass Identity and inference-mode Dropout nodes whose output is not a graph
-    output, in one pass. Returns how many were removed."""
-    outputs = {o.name for o in model.graph.output}
-    rename: dict[str, str] = {}
-    keep: list[onnx.NodeProto] = []
-    for n in model.graph.node:  # topological order: a chain resolves as it goes
-        bypass = (
-            n.op_type in ("Identity", "Dropout")
-            and bool(n.input)
-            and bool(n.input[0])
-            and not (n.op_type == "Dropout" and len(n.output) > 1 and n.output[1])
-            and n.output[0] not in outputs
-        )
-        if bypass:
-            rename[n.output[0]] = rename.get(n.input[0], n.input[0])
-            continue
-        for k, name in enumerate(n.input):
-            if name in rename:
-                n.input[k] = rename[name]
-        keep.append(n)
-    removed = len(model.graph.node) - len(keep)
+def remove_dead_nodes(model: onnx.ModelProto) -> int:
+    """Remove nodes none of whose outputs is read (a weight's Cast or Transpose once the
+    QDQ writer reads an integer copy instead), then unused initializers. Returns how
+    many nodes were removed."""
+    g = model.graph
+    live = {o.name for o in g.output}
+    keep: list[bool] = [False] * len(g.node)
+    for idx in range(len(g.node) - 1, -1, -1):  # topological order, walked backwards
+        n = g.node[idx]
+        if any(o in live for o in n.output if o):
+            keep[idx] = True
+            live.update(i for i in n.input if i)
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    live.update(_subgraph_reads(a.g))
+    removed = keep.count(False)
     if removed:
-        del model.graph.node[:]
-        model.graph.node.extend(keep)
-        remove_unused_initializers(model)
+        for idx in range(len(g.node) - 1, -1, -1):
+            if not keep[idx]:
+                del g.node[idx]
+    remove_unused_initializers(model)
     return removed
+
+
+def _subgraph_reads(g: onnx.GraphProto) -> set[str]:
+    names = {i for n in g.node for i in n.input if i}
+    for n in g.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                names |= _subgraph_reads(a.g)
+    return names
 
 
 def remove_unused_initializers(model: onnx.ModelProto) -> None:
@@ -110,9 +119,10 @@ def remove_unused_initializers(model: onnx.ModelProto) -> None:
     unused = {t.name for t in model.graph.initializer if t.name not in used}
     if not unused:
         return
-    keep = [t for t in model.graph.initializer if t.name not in unused]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
+    inits = model.graph.initializer
+    for idx in range(len(inits) - 1, -1, -1):  # in place: initializers may be large
+        if inits[idx].name in unused:
+            del inits[idx]
     inputs = [i for i in model.graph.input if i.name not in unused]
     del model.graph.input[:]
     model.graph.input.extend(inputs)

@@ -1,6 +1,10 @@
-"""Loading a model into a ``FloatModel``: an ONNX ModelProto at opset ≥ 13 whose input
-shapes are fixed (all but a dynamic batch axis), shape-inferred, with BatchNormalization
-folded into the Conv before it.
+"""Reading a model, and the ``FloatModel`` every later stage works from.
+
+A ``FloatModel`` is an ONNX ModelProto at opset ≥ 13, cleaned up and shape-inferred
+(``exporter/prepare.py``), whose inputs keep the dimensions the model leaves dynamic:
+batch and sequence axes stay dynamic in every artifact. Weights the user's file keeps
+in external data stay there (``weights_dir``) and are read one tensor at a time, so a
+model larger than memory is never loaded whole.
 
 Why opset 13: per-channel DequantizeLinear (the ``axis`` attribute) exists from opset
 13. Published models are often 11 or 12; ONNX Runtime's own quantizer writes an invalid
@@ -10,6 +14,7 @@ model for them, we upgrade instead.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,13 +24,15 @@ import onnx
 from onnx import helper
 
 from quantship.errors import DataError, ModelError
-from quantship.exporter.fold import fold_batchnorm, remove_noops
-from quantship.exporter.graph import GraphView, opset_version
+from quantship.exporter.graph import GraphView, is_external, opset_version
 from quantship.exporter.output import sha256_file
 
 MIN_OPSET = 13
 # Protobuf cannot serialise a message over 2 GiB; bigger models keep weights outside.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+# In a file with external data, tensors at least this large go to the data file.
+EXTERNAL_TENSOR_BYTES = 1024
+_ALIGN = 64
 
 Shape = tuple[int | None, ...]
 
@@ -44,7 +51,8 @@ class InputSpec:
 
 @dataclass(frozen=True, eq=False)
 class FloatModel:
-    """The float model every stage works from. Treat ``proto`` as read-only."""
+    """The float model every stage works from. Treat ``proto`` as read-only; its
+    external tensors are files in ``weights_dir``."""
 
     proto: onnx.ModelProto
     source: str
@@ -52,13 +60,17 @@ class FloatModel:
     inputs: tuple[InputSpec, ...]
     outputs: tuple[str, ...]
     notes: tuple[str, ...] = field(default=())
+    weights_dir: Path | None = None
+    source_bytes: int = 0  # the user's file, external data included
+    # The shape of one calibration sample per input (batch 1): what a dynamic dimension
+    # is benchmarked at when no other shape is asked for.
+    example_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if opset_version(self.proto) < MIN_OPSET:
             raise ValueError(f"FloatModel needs opset >= {MIN_OPSET}")
-        for spec in self.inputs:
-            if any(d is None for d in spec.shape[1:]):
-                raise ValueError(f"input {spec.name!r} has dynamic non-batch dims {spec.shape}")
+        if has_external_data(self.proto) and self.weights_dir is None:
+            raise ValueError("a FloatModel with external data needs its weights_dir")
 
     @cached_property
     def sha256(self) -> str:
@@ -68,35 +80,141 @@ class FloatModel:
     def dynamic_batch(self) -> bool:
         return any(s.shape and s.shape[0] is None for s in self.inputs)
 
+    @property
+    def dynamic(self) -> bool:
+        """Whether any input dimension is left dynamic."""
+        return any(d is None for s in self.inputs for d in s.shape)
+
+    def example_shape(self, spec: InputSpec, batch: int = 1) -> tuple[int, ...]:
+        """A concrete shape for ``spec``: its fixed dimensions, the calibration sample's
+        for dynamic ones, ``batch`` on a dynamic batch axis."""
+        ex = self.example_shapes.get(spec.name)
+        dims = []
+        for axis, d in enumerate(spec.shape):
+            if d is not None:
+                dims.append(d)
+            elif axis == 0:
+                dims.append(batch)
+            elif ex is not None and axis < len(ex):
+                dims.append(ex[axis])
+            else:
+                dims.append(1)
+        return tuple(dims)
+
     def input(self, name: str) -> InputSpec:
         for s in self.inputs:
             if s.name == name:
                 return s
         raise KeyError(name)
 
+    def view(self) -> GraphView:
+        return GraphView(self.proto, self.weights_dir)
+
     def save(self, path: Path) -> None:
-        save_model(self.proto, path)
+        save_model(self.proto, path, self.weights_dir)
 
 
-def save_model(proto: onnx.ModelProto, path: Path) -> None:
-    """Save deterministically; weights go to ``<name>.data`` beside it past 1.8 GB."""
+def has_external_data(proto: onnx.ModelProto) -> bool:
+    return any(is_external(t) for t in proto.graph.initializer)
+
+
+def _external_info(t: onnx.TensorProto) -> tuple[str, int, int | None]:
+    info = {e.key: e.value for e in t.external_data}
+    length = info.get("length")
+    return info["location"], int(info.get("offset", 0)), int(length) if length else None
+
+
+def model_bytes(proto: onnx.ModelProto) -> int:
+    """Bytes of a model as saved without shape annotations, its external data included."""
+    # Computed from field sizes rather than by copying a model that may hold GBs.
+    vi = sum(_field_bytes(int(v.ByteSize())) for v in proto.graph.value_info)
+    graph = int(proto.graph.ByteSize())
+    total = int(proto.ByteSize()) - vi - (_varint_len(graph) - _varint_len(graph - vi))
+    for t in proto.graph.initializer:
+        if is_external(t):
+            _, _, length = _external_info(t)
+            total += length if length is not None else _nbytes(t)
+    return total
+
+
+def _varint_len(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+def _field_bytes(size: int) -> int:
+    """A length-delimited protobuf field: one tag byte, the length, the payload."""
+    return 1 + _varint_len(size) + size
+
+
+def _nbytes(t: onnx.TensorProto) -> int:
+    itemsize = int(np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize)
+    return int(np.prod(t.dims, dtype=np.int64)) * itemsize
+
+
+def save_model(proto: onnx.ModelProto, path: Path, weights_dir: Path | None = None) -> None:
+    """Save deterministically, without shape annotations (they only add bytes). A model
+    that holds external tensors (read from ``weights_dir``), or is past 1.8 GB, keeps its
+    tensors of 1 KB or more in ``<name>.data`` beside it; external tensors are copied
+    there chunk by chunk, never loaded whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if proto.ByteSize() > EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(
-            proto,
-            str(path),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=path.name + ".data",
-            size_threshold=1024,
-        )
-    else:
-        path.write_bytes(proto.SerializeToString())
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    del out.graph.value_info[:]
+    if not has_external_data(out) and out.ByteSize() <= EXTERNAL_DATA_THRESHOLD:
+        path.write_bytes(out.SerializeToString())
+        return
+    location = path.name + ".data"
+    data_path = path.with_name(location)
+    with data_path.open("wb") as dst:
+        for t in out.graph.initializer:
+            if is_external(t):
+                if weights_dir is None:
+                    raise ValueError(f"tensor {t.name!r} is external and no folder was given")
+                loc, offset, length = _external_info(t)
+                length = _nbytes(t) if length is None else length
+                start = _pad(dst)
+                with (weights_dir / loc).open("rb") as src:
+                    src.seek(offset)
+                    left = length
+                    while left:
+                        chunk = src.read(min(left, 1 << 24))
+                        if not chunk:
+                            raise ModelError(f"external data of {t.name!r} in '{loc}' is truncated")
+                        dst.write(chunk)
+                        left -= len(chunk)
+            elif t.ByteSize() >= EXTERNAL_TENSOR_BYTES and t.data_type != onnx.TensorProto.STRING:
+                raw = t.raw_data or onnx.numpy_helper.to_array(t).tobytes()
+                start = _pad(dst)
+                dst.write(raw)
+                length = len(raw)
+                t.ClearField("raw_data")
+                for f in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                    t.ClearField(f)
+            else:
+                continue
+            del t.external_data[:]
+            t.data_location = onnx.TensorProto.EXTERNAL
+            for k, v in (("location", location), ("offset", str(start)), ("length", str(length))):
+                e = t.external_data.add()
+                e.key, e.value = k, v
+    path.write_bytes(out.SerializeToString())
 
 
-def read_onnx(path: Path) -> tuple[onnx.ModelProto, str]:
-    """Read an ONNX file (with external data beside it). Returns the model and the
-    sha256 of the file."""
+def _pad(f: object) -> int:
+    """Align the next tensor in a data file (mmap-friendly for runtimes)."""
+    import io
+
+    assert isinstance(f, io.BufferedWriter)
+    pos = f.tell()
+    pad = -pos % _ALIGN
+    if pad:
+        f.write(b"\0" * pad)
+    return pos + pad
+
+
+def read_onnx(path: Path) -> tuple[onnx.ModelProto, str, int]:
+    """Read an ONNX file; its external data stays on disk (checked to be there). Returns
+    the model, the sha256 of the file and its size with external data."""
     if not path.exists():
         raise ModelError(f"model file '{path}' not found")
     if path.is_dir():
@@ -109,15 +227,37 @@ def read_onnx(path: Path) -> tuple[onnx.ModelProto, str]:
         ) from None
     if not proto.graph.node:
         raise ModelError(f"'{path}' holds no graph nodes; is it an ONNX model?")
-    try:
-        onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"'{path}': its external weight data cannot be read ({e})") from None
-    return proto, sha256_file(path)
+    size = path.stat().st_size
+    files: dict[str, int] = {}
+    for t in proto.graph.initializer:
+        if not is_external(t):
+            continue
+        try:
+            loc, offset, length = _external_info(t)
+        except KeyError:
+            raise ModelError(f"'{path}': tensor {t.name!r} is external but names no file") from None
+        if Path(loc).is_absolute() or ".." in Path(loc).parts:
+            raise ModelError(
+                f"'{path}': tensor {t.name!r} points outside the model's folder ({loc})"
+            )
+        f = path.parent / loc
+        if loc not in files:
+            if not f.is_file():
+                raise ModelError(
+                    f"'{path}': its external weight data '{loc}' is missing (expected beside the model)"
+                )
+            files[loc] = f.stat().st_size
+        end = offset + (length if length is not None else _nbytes(t))
+        if end > files[loc]:
+            raise ModelError(
+                f"'{path}': external data '{loc}' is truncated ({files[loc]} bytes; tensor {t.name!r} ends at {end})"
+            )
+    return proto, sha256_file(path), size + sum(files.values())
 
 
 def raw_inputs(proto: onnx.ModelProto) -> list[InputSpec]:
-    """The graph inputs (initializers listed as inputs by old exporters excluded)."""
+    """The graph inputs (initializers listed as inputs by old exporters excluded);
+    dimensions written as 0 or -1 (paddle2onnx) or named count as dynamic."""
     inits = {t.name for t in proto.graph.initializer}
     out = []
     for vi in proto.graph.input:
@@ -146,9 +286,9 @@ def resolve_shapes(
     user: dict[str, tuple[int, ...]] | None,
     data: dict[str, tuple[int, ...]] | None,
 ) -> dict[str, Shape]:
-    """Final input shapes. ``user`` (``--input-shape``) fixes every dimension; ``data``
-    (one calibration sample, batch axis included) fixes the dynamic non-batch ones. A
-    dynamic batch axis stays dynamic unless the user fixes it."""
+    """Final input shapes. ``user`` (``--input-shape``) fixes every dimension. Data (one
+    sample, batch axis included) is checked against the fixed dimensions and fixes
+    none: a dimension the model leaves dynamic stays dynamic."""
     user = dict(user or {})
     names = [i.name for i in inputs]
     for name in user:
@@ -183,114 +323,14 @@ def resolve_shapes(
                     f"({spec.shape_str()}), the first axis being the batch axis"
                 )
             for axis in range(1, len(dims)):
-                if dims[axis] is None:
-                    dims[axis] = sample[axis]
-                elif dims[axis] != sample[axis]:
+                if dims[axis] is not None and dims[axis] != sample[axis]:
                     raise DataError(
                         f"calibration data for input {spec.name!r} has shape "
                         f"{'x'.join(map(str, sample[1:]))} per sample; the model expects "
                         f"{'x'.join('?' if d is None else str(d) for d in dims[1:])}"
                     )
-        missing = [a for a in range(1, len(dims)) if dims[a] is None]
-        if missing:
-            example = "x".join(
-                str(d) if d is not None else ("1" if a == 0 else "<n>")
-                for a, d in enumerate(spec.shape)
-            )
-            raise ModelError(
-                f"model input {spec.name!r} has dynamic dimensions ({spec.shape_str()}) that no "
-                f"calibration sample fixes; pass --input-shape {spec.name}={example}"
-            )
         result[spec.name] = tuple(dims)
     return result
-
-
-def prepare(
-    proto: onnx.ModelProto,
-    *,
-    source: str,
-    source_sha256: str,
-    shapes: dict[str, Shape],
-) -> FloatModel:
-    """Upgrade, fix shapes, clean up and shape-infer a loaded model."""
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    notes: list[str] = []
-
-    inits = {t.name for t in model.graph.initializer}
-    if any(i.name in inits for i in model.graph.input):
-        keep = [i for i in model.graph.input if i.name not in inits]
-        del model.graph.input[:]
-        model.graph.input.extend(keep)
-        notes.append("removed initializers listed as graph inputs (pre-IR4 export)")
-
-    opset = opset_version(model)
-    if opset == 0:
-        raise ModelError(f"'{source}' imports no default-domain ONNX opset")
-    if opset < MIN_OPSET:
-        try:
-            model = onnx.version_converter.convert_version(model, MIN_OPSET)
-        except Exception as e:
-            raise ModelError(
-                f"'{source}' is opset {opset}; upgrading it to {MIN_OPSET} (needed for "
-                f"per-channel quantization) failed: {e}"
-            ) from None
-        notes.append(f"upgraded opset {opset} -> {MIN_OPSET}")
-
-    for vi in model.graph.input:
-        if vi.name not in shapes:
-            continue
-        dims = vi.type.tensor_type.shape.dim
-        for axis, d in enumerate(shapes[vi.name]):
-            if d is None:
-                if not dims[axis].dim_param:
-                    dims[axis].dim_param = "batch"
-            else:
-                dims[axis].dim_value = d
-    # Stale intermediate shapes can contradict the fixed inputs: infer them afresh.
-    del model.graph.value_info[:]
-
-    model = _infer(model, source)
-    n_bn = fold_batchnorm(model)
-    if n_bn:
-        notes.append(f"folded {n_bn} BatchNormalization into Conv")
-    n_noop = remove_noops(model)
-    if n_noop:
-        notes.append(f"removed {n_noop} Identity/Dropout")
-    del model.graph.value_info[:]
-    model = _infer(model, source)
-
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as e:
-        raise ModelError(
-            f"'{source}' fails ONNX validation after loading: {str(e).splitlines()[0]}"
-        ) from None
-
-    view = GraphView(model)
-    untyped = [t for n in view.nodes for t in n.output if t and t not in view.elem_type]
-    if untyped:
-        notes.append(f"{len(untyped)} tensors have no inferred type and will not be quantized")
-    specs = tuple(InputSpec(i.name, shapes[i.name], i.dtype) for i in raw_inputs(model))
-    return FloatModel(
-        proto=model,
-        source=source,
-        source_sha256=source_sha256,
-        inputs=specs,
-        outputs=tuple(view.outputs),
-        notes=tuple(notes),
-    )
-
-
-def _infer(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
-    try:
-        return onnx.shape_inference.infer_shapes(
-            model, check_type=False, strict_mode=False, data_prop=True
-        )
-    except Exception as e:
-        raise ModelError(
-            f"shape inference failed on '{source}': {str(e).splitlines()[0]}"
-        ) from None
 
 
 def load_model(
@@ -300,6 +340,16 @@ def load_model(
     data_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> FloatModel:
     """Read and prepare an ONNX file in one call."""
-    proto, sha = read_onnx(path)
+    from quantship.exporter.prepare import prepare
+
+    proto, sha, size = read_onnx(path)
     shapes = resolve_shapes(raw_inputs(proto), input_shapes, data_shapes)
-    return prepare(proto, source=str(path), source_sha256=sha, shapes=shapes)
+    weights = path.parent if has_external_data(proto) else None
+    return prepare(
+        proto,
+        source=str(path),
+        source_sha256=sha,
+        shapes=shapes,
+        weights_dir=weights,
+        source_bytes=size,
+    )

@@ -90,11 +90,15 @@ def artifacts_in(folder: Path, manifest: dict[str, Any]) -> list[Artifact]:
 
 
 def float_artifact(folder: Path, manifest: dict[str, Any]) -> Artifact:
-    rel = manifest["float_model"]["path"]
-    if not (folder / rel).exists():
-        raise QuantshipError(f"'{folder}': the float model {rel} listed in {MANIFEST} is missing")
+    fl = manifest["float_model"]
+    files = tuple(fl.get("files", [fl["path"]]))
+    missing = [f for f in files if not (folder / f).exists()]
+    if missing:
+        raise QuantshipError(
+            f"'{folder}': the float model file {missing[0]} listed in {MANIFEST} is missing"
+        )
     return Artifact(
-        backend="onnxruntime", format="onnx", root=folder, files=(rel,), precision="float"
+        backend="onnxruntime", format="onnx", root=folder, files=files, precision="float"
     )
 
 

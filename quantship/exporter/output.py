@@ -35,12 +35,27 @@ def write_json(path: Path, obj: Any) -> None:
     write_text_atomic(path, text)
 
 
+def umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def public(path: Path, directory: bool = False) -> None:
+    """Give a file or folder made by ``tempfile`` (private: 0600/0700) the mode any
+    other file the user writes gets, so a teammate or a container running as another
+    user can read the results."""
+    path.chmod((0o777 if directory else 0o666) & ~umask())
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        public(Path(tmp))
         Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -70,6 +85,7 @@ def staged_dir(out: Path) -> Iterator[Path]:
     check_output_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    public(stage, directory=True)
     try:
         yield stage
     except BaseException:

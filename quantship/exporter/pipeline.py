@@ -113,6 +113,7 @@ def manifest_for(
     latency: Sequence[LatencyStats],
     failures: Sequence[str],
     calib_cache: object,
+    drift: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     float_latency = {
         s.label[len("float (") : -1]: s.to_json() for s in latency if s.label.startswith("float (")
@@ -123,15 +124,29 @@ def manifest_for(
         "created_by": "quantship export",
         "versions": versions(extra),
         "machine": runtime_info(),
-        "input_model": {"source": fm.source, "sha256": fm.source_sha256, "notes": list(fm.notes)},
+        "input_model": {
+            "source": fm.source,
+            "sha256": fm.source_sha256,
+            "size_bytes": fm.source_bytes,
+            "notes": list(fm.notes),
+        },
         "float_model": {
             "path": float_art.files[0],
+            "files": list(float_art.files),
             "sha256": sha256_file(float_art.path),
             "size_bytes": float_art.size_bytes(),
             "inputs": [
-                {"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in fm.inputs
+                {
+                    "name": i.name,
+                    "shape": list(i.shape),
+                    "dtype": i.dtype,
+                    "example_shape": list(fm.example_shape(i)),
+                }
+                for i in fm.inputs
             ],
             "outputs": list(fm.outputs),
+            # The prepared model against the user's, on held-out samples.
+            "max_abs_diff_vs_input": dict(sorted((drift or {}).items())),
             "latency": float_latency,
         },
         "calibration": {

@@ -24,8 +24,8 @@ from onnx import helper, numpy_helper
 from quantship.backends.base import ConstantQuant, QuantPlan, Use
 from quantship.calibration.qparams import QuantParams, quantize
 from quantship.errors import ModelError
-from quantship.exporter.fold import remove_unused_initializers
-from quantship.exporter.graph import GraphView
+from quantship.exporter.fold import remove_dead_nodes
+from quantship.exporter.graph import GraphView, check_model
 from quantship.exporter.load import MIN_OPSET, FloatModel
 
 Rewire = Callable[[tuple[Use, ...], str], None]
@@ -114,7 +114,7 @@ def write_qdq(model: FloatModel, plan: QuantPlan) -> onnx.ModelProto:
     """The plan applied to a copy of the float model; validated by ``onnx.checker``."""
     m = onnx.ModelProto()
     m.CopyFrom(model.proto)
-    view = GraphView(m)
+    view = GraphView(m, model.weights_dir)
     names = _Names(m)
     nodes = list(m.graph.node)
     for n in nodes:
@@ -190,12 +190,13 @@ def write_qdq(model: FloatModel, plan: QuantPlan) -> onnx.ModelProto:
     del m.graph.node[:]
     m.graph.node.extend(ordered)
     m.graph.initializer.extend(new_inits)
-    remove_unused_initializers(m)
+    # A weight's Cast/Transpose chain is dead once its consumer reads the int8 copy.
+    remove_dead_nodes(m)
     for o in m.opset_import:
         if o.domain in ("", "ai.onnx") and o.version < MIN_OPSET:
             o.version = MIN_OPSET
     try:
-        onnx.checker.check_model(m)
+        check_model(m)
     except onnx.checker.ValidationError as e:
         raise ModelError(
             f"the quantized model fails ONNX validation: {str(e).splitlines()[0]}"

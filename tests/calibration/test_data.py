@@ -58,9 +58,19 @@ def test_missing_input_name_is_named(tmp_path: Path) -> None:
         open_data(tmp_path / "d.npz", IMG)
 
 
-def test_single_array_feeds_single_input_whatever_its_key(tmp_path: Path) -> None:
-    np.savez(tmp_path / "d.npz", x=np.zeros((2, 3, 8, 8), np.float32))
-    assert set(open_data(tmp_path / "d.npz", IMG).first()) == {"images"}
+def test_only_the_unnamed_array_binds_by_position_and_says_so(tmp_path: Path) -> None:
+    np.savez(tmp_path / "d.npz", np.zeros((2, 3, 8, 8), np.float32))  # saved as arr_0
+    data = open_data(tmp_path / "d.npz", IMG)
+    assert set(data.first()) == {"images"}
+    assert len(data.notes) == 1 and "arr_0" in data.notes[0] and "'images'" in data.notes[0]
+
+
+def test_a_misnamed_array_is_not_bound_by_position(tmp_path: Path) -> None:
+    """A one-input model given an archive whose one array is named for something else
+    (the model's input is ``images``, the array ``pixels``) fails naming both."""
+    np.savez(tmp_path / "d.npz", pixels=np.zeros((2, 3, 8, 8), np.float32))
+    with pytest.raises(DataError, match=r"no array for model input\(s\) 'images'; it has 'pixels'"):
+        open_data(tmp_path / "d.npz", IMG)
 
 
 def test_shape_mismatch_is_reported_before_any_work(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from quantship.calibration.observers import HALF_BINS, Histogram, Observer, TensorStats
 
@@ -67,10 +66,18 @@ def test_only_zeros() -> None:
     assert (s.min, s.max, s.count) == (0.0, 0.0, 7)
 
 
-def test_nan_names_the_tensor() -> None:
-    o = Observer("conv1.out")
-    with pytest.raises(FloatingPointError, match=r"conv1\.out"):
-        o.update(np.asarray([1.0, np.nan], np.float32))
+def test_nonfinite_values_are_counted_apart() -> None:
+    """Attention masks put ±inf inside a graph: counted, kept out of the range and the
+    histogram, carried through merge and JSON."""
+    o = Observer("scores")
+    o.update(np.asarray([[1.0, -np.inf, 3.0, np.nan]], np.float32))
+    st = o.stats()
+    assert st.nonfinite == 2 and (st.min, st.max) == (1.0, 3.0) and st.count == 4
+    hist = st.histogram()
+    assert hist is not None and hist.total == 2
+    both = st.merge(st)
+    assert both.nonfinite == 4
+    assert TensorStats.from_json("scores", st.to_json()).nonfinite == 2
 
 
 def test_state_does_not_grow_with_samples() -> None:

@@ -223,7 +223,7 @@ def test_two_process_torchrun(work: Path) -> None:
 
 
 def test_pipeline_config_distills_then_exports(work: Path) -> None:
-    np.savez(work / "calib.npz", x=np.load(work / "train.npz")["x"][:64])
+    np.savez(work / "calib.npz", input=np.load(work / "train.npz")["x"][:64])
     (work / "pipeline.toml").write_text(
         '[distill]\nteacher = "qs_distill_nets:teacher"\nstudent = "qs_distill_nets:student"\n'
         'data = "train.npz"\nval = "val.npz"\nepochs = 2\nalpha = 1.0\nlr = 0.01\nbatch_size = 32\nout = "student"\n\n'

@@ -10,6 +10,7 @@ import onnx
 import pytest
 from models import images, run_ort, save, tiny_cnn
 
+from quantship.calibration.runner import ort_session
 from quantship.errors import DataError, ModelError
 from quantship.exporter.load import load_model
 
@@ -23,7 +24,13 @@ def test_batchnorm_is_folded_and_outputs_unchanged(tmp_path: Path) -> None:
     fm = load_model(path, data_shapes={"images": (1, 3, 16, 16)})
     assert _ops(fm.proto)["BatchNormalization"] == 0
     assert _ops(fm.proto)["Conv"] == 3
-    assert any("folded 3 BatchNormalization" in n for n in fm.notes)
+    assert any("graph clean-up: 14 -> 11 nodes" in n for n in fm.notes)
+    # the user's node names survive the fusion (--exclude and reports use them)
+    assert [n.name for n in fm.proto.graph.node if n.op_type == "Conv"] == [
+        "conv1",
+        "conv2",
+        "conv3",
+    ]
     x = {"images": images(4)}
     np.testing.assert_allclose(run_ort(fm.proto, x)[0], run_ort(path, x)[0], rtol=1e-4, atol=1e-4)
 
@@ -37,13 +44,15 @@ def test_old_opset_is_upgraded_to_13(tmp_path: Path) -> None:
     np.testing.assert_allclose(run_ort(fm.proto, x)[0], run_ort(path, x)[0], rtol=1e-5, atol=1e-5)
 
 
-def test_dynamic_dims_fixed_from_data_batch_stays_dynamic(tmp_path: Path) -> None:
+def test_dynamic_dims_stay_dynamic(tmp_path: Path) -> None:
     path = save(tiny_cnn(size="S"), tmp_path / "m.onnx")
     fm = load_model(path, data_shapes={"images": (1, 3, 16, 16)})
-    assert fm.inputs[0].shape == (None, 3, 16, 16)
-    assert fm.dynamic_batch
-    with pytest.raises(ModelError, match="--input-shape images=1x3x<n>x<n>"):
-        load_model(path)
+    assert fm.inputs[0].shape == (None, 3, None, None)
+    assert fm.dynamic_batch and fm.dynamic
+    dims = fm.proto.graph.input[0].type.tensor_type.shape.dim
+    assert [d.HasField("dim_value") for d in dims] == [False, True, False, False]
+    for size in (8, 16, 40):  # the prepared model runs at any size
+        assert run_ort(fm.proto, {"images": images(2, size=size)})[0].shape == (2, 10)
 
 
 def test_input_shape_option(tmp_path: Path) -> None:
@@ -83,10 +92,14 @@ def test_external_data_is_loaded(tmp_path: Path) -> None:
     )
     assert (tmp_path / "ext.data").exists()
     fm = load_model(tmp_path / "ext.onnx", data_shapes={"images": (1, 3, 16, 16)})
+    # the weights stay on disk: the model in memory holds references to them
+    assert fm.weights_dir == tmp_path and fm.proto.ByteSize() < 4096
     x = {"images": images(1)}
-    np.testing.assert_allclose(
-        run_ort(fm.proto, x)[0], run_ort(tmp_path / "ext.onnx", x)[0], rtol=1e-6
-    )
+    got = ort_session(fm.proto, weights_dir=fm.weights_dir).run(None, x)[0]
+    np.testing.assert_allclose(got, run_ort(tmp_path / "ext.onnx", x)[0], rtol=1e-6)
+    fm.save(tmp_path / "copy" / "m.onnx")  # its own data file, copied chunk by chunk
+    assert (tmp_path / "copy" / "m.onnx.data").is_file()
+    np.testing.assert_allclose(run_ort(tmp_path / "copy" / "m.onnx", x)[0], got, rtol=1e-6)
 
 
 def test_initializers_listed_as_inputs(tmp_path: Path) -> None:
@@ -98,10 +111,8 @@ def test_initializers_listed_as_inputs(tmp_path: Path) -> None:
     assert [i.name for i in fm.inputs] == ["images"]
 
 
-def test_identity_and_dropout_chains_are_bypassed_but_graph_outputs_kept() -> None:
+def test_identity_and_dropout_chains_are_bypassed_but_graph_outputs_kept(tmp_path: Path) -> None:
     from onnx import helper
-
-    from quantship.exporter.fold import remove_noops
 
     m = tiny_cnn(batchnorm=False)
     nodes = list(m.graph.node)
@@ -121,7 +132,10 @@ def test_identity_and_dropout_chains_are_bypassed_but_graph_outputs_kept() -> No
     m.graph.output[0].name = "final"
     x = {"images": images(2)}
     before = run_ort(m, x)[0]
-    assert remove_noops(m) == 3
-    assert _ops(m)["Dropout"] == 0 and _ops(m)["Identity"] == 1  # the graph output's stays
-    assert next(n for n in m.graph.node if n.name == "conv2").input[0] == src
-    np.testing.assert_array_equal(run_ort(m, x)[0], before)
+    fm = load_model(save(m, tmp_path / "chains.onnx"))
+    assert _ops(fm.proto)["Dropout"] == 0 and _ops(fm.proto)["Identity"] == 0
+    assert fm.outputs == ("final",)  # the graph output keeps its name
+    conv2 = next(n for n in fm.proto.graph.node if n.name == "conv2")
+    producer = next(n for n in fm.proto.graph.node if conv2.input[0] in n.output)
+    assert producer.name == "pool1" and src == "p1"
+    np.testing.assert_array_equal(run_ort(fm.proto, x)[0], before)
