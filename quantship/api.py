@@ -216,14 +216,14 @@ def export(
         for n in d.notes if d is not None else ():
             ui.note(n)
     split = _split(data, samples, held)
-    from quantship.exporter.prepare import output_drift
+    from quantship.exporter.prepare import reference_outputs
 
     check_feeds = (
         held_feeds(split.held_data, split.held_start, split.held_stop, limit=DRIFT_SAMPLES)
         if split.held_data is not None
         else []
     )
-    drift = output_drift(reference, fm, check_feeds)
+    expected = reference_outputs(reference, check_feeds)
 
     if calib_cache is not None:
         table = CalibrationTable.load(Path(calib_cache))
@@ -271,10 +271,10 @@ def export(
         # Inside the staging folder, so a failed run removes it with the rest.
         unguarded_root = stage / ".unguarded"
         float_rel = "float/model.onnx"
-        fm.save(stage / float_rel)
+        float_data = fm.save(stage / float_rel)
         table.save(stage / "calibration.json")
         float_files = (float_rel,) + (
-            (float_rel + ".data",) if (stage / (float_rel + ".data")).exists() else ()
+            (f"float/{float_data.name}",) if float_data is not None else ()
         )
         float_art = Artifact("onnxruntime", "onnx", stage, float_files, precision="float")
         for b in chosen:
@@ -299,7 +299,9 @@ def export(
                 unguarded[b.name], _ = build_artifact(b, fm, table, options, unguarded_root, SILENT)
             if guarded is not None:
                 figures[b.name]["accuracy_guard"] = guarded
-        fid = measure_fidelity(fm, float_art, artifacts, chosen, split, threads, ui)
+        fid, drift = measure_fidelity(
+            fm, float_art, artifacts, chosen, split, threads, ui, (check_feeds, expected)
+        )
         for b in chosen:
             figures[b.name]["fidelity"] = fid.get(b.name)
         latency: list[LatencyStats] = []

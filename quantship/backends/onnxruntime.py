@@ -69,7 +69,10 @@ ORT_OPS: dict[str, OpRule] = {
     "Concat": OpRule("compute", act_inputs=None),
     "Sigmoid": OpRule("compute"),
     "LeakyRelu": OpRule("compute"),
-    "Gather": embedding_table(quantize_output=True),
+    # uint8 like every activation here: with an int8 table ORT converts the Q after the
+    # lookup to uint8 and can no longer drop the pair, and dequantizes the whole table on
+    # every run; with uint8 it gathers uint8 rows.
+    "Gather": embedding_table(quantize_output=True, dtype="uint8"),
     "MaxPool": _TRANSPARENT,
     "Reshape": _TRANSPARENT,
     "Flatten": _TRANSPARENT,
@@ -202,8 +205,8 @@ class OnnxRuntimeBackend:
     def compile(self, qdq: onnx.ModelProto, out_dir: Path, model: FloatModel) -> Artifact:
         rel = "onnxruntime/model.int8.onnx"
         path = out_dir / rel
-        save_model(qdq, path, model.weights_dir)
-        files = [rel] + ([rel + ".data"] if (out_dir / (rel + ".data")).exists() else [])
+        data = save_model(qdq, path, model.weights_dir)
+        files = [rel] + ([f"onnxruntime/{data.name}"] if data is not None else [])
         return Artifact(
             backend=self.name,
             format="onnx-qdq",

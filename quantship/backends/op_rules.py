@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 
 from quantship.backends.planning import OpRule
+from quantship.calibration.qparams import QDType
 from quantship.exporter.graph import GraphView, get_attr
 
 # Embedding tables smaller than this stay float: a few KB saved, one more DQ to run.
@@ -76,10 +77,10 @@ def table_check(node: onnx.NodeProto, view: GraphView) -> str | None:
     return None
 
 
-def embedding_table(quantize_output: bool) -> OpRule:
+def embedding_table(quantize_output: bool, dtype: QDType = "int8") -> OpRule:
     """An embedding lookup (Gather from a float table at run-time indices): the table
-    is stored as int8, symmetric per tensor (a per-row scale would have to be gathered
-    too). ``quantize_output``: quantize the rows read with the table's own params, so a
+    is stored in 8 bits per tensor (a per-row scale would have to be gathered too),
+    int8 symmetric or, with ``dtype="uint8"``, asymmetric. ``quantize_output``: quantize the rows read with the table's own params, so a
     runtime that drops a Q/DQ pair around data movement (ONNX Runtime) gathers int8 rows
     and dequantizes only those, instead of the whole table on every run."""
     return OpRule(
@@ -89,6 +90,7 @@ def embedding_table(quantize_output: bool) -> OpRule:
         weight_axis=None,
         quantize_output=quantize_output,
         output_like_weight=quantize_output,
+        weight_dtype=dtype,
         check=table_check,
     )
 

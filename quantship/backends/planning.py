@@ -46,7 +46,13 @@ from quantship.backends.base import (
 )
 from quantship.calibration.methods import activation_params
 from quantship.calibration.observers import TensorStats
-from quantship.calibration.qparams import QDType, QuantParams, bias_params, weight_params
+from quantship.calibration.qparams import (
+    QDType,
+    QuantParams,
+    bias_params,
+    params_from_range,
+    weight_params,
+)
 from quantship.calibration.table import CalibrationTable
 from quantship.exporter.graph import GraphView
 from quantship.exporter.load import FloatModel
@@ -70,6 +76,9 @@ class OpRule:
     # The output is quantized with the weight's params (an embedding lookup: the rows
     # it reads are int8 already, so the runtime moves them without requantizing).
     output_like_weight: bool = False
+    # uint8: the weight is stored asymmetric per tensor, like activations (a table whose
+    # rows become activations in a runtime that runs activations as uint8).
+    weight_dtype: QDType = "int8"
 
 
 @dataclass(frozen=True)
@@ -229,6 +238,8 @@ def _weight_params(view: GraphView, node: onnx.NodeProto, res: _Resolved) -> Qua
     assert res.weight is not None
     w_val = view.constant_value(node.input[res.weight])
     assert w_val is not None
+    if res.rule.weight_dtype == "uint8":
+        return params_from_range(float(w_val.min()), float(w_val.max()), "uint8", symmetric=False)
     axis = _weight_axis(res.rule, node)
     return weight_params(w_val, axis if w_val.ndim > 0 else None)
 

@@ -296,11 +296,9 @@ class TensorRTBackend:
                 f"the TensorRT plan broke a TensorRT rule (a quantship bug): {errors[0]}"
             )
         path = out_dir / QDQ_FILE
-        save_model(qdq, path, model.weights_dir)
+        data = save_model(qdq, path, model.weights_dir)
         inputs = engine_inputs(model)
-        files = [QDQ_FILE] + (
-            [QDQ_FILE + ".data"] if (out_dir / (QDQ_FILE + ".data")).exists() else []
-        )
+        files = [QDQ_FILE] + ([f"tensorrt/{data.name}"] if data is not None else [])
         reason = engine_unavailable()
         engine: dict[str, Any]
         if reason is None:

@@ -32,7 +32,6 @@ MIN_OPSET = 13
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 # In a file with external data, tensors at least this large go to the data file.
 EXTERNAL_TENSOR_BYTES = 1024
-_ALIGN = 64
 
 Shape = tuple[int | None, ...]
 
@@ -110,8 +109,12 @@ class FloatModel:
     def view(self) -> GraphView:
         return GraphView(self.proto, self.weights_dir)
 
-    def save(self, path: Path) -> None:
-        save_model(self.proto, path, self.weights_dir)
+    def save(self, path: Path) -> Path | None:
+        """Save the model; its external data, if any, goes to a file named like the
+        user's (so the saved model is no larger than theirs). Returns that file."""
+        locations = {_external_info(t)[0] for t in self.proto.graph.initializer if is_external(t)}
+        name = Path(next(iter(locations))).name if len(locations) == 1 else None
+        return save_model(self.proto, path, self.weights_dir, location=name)
 
 
 def has_external_data(proto: onnx.ModelProto) -> bool:
@@ -151,19 +154,26 @@ def _nbytes(t: onnx.TensorProto) -> int:
     return int(np.prod(t.dims, dtype=np.int64)) * itemsize
 
 
-def save_model(proto: onnx.ModelProto, path: Path, weights_dir: Path | None = None) -> None:
+def save_model(
+    proto: onnx.ModelProto,
+    path: Path,
+    weights_dir: Path | None = None,
+    *,
+    location: str | None = None,
+) -> Path | None:
     """Save deterministically, without shape annotations (they only add bytes). A model
     that holds external tensors (read from ``weights_dir``), or is past 1.8 GB, keeps its
-    tensors of 1 KB or more in ``<name>.data`` beside it; external tensors are copied
-    there chunk by chunk, never loaded whole."""
+    tensors of 1 KB or more in one file beside it (``location``, by default
+    ``<name>.data``), which is returned; external tensors are copied there chunk by
+    chunk, never loaded whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     del out.graph.value_info[:]
     if not has_external_data(out) and out.ByteSize() <= EXTERNAL_DATA_THRESHOLD:
         path.write_bytes(out.SerializeToString())
-        return
-    location = path.name + ".data"
+        return None
+    location = location or path.name + ".data"
     data_path = path.with_name(location)
     with data_path.open("wb") as dst:
         for t in out.graph.initializer:
@@ -172,7 +182,7 @@ def save_model(proto: onnx.ModelProto, path: Path, weights_dir: Path | None = No
                     raise ValueError(f"tensor {t.name!r} is external and no folder was given")
                 loc, offset, length = _external_info(t)
                 length = _nbytes(t) if length is None else length
-                start = _pad(dst)
+                start = dst.tell()
                 with (weights_dir / loc).open("rb") as src:
                     src.seek(offset)
                     left = length
@@ -184,7 +194,7 @@ def save_model(proto: onnx.ModelProto, path: Path, weights_dir: Path | None = No
                         left -= len(chunk)
             elif t.ByteSize() >= EXTERNAL_TENSOR_BYTES and t.data_type != onnx.TensorProto.STRING:
                 raw = t.raw_data or onnx.numpy_helper.to_array(t).tobytes()
-                start = _pad(dst)
+                start = dst.tell()
                 dst.write(raw)
                 length = len(raw)
                 t.ClearField("raw_data")
@@ -198,18 +208,7 @@ def save_model(proto: onnx.ModelProto, path: Path, weights_dir: Path | None = No
                 e = t.external_data.add()
                 e.key, e.value = k, v
     path.write_bytes(out.SerializeToString())
-
-
-def _pad(f: object) -> int:
-    """Align the next tensor in a data file (mmap-friendly for runtimes)."""
-    import io
-
-    assert isinstance(f, io.BufferedWriter)
-    pos = f.tell()
-    pad = -pos % _ALIGN
-    if pad:
-        f.write(b"\0" * pad)
-    return pos + pad
+    return data_path
 
 
 def read_onnx(path: Path) -> tuple[onnx.ModelProto, str, int]:

@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from quantship.backends.base import Artifact, Backend, PlanOptions, SessionSettings
+import numpy.typing as npt
+
+from quantship.backends.base import Artifact, Backend, Feed, PlanOptions, SessionSettings
 from quantship.bench.fidelity import FidelityMeter
 from quantship.bench.report import fmt_mb, fmt_ms, fmt_num
 from quantship.bench.timing import LatencyStats
@@ -71,15 +73,22 @@ def measure_fidelity(
     split: _Split,
     threads: int | None,
     ui: UI,
-) -> dict[str, dict[str, Any] | None]:
-    """Run float and every artifact on the held-out samples, one batch at a time."""
+    drift_check: tuple[list[Feed], list[dict[str, npt.NDArray[Any]]]] = ([], []),
+) -> tuple[dict[str, dict[str, Any] | None], dict[str, float | None]]:
+    """Run float and every artifact on the held-out samples, one batch at a time. Also
+    returns how far the prepared float model's outputs are from the user's model's
+    (``drift_check``: feeds and the user's model's outputs on them)."""
     from quantship.backends.onnxruntime import OrtSession
+    from quantship.exporter.prepare import max_abs_diff
 
     data: CalibrationData | None = split.held_data
-    if data is None:
-        return {}
     settings = SessionSettings(threads=threads)
     ref = OrtSession(float_art.path, settings)
+    feeds, theirs = drift_check
+    ours = [dict(zip(ref.output_names, ref.run(f), strict=True)) for f in feeds]
+    drift = max_abs_diff(theirs, ours)
+    if data is None:
+        return {}, drift
     sessions = {b.name: b.session(a, settings) for a, b in zip(artifacts, backends, strict=True)}
     meters = {name: FidelityMeter(fm.outputs) for name in sessions}
     fixed = [s.shape[0] for s in fm.inputs if s.shape and s.shape[0] is not None]
@@ -95,9 +104,10 @@ def measure_fidelity(
             for name, s in sessions.items():
                 meters[name].update(expected, s.run(feed))
             advance(n)
-    return {
+    fidelity = {
         name: (m.result(split.note).to_json() if m.samples else None) for name, m in meters.items()
     }
+    return fidelity, drift
 
 
 def manifest_for(
@@ -113,7 +123,7 @@ def manifest_for(
     latency: Sequence[LatencyStats],
     failures: Sequence[str],
     calib_cache: object,
-    drift: dict[str, float] | None = None,
+    drift: dict[str, float | None] | None = None,
 ) -> dict[str, Any]:
     float_latency = {
         s.label[len("float (") : -1]: s.to_json() for s in latency if s.label.startswith("float (")

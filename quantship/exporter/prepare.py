@@ -294,37 +294,42 @@ def _check(model: onnx.ModelProto, source: str) -> None:
         ) from None
 
 
-def output_drift(
-    reference: Path | bytes,
-    model: FloatModel,
-    feeds: list[dict[str, npt.NDArray[Any]]],
-) -> dict[str, float]:
-    """Max absolute difference, per output, between the user's model (a file, or the
-    bytes a PyTorch export produced) and the prepared one on ``feeds``. The two are
-    loaded one after the other, so the weights are never in memory twice."""
+def reference_outputs(
+    reference: Path | bytes, feeds: list[dict[str, npt.NDArray[Any]]]
+) -> list[dict[str, npt.NDArray[Any]]]:
+    """The user's model (a file, or the bytes a PyTorch export produced) run on
+    ``feeds``, to compare the prepared model with. Its session is freed on return, so
+    the weights are never in memory twice."""
     from quantship.calibration.runner import ort_session
 
     if not feeds:
-        return {}
-    if isinstance(reference, Path):
-        ref = ort_session(reference)
-    else:
-        ref = ort_session(onnx.load_model_from_string(reference))
+        return []
+    src = reference if isinstance(reference, Path) else onnx.load_model_from_string(reference)
+    ref = ort_session(src, weights_dir=None)
     names = [o.name for o in ref.get_outputs()]
-    expected = [ref.run(names, f) for f in feeds]
-    del ref
-    prepared = ort_session(model.proto, weights_dir=model.weights_dir)
-    drift = dict.fromkeys(model.outputs, 0.0)
-    for f, exp in zip(feeds, expected, strict=True):
-        got = dict(zip(model.outputs, prepared.run(list(model.outputs), f), strict=True))
-        for name, e in zip(names, exp, strict=True):
-            if name not in got:
+    return [dict(zip(names, ref.run(names, f), strict=True)) for f in feeds]
+
+
+def max_abs_diff(
+    expected: list[dict[str, npt.NDArray[Any]]], got: list[dict[str, npt.NDArray[Any]]]
+) -> dict[str, float | None]:
+    """Per output, the largest absolute difference over the samples; None where the two
+    disagree on shape or on which values are finite."""
+    out: dict[str, float | None] = {}
+    for exp, g in zip(expected, got, strict=True):
+        for name, e in exp.items():
+            if name not in g:
                 continue
-            a, b = np.asarray(e, np.float64), np.asarray(got[name], np.float64)
-            both = np.isfinite(a) & np.isfinite(b)
-            if a.shape != b.shape or not np.array_equal(np.isfinite(a), np.isfinite(b)):
-                drift[name] = float("inf")
+            a, b = np.asarray(e, np.float64), np.asarray(g[name], np.float64)
+            prev = out.get(name, 0.0)
+            if (
+                prev is None
+                or a.shape != b.shape
+                or not np.array_equal(np.isfinite(a), np.isfinite(b))
+            ):
+                out[name] = None
                 continue
-            if both.any():
-                drift[name] = max(drift[name], float(np.abs(a[both] - b[both]).max()))
-    return drift
+            fin = np.isfinite(a)
+            diff = float(np.abs(a[fin] - b[fin]).max()) if fin.any() else 0.0
+            out[name] = max(prev, diff)
+    return out

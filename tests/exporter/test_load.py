@@ -98,7 +98,7 @@ def test_external_data_is_loaded(tmp_path: Path) -> None:
     got = ort_session(fm.proto, weights_dir=fm.weights_dir).run(None, x)[0]
     np.testing.assert_allclose(got, run_ort(tmp_path / "ext.onnx", x)[0], rtol=1e-6)
     fm.save(tmp_path / "copy" / "m.onnx")  # its own data file, copied chunk by chunk
-    assert (tmp_path / "copy" / "m.onnx.data").is_file()
+    assert (tmp_path / "copy" / "ext.data").is_file()  # named like the user's
     np.testing.assert_allclose(run_ort(tmp_path / "copy" / "m.onnx", x)[0], got, rtol=1e-6)
 
 
