@@ -41,11 +41,14 @@ class Watched:
     stderr_tail: str
 
 
-def run_watched(args: list[str], limit_mb: float, timeout_s: float) -> Watched:
-    """Run ``python benchmarks/worker.py *args``; kill it past ``limit_mb`` of RSS."""
+def run_watched(
+    args: list[str], limit_mb: float, timeout_s: float, command: list[str] | None = None
+) -> Watched:
+    """Run ``python benchmarks/worker.py *args`` (or ``command``); kill it past
+    ``limit_mb`` of RSS."""
     import psutil
 
-    cmd = [sys.executable, str(ROOT / "worker.py"), *args]
+    cmd = command or [sys.executable, str(ROOT / "worker.py"), *args]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
@@ -79,7 +82,7 @@ def run_watched(args: list[str], limit_mb: float, timeout_s: float) -> Watched:
             break
     if "peak_rss_mb" in report:
         peak = max(peak, float(report["peak_rss_mb"]))
-    ok = killed is None and proc.returncode == 0 and bool(report)
+    ok = killed is None and proc.returncode == 0 and (bool(report) or command is not None)
     return Watched(ok, proc.returncode, wall, peak, peak_anon, killed, report, err[-2000:])
 
 
@@ -216,22 +219,28 @@ def latency(
 
 
 def machine() -> dict[str, Any]:
+    """The CPU, its ISA extensions (which decide the kernels), cores, versions."""
     import onnxruntime
 
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
+    from quantship.bench.machine import cpu_info
+
+    out: dict[str, Any] = {
+        **cpu_info(),
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
     }
+    try:
+        import openvino
+
+        out["openvino"] = openvino.get_version()
+    except ImportError:
+        pass
+    return out
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    """One line for a results page: CPU, ISA extensions, cores."""
+    return f"{m['cpu']} ({', '.join(m['isa']) or 'no AVX2'}), {m['cores']} cores"
 
 
 def write_results(stem: str, data: dict[str, Any], markdown: str) -> None:

@@ -20,7 +20,13 @@ from quantship.calibration.methods import MethodSpec
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError, DataError, QuantshipError
 from quantship.exporter.load import FloatModel
-from quantship.exporter.output import MANIFEST, check_output_dir, staged_dir, write_json
+from quantship.exporter.output import (
+    MANIFEST,
+    check_output_dir,
+    release_memory,
+    staged_dir,
+    write_json,
+)
 from quantship.ui import SILENT, UI
 
 DEFAULT_SAMPLES = 256
@@ -291,6 +297,7 @@ def export(
                     f"1 - cosine {res.before:.4g} -> {res.after:.4g} ({res.evaluations} evaluations, {res.seconds:.1f} s)"
                 )
             art, plan_summary = build_artifact(b, fm, table, b_options, stage, ui)
+            release_memory()
             artifacts.append(art)
             figures[b.name] = {"plan": plan_summary}
             if guarded is not None and guarded["float_nodes"] and bench:

@@ -108,6 +108,29 @@ def test_bench_a_model_file(tmp_path: Path, cnn_path: Path) -> None:
     assert len(json.loads(js.read_text())["results"]) == 2
 
 
+def test_bench_dynamic_sequence_length(tmp_path: Path) -> None:
+    """A model whose sequence axis is dynamic is timed at the calibration sample's
+    length, or at the length asked for; a shape that contradicts the model is one line."""
+    sys.path.insert(0, str(Path(__file__).parent / "corpus"))
+    import families
+
+    fam = families.build("where_mask", tmp_path)
+    out = tmp_path / "build"
+    p = _run("export", str(fam.model), "--calib", str(fam.calib), "--out", str(out), "--no-bench")
+    assert p.returncode == 0, p.stderr
+    for extra, want in (
+        ((), [1, 16, 32]),
+        (("--input-shape", "x=1x64x32", "--input-shape", "mask=1x64"), [1, 64, 32]),
+    ):
+        js = tmp_path / "b.json"
+        p = _run("bench", str(out), "--iterations", "3", "--throughput-seconds", "0",
+                 "--json", str(js), *extra)  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        assert json.loads(js.read_text())["input_shapes"]["x"] == want
+    p = _run("bench", str(out), "--iterations", "3", "--input-shape", "x=1x64x31")
+    _one_line_error(p, "x=1x64x31", "dimension 2", "fixed at 32")
+
+
 def test_calib_cache_reuse(tmp_path: Path, cnn_path: Path, calib_npz: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     assert (

@@ -270,6 +270,7 @@ class OpenVINOBackend:
                     f"OpenVINO cannot convert the QDQ model: {str(e).splitlines()[0]}"
                 ) from None
         ov.save_model(ov_model, str(xml), compress_to_fp16=False)
+        del ov_model  # the IR on disk is what is checked and compiled from here on
         text = xml.read_text(encoding="utf-8")
         consts = Counter(re.findall(r'type="Const"[^>]*>\s*<data element_type="(\w+)"', text))
         overrides, why = static_shape_check(xml, model)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from quantship.backends import registry
 from quantship.backends.base import Artifact, Backend
-from quantship.bench.run import Candidate, bench_candidates
+from quantship.bench.run import Candidate, bench_candidates, make_feeds
 from quantship.bench.timing import BenchSettings, LatencyStats
 from quantship.calibration.data import open_data
 from quantship.errors import BackendError, QuantshipError
@@ -87,6 +87,7 @@ def bench(
     for name, shape in (input_shapes or {}).items():
         examples[name] = _checked_shape(inputs, name, shape)
     sample = open_data(data, inputs, role="benchmark").first() if data is not None else None
+    shapes = {k: list(v.shape) for k, v in make_feeds(inputs, 1, sample, examples=examples).items()}
     stats = bench_candidates(cands, inputs, settings, sample=sample, examples=examples, ui=ui)
     latency_table(ui, stats, title, {c.label: c.baseline for c in cands})
     tput = throughput_candidates(
@@ -104,6 +105,7 @@ def bench(
             {
                 "target": str(path),
                 "settings": dict(settings.__dict__),
+                "input_shapes": shapes,  # at batch 1; --batch scales the first axis
                 "results": [s.to_json() for s in stats],
                 "throughput": [t.to_json() for t in tput],
                 "baselines": {c.label: c.baseline for c in cands},

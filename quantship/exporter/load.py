@@ -167,12 +167,21 @@ def save_model(
     ``<name>.data``), which is returned; external tensors are copied there chunk by
     chunk, never loaded whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not has_external_data(proto) and proto.ByteSize() <= EXTERNAL_DATA_THRESHOLD:
+        # Written without a copy of the model (it may hold GBs of int8 weights): the
+        # shape annotations are set aside while it is serialised, then put back.
+        annotations = [onnx.ValueInfoProto() for _ in proto.graph.value_info]
+        for kept, vi in zip(annotations, proto.graph.value_info, strict=True):
+            kept.CopyFrom(vi)
+        del proto.graph.value_info[:]
+        try:
+            path.write_bytes(proto.SerializeToString())
+        finally:
+            proto.graph.value_info.extend(annotations)
+        return None
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     del out.graph.value_info[:]
-    if not has_external_data(out) and out.ByteSize() <= EXTERNAL_DATA_THRESHOLD:
-        path.write_bytes(out.SerializeToString())
-        return None
     location = location or path.name + ".data"
     data_path = path.with_name(location)
     with data_path.open("wb") as dst:

@@ -102,9 +102,11 @@ def float_artifact(folder: Path, manifest: dict[str, Any]) -> Artifact:
     )
 
 
-def runtime_info() -> dict[str, str]:
+def runtime_info() -> dict[str, Any]:
+    from quantship.bench.machine import cpu_info
+
     return {
         "platform": platform.platform(),
-        "machine": platform.machine(),
         "python": sys.version.split()[0],
+        **cpu_info(),
     }

@@ -35,6 +35,18 @@ def write_json(path: Path, obj: Any) -> None:
     write_text_atomic(path, text)
 
 
+def release_memory() -> None:
+    """Hand freed heap memory back to the system (glibc keeps it otherwise): between
+    backends, the last one's INT8 model of a large network is otherwise still counted
+    against the machine while the next one is built."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def umask() -> int:
     """The process's umask (read by setting it and putting it back)."""
     mask = os.umask(0o022)

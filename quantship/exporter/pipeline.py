@@ -3,7 +3,7 @@ on held-out samples, the manifest and the closing table."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy.typing as npt
@@ -51,6 +51,9 @@ def build_artifact(
         ui.note(
             f"{backend.name}: engine not built here ({engine.get('reason')}); {engine.get('how')}"
         )
+    why = art.metadata.get("runtime_config_reason")
+    if why:
+        ui.note(f"{backend.name}: {why}")
     kernels = art.metadata.get("integer_kernels")
     if isinstance(kernels, dict):
         parts = [
@@ -77,33 +80,60 @@ def measure_fidelity(
 ) -> tuple[dict[str, dict[str, Any] | None], dict[str, float | None]]:
     """Run float and every artifact on the held-out samples, one batch at a time. Also
     returns how far the prepared float model's outputs are from the user's model's
-    (``drift_check``: feeds and the user's model's outputs on them)."""
+    (``drift_check``: feeds and the user's model's outputs on them).
+
+    Memory: the float model runs first and its outputs are kept, unless they would
+    take more memory than the model itself; then it is freed before each INT8 artifact
+    runs, one at a time. A model of several GB is so never in memory twice, nor beside
+    its INT8 copies."""
     from quantship.backends.onnxruntime import OrtSession
     from quantship.exporter.prepare import max_abs_diff
 
     data: CalibrationData | None = split.held_data
     settings = SessionSettings(threads=threads)
-    ref = OrtSession(float_art.path, settings)
+    ref: OrtSession | None = OrtSession(float_art.path, settings)
+    assert ref is not None
     feeds, theirs = drift_check
     ours = [dict(zip(ref.output_names, ref.run(f), strict=True)) for f in feeds]
     drift = max_abs_diff(theirs, ours)
     if data is None:
         return {}, drift
-    sessions = {b.name: b.session(a, settings) for a, b in zip(artifacts, backends, strict=True)}
-    meters = {name: FidelityMeter(fm.outputs) for name in sessions}
     fixed = [s.shape[0] for s in fm.inputs if s.shape and s.shape[0] is not None]
     size = fixed[0] if fixed else FIDELITY_BATCH
-    total = None
-    if data.num_samples is not None and split.held_stop is not None:
-        total = max(0, min(split.held_stop, data.num_samples) - split.held_start)
-    with ui.progress("measuring fidelity", total) as advance:
+
+    def held() -> Iterator[tuple[Feed, int]]:
+        assert data is not None
         for feed, n in batches(data.samples(split.held_start, split.held_stop), size):
             if fixed and n != size:
                 break
-            expected = ref.run(feed)
-            for name, s in sessions.items():
-                meters[name].update(expected, s.run(feed))
+            yield feed, n
+
+    total = None
+    if data.num_samples is not None and split.held_stop is not None:
+        total = max(0, min(split.held_stop, data.num_samples) - split.held_start)
+
+    budget = float_art.size_bytes()
+    kept: list[list[npt.NDArray[Any]]] | None = []
+    with ui.progress("measuring fidelity: float", total) as advance:
+        for feed, n in held():
+            out = ref.run(feed)
+            assert kept is not None
+            kept.append(out)
             advance(n)
+            if sum(a.nbytes for o in kept for a in o) > budget:
+                kept = None  # outputs outgrow the model: run it beside each artifact
+                break
+    if kept is not None:
+        ref = None
+    meters = {b.name: FidelityMeter(fm.outputs) for b in backends}
+    for art, b in zip(artifacts, backends, strict=True):
+        session = b.session(art, settings)
+        with ui.progress(f"measuring fidelity: {b.name}", total) as advance:
+            for k, (feed, n) in enumerate(held()):
+                expected = kept[k] if kept is not None else ref.run(feed)  # type: ignore[union-attr]
+                meters[b.name].update(expected, session.run(feed))
+                advance(n)
+        del session
     fidelity = {
         name: (m.result(split.note).to_json() if m.samples else None) for name, m in meters.items()
     }

@@ -78,8 +78,10 @@ def prepare(
             ) from None
         notes.append(f"upgraded opset {opset} -> {MIN_OPSET}")
 
-    _set_dims(model, shapes)
-    del model.graph.value_info[:]
+    if _set_dims(model, shapes):
+        # Stale intermediate shapes could contradict the changed inputs; otherwise the
+        # exporter's annotations (symbolic sequence lengths) help the clean-up fold.
+        del model.graph.value_info[:]
     n_nodes = len(model.graph.node)
     model = clean_up(model, weights_dir, source_bytes, notes)
     n_bn = fold_batchnorm(model, weights_dir)
@@ -144,10 +146,12 @@ def _all_nodes(g: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
                 yield from _all_nodes(sub)
 
 
-def _set_dims(model: onnx.ModelProto, shapes: dict[str, Shape]) -> None:
+def _set_dims(model: onnx.ModelProto, shapes: dict[str, Shape]) -> bool:
     """Input dimensions the user fixed (``--input-shape``) become values; dimensions
     written as 0 or -1 (paddle2onnx's "unknown") become named dynamic dimensions, on
-    inputs and outputs alike, so shape inference does not take -1 for a size."""
+    inputs and outputs alike, so shape inference does not take -1 for a size. Returns
+    whether anything changed."""
+    changed = False
     for vi in [*model.graph.input, *model.graph.output]:
         if not vi.type.HasField("tensor_type"):
             continue
@@ -155,9 +159,13 @@ def _set_dims(model: onnx.ModelProto, shapes: dict[str, Shape]) -> None:
         for axis, d in enumerate(vi.type.tensor_type.shape.dim):
             want = fixed[axis] if fixed is not None and axis < len(fixed) else None
             if want is not None:
-                d.dim_value = want
+                if not (d.HasField("dim_value") and d.dim_value == want):
+                    d.dim_value = want
+                    changed = True
             elif d.HasField("dim_value") and d.dim_value <= 0:
                 d.dim_param = f"{vi.name}_dim{axis}"
+                changed = True
+    return changed
 
 
 @contextlib.contextmanager

@@ -121,7 +121,8 @@ def write_qdq(model: FloatModel, plan: QuantPlan) -> onnx.ModelProto:
         n.doc_string = ""
         del n.metadata_props[:]
     new_nodes: list[onnx.NodeProto] = []
-    new_inits: list[onnx.TensorProto] = []
+    # Integer weights go into the model as they are made: a model of GBs is held once.
+    new_inits = m.graph.initializer
     params = _Params(names)
 
     def rewire(uses: tuple[Use, ...], name: str) -> None:
@@ -184,12 +185,11 @@ def write_qdq(model: FloatModel, plan: QuantPlan) -> onnx.ModelProto:
             rewire,
         )
 
-    new_inits += params.inits
-    constants = {t.name for t in m.graph.initializer} | {t.name for t in new_inits}
+    new_inits.extend(params.inits)
+    constants = {t.name for t in m.graph.initializer}
     ordered = _toposort(nodes + new_nodes, view.inputs, constants, len(nodes))
     del m.graph.node[:]
     m.graph.node.extend(ordered)
-    m.graph.initializer.extend(new_inits)
     # A weight's Cast/Transpose chain is dead once its consumer reads the int8 copy.
     remove_dead_nodes(m)
     for o in m.opset_import:
