@@ -84,7 +84,6 @@ def variants() -> list[tuple[str, str, Any, Any]]:
 
 
 def main() -> int:
-    from quantship import api
     from quantship.backends import registry
     from quantship.backends.base import Artifact, PlanOptions, SessionSettings
     from quantship.bench.fidelity import FidelityMeter
@@ -93,6 +92,7 @@ def main() -> int:
     from quantship.calibration.data import open_data
     from quantship.calibration.runner import calibrate
     from quantship.exporter.pipeline import build_artifact
+    from quantship.exporter.source import load_float_model
     from quantship.ui import SILENT
 
     ap = parser(__doc__)
@@ -104,7 +104,7 @@ def main() -> int:
     chosen = variants()
     for name in args.models.split(","):
         paths = prepare(name, args.samples, args.held)
-        fm, data, _ = api.load_float_model(
+        fm, data, _ = load_float_model(
             paths["model"], paths["calib"], input_shapes=None, images=None, weights=None
         )
         print(f"[{name}] calibrating ...", flush=True)

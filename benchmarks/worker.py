@@ -26,13 +26,13 @@ def _peak_mb() -> float:
 def quantship_job(
     model: str, calib: str, out: str, method: str, samples: int, backend_name: str = "onnxruntime"
 ) -> dict[str, Any]:
-    from quantship.api import load_float_model
     from quantship.backends.base import PlanOptions
     from quantship.backends.onnxruntime import OnnxRuntimeBackend
     from quantship.calibration.methods import MethodSpec
     from quantship.calibration.runner import calibrate
     from quantship.exporter.load import save_model
     from quantship.exporter.qdq import write_qdq
+    from quantship.exporter.source import load_float_model
 
     t0 = time.perf_counter()
     fm, data, _ = load_float_model(model, calib, input_shapes=None, images=None, weights=None)

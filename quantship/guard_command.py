@@ -29,8 +29,9 @@ def sensitivity(
 ) -> list[dict[str, Any]]:
     """Per-layer sensitivity: the error with only each node in INT8, ranked, written to
     ``out/sensitivity.json`` and ``out/sensitivity.png``."""
-    from quantship.api import _split, load_float_model
+    from quantship.api import _split
     from quantship.calibration.runner import calibrate
+    from quantship.exporter.source import load_float_model
     from quantship.guard import Evaluator, held_feeds, sensitivity_plot
     from quantship.guard import sensitivity as rank
 
