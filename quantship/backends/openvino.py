@@ -132,6 +132,41 @@ def static_shape_check(xml: Path, model: FloatModel) -> tuple[dict[str, str], st
     )
 
 
+def convert_onnx(src: Path, proto: onnx.ModelProto) -> Any:
+    """An ONNX file as an OpenVINO model: the ONNX frontend and the transformations
+    ``ov.convert_model`` applies to ONNX input (openvino.tools.ovc's ``moc_emit_ir``;
+    the weights come out byte-identical), without two things it also does. It sends
+    telemetry to Intel's analytics, forking this process once per event (33 forks in one
+    export, measured), which a tool run on users' models must not do. And it names the
+    ops it creates from a process-wide counter, so a second export in one process wrote
+    a different IR: those names are replaced by ones numbered in graph order."""
+    from openvino._offline_transformations import (
+        apply_moc_transformations,
+        compress_quantize_weights_transformation,
+    )
+    from openvino.frontend import FrontEndManager
+
+    fe = FrontEndManager().load_by_framework("onnx")
+    model = fe.convert(fe.load(str(src)))
+    apply_moc_transformations(model, cf=False, smart_reshape=True)
+    compress_quantize_weights_transformation(model)
+    given = {n.name for n in proto.graph.node} | {
+        t for n in proto.graph.node for t in (*n.input, *n.output)
+    }
+    given |= {t.name for t in proto.graph.initializer} | {i.name for i in proto.graph.input}
+    counts: Counter[str] = Counter()
+    for op in model.get_ordered_ops():
+        name = op.get_friendly_name()
+        auto = re.fullmatch(r"([A-Za-z][A-Za-z0-9]*)_\d+", name)
+        if auto and name not in given:
+            prefix = auto.group(1)
+            while f"{prefix}_{counts[prefix]}" in given:
+                counts[prefix] += 1
+            op.set_friendly_name(f"{prefix}_{counts[prefix]}")
+            counts[prefix] += 1
+    return model
+
+
 def int8_layers(compiled: Any) -> dict[str, dict[str, int]]:
     """From the plugin's runtime graph: how many Convolution / FullyConnected /
     MatMul layers run with 8-bit inputs."""
@@ -264,7 +299,7 @@ class OpenVINOBackend:
             src = Path(tmp) / "model.qdq.onnx"
             save_model(qdq, src, model.weights_dir)
             try:
-                ov_model = ov.convert_model(str(src))
+                ov_model = convert_onnx(src, qdq)
             except Exception as e:
                 raise BackendError(
                     f"OpenVINO cannot convert the QDQ model: {str(e).splitlines()[0]}"
