@@ -72,6 +72,34 @@ def _images(n: int, size: int, seed: int) -> npt.NDArray[np.float32]:
     return (up + 0.2 * rng.standard_normal((n, 3, size, size))).astype(np.float32)
 
 
+def _save_graph(
+    folder: Path,
+    name: str,
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    inits: list[TensorProto],
+) -> Path:
+    """An opset-17 model of these nodes, saved as ``folder/model.onnx``."""
+    graph = helper.make_graph(nodes, name, inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    onnx.save_model(model, str(path))
+    return path
+
+
+def _data_family(
+    name: str, folder: Path, path: Path, data: Callable[[int, int], Arrays], n: int,
+    other: tuple[Arrays, ...],
+) -> Family:  # fmt: skip
+    """Calibration (``n`` samples) and held-out (16) data drawn by ``data(n, seed)``."""
+    calib = _save_npz(folder / "calib.npz", data(n, 1))
+    held = _save_npz(folder / "held.npz", data(16, 2))
+    return Family(name, path, calib, held, other)
+
+
 def _image_family(
     name: str, folder: Path, model: onnx.ModelProto | Path, size: int, input_name: str, **kw: Any
 ) -> Family:
@@ -308,15 +336,13 @@ def shared_weights(folder: Path, scale: Scale) -> Family:
         helper.make_node("Add", ["m3", "f"], ["m4"], name="res"),
         helper.make_node("MatMul", ["m4", "head"], ["y"], name="head"),
     ]  # fmt: skip
-    graph = helper.make_graph(
-        nodes, "shared_weights",
+    path = _save_graph(
+        folder, "shared_weights", nodes,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
         inits,
     )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return _image_family("shared_weights", folder, model, size, "x")
+    return _image_family("shared_weights", folder, path, size, "x")
 
 
 def noop_chains(folder: Path, scale: Scale) -> Family:
@@ -351,25 +377,17 @@ def noop_chains(folder: Path, scale: Scale) -> Family:
         helper.make_node("Dropout", ["h7"], ["h8"], name="drop2"),
         helper.make_node("MatMul", ["h8", "w3"], ["y"], name="mm3"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "noop_chains",
+    path = _save_graph(
+        folder, "noop_chains", nodes,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", d])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", d])],
         inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "model.onnx"
-    onnx.save_model(model, str(path))
+    )  # fmt: skip
 
     def data(n: int, seed: int) -> Arrays:
         return {"x": np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)}
 
-    calib = _save_npz(folder / "calib.npz", data(64, 1))
-    held = _save_npz(folder / "held.npz", data(16, 2))
-    return Family("noop_chains", path, calib, held, (data(5, 3),))
+    return _data_family("noop_chains", folder, path, data, 64, (data(5, 3),))
 
 
 def two_dtypes(folder: Path, scale: Scale) -> Family:
@@ -395,29 +413,21 @@ def two_dtypes(folder: Path, scale: Scale) -> Family:
         helper.make_node("Add", ["f", "e"], ["fe"], name="condition"),
         helper.make_node("MatMul", ["fe", "fc"], ["y"], name="fc"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "two_dtypes",
+    path = _save_graph(
+        folder, "two_dtypes", nodes,
         [
             helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16]),
             helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
         ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
         inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "model.onnx"
-    onnx.save_model(model, str(path))
+    )  # fmt: skip
 
     def data(n: int, seed: int) -> Arrays:
         r = np.random.default_rng(seed)
         return {"image": _images(n, 16, seed), "label": r.integers(0, classes, n).astype(np.int64)}
 
-    calib = _save_npz(folder / "calib.npz", data(48, 1))
-    held = _save_npz(folder / "held.npz", data(16, 2))
-    return Family("two_dtypes", path, calib, held, (data(4, 3),))
+    return _data_family("two_dtypes", folder, path, data, 48, (data(4, 3),))
 
 
 def where_mask(folder: Path, scale: Scale) -> Family:
@@ -450,21 +460,15 @@ def where_mask(folder: Path, scale: Scale) -> Family:
         helper.make_node("MatMul", ["ctx", "wo"], ["o"], name="out"),
         helper.make_node("Add", ["o", "x"], ["y"], name="residual"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "where_mask",
+    path = _save_graph(
+        folder, "where_mask", nodes,
         [
             helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", d]),
             helper.make_tensor_value_info("mask", TensorProto.BOOL, ["N", "T"]),
         ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", d])],
         inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "model.onnx"
-    onnx.save_model(model, str(path))
+    )  # fmt: skip
 
     def data(n: int, t: int, seed: int) -> Arrays:
         r = np.random.default_rng(seed)
@@ -472,10 +476,8 @@ def where_mask(folder: Path, scale: Scale) -> Family:
         mask = np.arange(t)[None, :] < lengths[:, None]
         return {"x": r.standard_normal((n, t, d)).astype(np.float32), "mask": mask}
 
-    calib = _save_npz(folder / "calib.npz", data(48, 16, 1))
-    held = _save_npz(folder / "held.npz", data(16, 16, 2))
     other = tuple(data(2, t, 3 + t) for t in (8, 64, 128))
-    return Family("where_mask", path, calib, held, other)
+    return _data_family("where_mask", folder, path, lambda n, s: data(n, 16, s), 48, other)
 
 
 # --- Hugging Face transformers from configs -------------------------------------------
