@@ -73,9 +73,13 @@ def _ort_basic(m: onnx.ModelProto, path: Path) -> onnx.ModelProto:
 
 
 def _ort_pre(m: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    import contextlib
+
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with tempfile.TemporaryDirectory() as d:
+    # It writes temporary files (external data, sym_shape_infer_temp.onnx) into the
+    # working directory: run it inside a temporary one.
+    with tempfile.TemporaryDirectory() as d, contextlib.chdir(d):
         quant_pre_process(str(path), str(Path(d) / "o.onnx"))
         return onnx.load(str(Path(d) / "o.onnx"))
 
