@@ -148,6 +148,7 @@ def export(
         input_shapes=input_shapes,
         images=images,
         weights=Path(weights) if weights is not None else None,
+        held_out=held_out,
     )
     for n in fm.notes:
         ui.note(f"model: {n}")
@@ -163,7 +164,13 @@ def export(
     from quantship.exporter.prepare import reference_outputs
 
     check_feeds = (
-        held_feeds(split.held_data, split.held_start, split.held_stop, limit=DRIFT_SAMPLES)
+        held_feeds(
+            split.held_data,
+            split.held_start,
+            split.held_stop,
+            limit=DRIFT_SAMPLES,
+            batch=fm.fixed_batch,
+        )
         if split.held_data is not None
         else []
     )
@@ -198,7 +205,9 @@ def export(
     # A task metric needs more samples than a cosine does to resolve a small drop.
     limit = 32 if metric_fn is None else 1000
     guard_feeds = (
-        held_feeds(split.held_data, split.held_start, split.held_stop, limit=limit)
+        held_feeds(
+            split.held_data, split.held_start, split.held_stop, limit=limit, batch=fm.fixed_batch
+        )
         if max_drop is not None and split.held_data is not None
         else []
     )
@@ -206,7 +215,8 @@ def export(
     if metric_fn is not None:
         if held_out is None:
             raise QuantshipError("--metric needs --held-out data with labels")
-        labels = held_labels(held_out, split.held_start, len(guard_feeds))
+        count = sum(next(iter(f.values())).shape[0] for f in guard_feeds)
+        labels = held_labels(held_out, split.held_start, count)
     artifacts: list[Artifact] = []
     figures: dict[str, dict[str, Any]] = {}
     failures = list(missing)

@@ -392,7 +392,7 @@ def _run(args: argparse.Namespace) -> int:
         from quantship.backends.tensorrt_check import check_tensorrt
         from quantship.exporter.load import read_onnx
 
-        proto, _, _ = read_onnx(args.model)
+        proto = read_onnx(args.model).proto
         findings = check_tensorrt(proto)
         for f in findings:
             print(f)

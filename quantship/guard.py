@@ -265,10 +265,20 @@ def held_labels(path: Any, start: int, count: int) -> npt.NDArray[Any]:
     return np.asarray(arrays[key][start : start + count])
 
 
-def held_feeds(data: Any, start: int, stop: int | None, limit: int = 32) -> list[Feed]:
-    feeds = []
-    for f in data.samples(start, stop):
-        feeds.append(f)
-        if len(feeds) >= limit:
+def held_feeds(
+    data: Any, start: int, stop: int | None, limit: int = 32, batch: int | None = None
+) -> list[Feed]:
+    """Up to ``limit`` held-out samples, one feed each; for a model with a fixed
+    ``batch``, stacked into full batches of it (in order: the labels a metric scores
+    against follow the samples)."""
+    from quantship.calibration.runner import batches
+
+    samples = data.samples(start, stop)
+    if batch is None:
+        return [f for _, f in zip(range(limit), samples, strict=False)]
+    out: list[Feed] = []
+    for feed, n in batches(samples, batch, full_only=True):
+        out.append(feed)
+        if len(out) * n >= limit:
             break
-    return feeds
+    return out

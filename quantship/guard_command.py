@@ -44,7 +44,9 @@ def sensitivity(
     assert data is not None
     table = calibrate(fm, data, samples=split.calib_stop, histograms=True, ui=ui)
     feeds = (
-        held_feeds(split.held_data, split.held_start, split.held_stop) if split.held_data else []
+        held_feeds(split.held_data, split.held_start, split.held_stop, batch=fm.fixed_batch)
+        if split.held_data
+        else []
     )
     try:
         options = PlanOptions(method=MethodSpec(method))  # type: ignore[arg-type]

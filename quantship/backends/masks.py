@@ -10,6 +10,7 @@ range, and a grid spanning it resolves nothing of the scores.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from quantship.calibration.observers import TensorStats
@@ -42,12 +43,31 @@ _MASK_PATH_OPS = frozenset(
 )  # fmt: skip
 
 
+# A constant this large scaling or shifting a tensor on the way to a Softmax makes it a
+# mask (-10000 in older BERT exports, the dtype's lowest value in newer ones).
+_MASK_MAGNITUDE = 1e3
+
+
+def _scaled_mask(view: GraphView, t: str) -> bool:
+    """``t`` is a mask built by arithmetic with a huge constant: ``(1 - m) · -10000``."""
+    p = view.producer.get(t)
+    if p is None or view.nodes[p].op_type not in ("Mul", "Add", "Sub", "Where"):
+        return False
+    for i in view.nodes[p].input:
+        if i and view.is_constant(i) and view.is_float(i):
+            v = view.constant_value(i)
+            if v is not None and v.size and float(np.max(np.abs(v))) >= _MASK_MAGNITUDE:
+                return True
+    return False
+
+
 def masked_softmax_region(view: GraphView, table: CalibrationTable) -> set[int]:
     """Nodes between an attention mask and the Softmax it masks. Walking back from each
     Softmax through elementwise ops, a region is masked when one of its operands is a
-    mask: a float tensor not computed from the model's data, a boolean condition, or a
-    tensor that held ±inf or sentinel values. The whole region then stays float: its
-    values span the mask's range, which 8 bits cannot share with the scores'."""
+    mask: a float tensor not computed from the model's data, a boolean condition, a
+    tensor scaled by a huge constant (``(1 - mask) · -10000`` from a float mask input),
+    or a tensor that held ±inf or sentinel values. The whole region then stays float:
+    its values span the mask's range, which 8 bits cannot share with the scores'."""
     out: set[int] = set()
     for node in view.nodes:
         if node.op_type not in ("Softmax", "LogSoftmax") or not node.input:
@@ -73,6 +93,7 @@ def masked_softmax_region(view: GraphView, table: CalibrationTable) -> set[int]:
                     elem == onnx.TensorProto.BOOL
                     or (view.is_float(i) and not view.is_data(i))
                     or (i in table and value_problem(table[i], elem))
+                    or _scaled_mask(view, i)
                 ):
                     masked = True
                 elif view.is_data(i):

@@ -179,9 +179,18 @@ class OrtSession:
                 f"ONNX Runtime cannot load '{path}': {str(e).splitlines()[0]}"
             ) from None
         self.output_names = [o.name for o in self._s.get_outputs()]
+        self.path = path
 
     def run(self, feeds: Feed) -> list[npt.NDArray[Any]]:
-        return [np.asarray(o) for o in self._s.run(self.output_names, feeds)]
+        try:
+            outs = self._s.run(self.output_names, feeds)
+        except Exception as e:
+            shapes = ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in feeds.items())
+            raise BackendError(
+                f"ONNX Runtime failed to run '{self.path.name}' on inputs {shapes}: "
+                f"{str(e).splitlines()[0]}"
+            ) from None
+        return [np.asarray(o) for o in outs]
 
 
 class OnnxRuntimeBackend:

@@ -242,7 +242,12 @@ class OVSession:
         compiled = self.compiled_for(feeds)
         key = tuple(sorted((k, v.shape) for k, v in feeds.items()))
         req = self._requests[key]
-        req.infer(feeds)
+        try:
+            req.infer(feeds)
+        except Exception as e:
+            raise BackendError(
+                f"OpenVINO failed to run '{self.path.name}': {str(e).splitlines()[0]}"
+            ) from None
         return [np.array(req.get_output_tensor(i).data) for i in range(len(compiled.outputs))]
 
     def throughput(self, feeds: Feed, seconds: float) -> tuple[int, float]:

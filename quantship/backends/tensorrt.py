@@ -115,6 +115,31 @@ def engine_inputs(model: FloatModel) -> list[dict[str, Any]]:
     return out
 
 
+Dims = list[int]
+
+
+def profile_shapes(spec: dict[str, Any], max_batch: int) -> tuple[Dims, Dims, Dims] | None:
+    """An input's (min, opt, max) shapes for TensorRT's optimization profile, or None
+    for a fully static input: a dynamic batch spans 1 … ``max_batch`` (tuned for 1, the
+    latency case); another dynamic dimension is fixed at its ``profile`` size."""
+    shape = list(spec["shape"])
+    if None not in shape:
+        return None
+    example = list(spec.get("profile", shape))
+    lo, opt, hi = [], [], []
+    for axis, d in enumerate(shape):
+        if d is not None:
+            a, b, c = int(d), int(d), int(d)
+        elif axis == 0:
+            a, b, c = 1, 1, max_batch
+        else:
+            a = b = c = int(example[axis] or 1)
+        lo.append(a)
+        opt.append(b)
+        hi.append(c)
+    return lo, opt, hi
+
+
 def build_engine(
     qdq_path: Path,
     engine_path: Path,
@@ -150,10 +175,9 @@ def build_engine(
     profile = builder.create_optimization_profile()
     dynamic = False
     for spec in inputs:
-        dims = [int(d) if d is not None else -1 for d in spec.get("profile", spec["shape"])]
-        if -1 in dims:
-            rest = dims[1:]
-            profile.set_shape(spec["name"], [1, *rest], [1, *rest], [max_batch, *rest])
+        bounds = profile_shapes(spec, max_batch)
+        if bounds is not None:
+            profile.set_shape(spec["name"], *bounds)
             dynamic = True
     if dynamic:
         config.add_optimization_profile(profile)

@@ -175,6 +175,8 @@ def open_data(
 
 # The key np.savez gives an array passed without a name.
 UNNAMED = "arr_0"
+# Arrays a held-out set may carry beside the inputs: labels for --metric.
+LABEL_KEYS = frozenset({"labels", "y"})
 
 
 def _map_names(
@@ -297,6 +299,13 @@ def _arrays_source(
     arrays: dict[str, Any], inputs: Sequence[InputSpec], desc: str, role: str
 ) -> CalibrationData:
     mapping, note = _map_names(list(arrays), inputs, desc, role)
+    notes = [note] if note else []
+    unused = sorted(set(arrays) - set(mapping.values()) - LABEL_KEYS)
+    if unused:
+        notes.append(
+            f"{role} data {desc}: array(s) {', '.join(map(repr, unused))} match no model input "
+            f"(inputs: {', '.join(i.name for i in inputs)}) and are not used"
+        )
     counts = {k: arrays[k].shape[0] if arrays[k].ndim else 0 for k in mapping.values()}
     if len(set(counts.values())) != 1:
         raise DataError(
@@ -311,7 +320,7 @@ def _arrays_source(
         for i in range(n):
             yield {name: np.asarray(arrays[key][i : i + 1]) for name, key in mapping.items()}
 
-    return CalibrationData(desc, role, tuple(inputs), n, gen, (note,) if note else ())
+    return CalibrationData(desc, role, tuple(inputs), n, gen, tuple(notes))
 
 
 def _npz(path: Path, inputs: Sequence[InputSpec], role: str) -> CalibrationData:

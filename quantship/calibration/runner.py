@@ -22,7 +22,7 @@ that names the output and the samples.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,19 +157,39 @@ def ort_session(
         raise ModelError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0]}") from None
 
 
-def batches(samples: Iterator[Feed], size: int) -> Iterator[tuple[Feed, int]]:
-    """Group one-sample feeds into batches of up to ``size``; samples of different
-    shapes (sequence lengths) never share a batch."""
-    buf: list[Feed] = []
-    key: tuple[Any, ...] | None = None
+ShapeKey = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def shape_key(feed: Feed) -> ShapeKey:
+    return tuple((name, tuple(a.shape)) for name, a in sorted(feed.items()))
+
+
+def batches(
+    samples: Iterator[Feed],
+    size: int | Callable[[ShapeKey], int],
+    *,
+    full_only: bool = False,
+    skipped: list[int] | None = None,
+) -> Iterator[tuple[Feed, int]]:
+    """Batches of up to ``size`` samples (a number, or one per shape); only samples of
+    one shape share a batch, so data of mixed sequence lengths is grouped by length
+    (each group holds at most one batch). ``full_only``: only full batches, for a model
+    whose batch is fixed; the samples left over are counted in ``skipped``."""
+    groups: dict[ShapeKey, list[Feed]] = {}
     for feed in samples:
-        k = tuple((name, a.shape) for name, a in sorted(feed.items()))
-        if buf and (k != key or len(buf) == size):
-            yield _stack(buf), len(buf)
-            buf = []
+        k = shape_key(feed)
+        buf = groups.setdefault(k, [])
         buf.append(feed)
-        key = k
-    if buf:
+        if len(buf) == (size(k) if callable(size) else size):
+            yield _stack(buf), len(buf)
+            groups[k] = []
+    for buf in groups.values():
+        if not buf:
+            continue
+        if full_only:
+            if skipped is not None:
+                skipped.append(len(buf))
+            continue
         yield _stack(buf), len(buf)
 
 
@@ -208,8 +228,7 @@ def calibrate(
     tensors = observed_tensors(model)
     if not tensors:
         raise ModelError("the model has no float activations to calibrate")
-    fixed = {s.shape[0] for s in model.inputs if s.shape and s.shape[0] is not None}
-    fixed_batch = int(max(fixed)) if fixed else None
+    fixed_batch = model.fixed_batch
     graph, probes = augmented(model, tensors, histograms)
     session = ort_session(graph, weights_dir=model.weights_dir)
     del graph
@@ -224,24 +243,37 @@ def calibrate(
     stop = None if samples is None else start + samples
     h = hashlib.sha256()
     seen = 0
-    stream = _hashed(data.samples(start, stop), h)
+    sizes: dict[ShapeKey, int] = {}
+    skipped: list[int] = []
     with ui.progress("calibrating", total) as advance:
-        # The first sample runs alone: its activation bytes size the batches after it.
-        head = list(_take(stream, fixed_batch or 1))
-        per = 0
-        if head and (fixed_batch is None or len(head) == fixed_batch):
-            per = _observe(
-                session, out_names, probes, observers, checked, _stack(head), start, len(head)
-            )
-            seen += len(head)
-            advance(len(head))
-        size = fixed_batch or batch_size or _batch_for(per)
-        for feed, n in batches(stream, size):
-            if fixed_batch is not None and n != fixed_batch:
-                break  # a fixed-batch model cannot run a partial batch
-            _observe(session, out_names, probes, observers, checked, feed, start + seen, n)
+
+        def observe(feed: Feed, n: int) -> int:
+            nonlocal seen
+            per = _observe(session, out_names, probes, observers, checked, feed, n)
             seen += n
             advance(n)
+            return per
+
+        def sized(stream: Iterator[Feed]) -> Iterator[Feed]:
+            """The first sample of each shape runs alone: its activation bytes size the
+            batches of that shape (attention grows with the square of the length)."""
+            for feed in stream:
+                k = shape_key(feed)
+                if fixed_batch is None and k not in sizes:
+                    per = observe(feed, 1)
+                    sizes[k] = batch_size or _batch_for(per)
+                    continue
+                yield feed
+
+        stream = sized(_hashed(data.samples(start, stop), h))
+        size: int | Callable[[ShapeKey], int] = fixed_batch or sizes.__getitem__
+        for feed, n in batches(stream, size, full_only=fixed_batch is not None, skipped=skipped):
+            observe(feed, n)
+    if skipped:
+        ui.note(
+            f"calibration: {sum(skipped)} sample(s) left out: the model's batch is fixed at "
+            f"{fixed_batch} and they did not fill a batch of their shape"
+        )
     if seen == 0:
         raise DataError(f"{data.role} data {data.description} gave no samples to calibrate on")
     return CalibrationTable(
@@ -253,12 +285,8 @@ def calibrate(
     )
 
 
-def _take(it: Iterator[Feed], n: int) -> Iterator[Feed]:
-    for _ in range(n):
-        try:
-            yield next(it)
-        except StopIteration:
-            return
+def _shapes(feed: Feed) -> str:
+    return ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in sorted(feed.items()))
 
 
 def _batch_for(bytes_per_sample: int) -> int:
@@ -274,7 +302,6 @@ def _observe(
     observers: dict[str, Observer],
     checked: list[str],
     feed: Feed,
-    first: int,
     n: int,
 ) -> int:
     """Run one batch and update every observer. Returns the bytes of activations the
@@ -283,8 +310,8 @@ def _observe(
         outs = session.run(out_names, feed)
     except Exception as e:
         raise ModelError(
-            f"the float model failed on calibration samples {first}..{first + n - 1}: "
-            f"{str(e).splitlines()[0]}"
+            f"the float model failed on a batch of {n} calibration sample(s) "
+            f"(shapes {_shapes(feed)}): {str(e).splitlines()[0]}"
         ) from None
     arrays: dict[str, npt.NDArray[Any]] = dict(zip(out_names, outs, strict=True))
     for name in checked:
@@ -292,9 +319,9 @@ def _observe(
         if np.issubdtype(out.dtype, np.floating) and not np.isfinite(out).all():
             bad = "NaN" if np.isnan(out).any() else "Inf"
             raise ModelError(
-                f"the float model's output {name!r} holds {bad} on calibration samples "
-                f"{first}..{first + n - 1}; the model or these samples are broken "
-                "(check the input preprocessing)"
+                f"the float model's output {name!r} holds {bad} on a batch of {n} "
+                f"calibration sample(s) (shapes {_shapes(feed)}); the model or these samples "
+                "are broken (check the input preprocessing)"
             )
     values = 0
     for p in probes:

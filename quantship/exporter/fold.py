@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from quantship.exporter.graph import GraphView, get_attr
+from quantship.exporter.graph import GraphView, get_attr, outer_names, subgraphs
 
 
 def fold_batchnorm(model: onnx.ModelProto, weights_dir: Path | None = None) -> int:
@@ -92,9 +92,8 @@ def remove_dead_nodes(model: onnx.ModelProto) -> int:
         if any(o in live for o in n.output if o):
             keep[idx] = True
             live.update(i for i in n.input if i)
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    live.update(_subgraph_reads(a.g))
+            for sub in subgraphs(n):
+                live.update(outer_names(sub))
     removed = keep.count(False)
     if removed:
         for idx in range(len(g.node) - 1, -1, -1):
@@ -102,15 +101,6 @@ def remove_dead_nodes(model: onnx.ModelProto) -> int:
                 del g.node[idx]
     remove_unused_initializers(model)
     return removed
-
-
-def _subgraph_reads(g: onnx.GraphProto) -> set[str]:
-    names = {i for n in g.node for i in n.input if i}
-    for n in g.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                names |= _subgraph_reads(a.g)
-    return names
 
 
 def remove_unused_initializers(model: onnx.ModelProto) -> None:

@@ -8,14 +8,16 @@ Two questions published graphs make hard, answered here once:
   ``constant_value`` follows such chains and reads external data on demand, one tensor
   at a time, so a model larger than memory is never loaded whole.
 - *Is this tensor data?* A float tensor carries the model's data when it is computed
-  from a float model input or from an embedding lookup. Float tensors computed only from
-  integer inputs and constants are attention masks, position ramps or shape arithmetic
-  (``Cast(Shape(x))``): they are neither observed nor quantized.
+  from a signal input (float, or 8/16-bit integers: pixels, audio samples) or from an
+  embedding lookup. Float tensors computed only from 32/64-bit integer or boolean inputs
+  (token ids, attention masks, lengths) and constants are masks, position ramps or
+  shape arithmetic (``Cast(Shape(x))``): they are neither observed nor quantized.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,11 @@ CONSTANT_CHAIN_OPS = frozenset(
 )
 # A lookup into a float table by run-time indices reads model data (embeddings).
 LOOKUP_OPS = frozenset({"Gather", "GatherElements", "GatherND"})
+# Integer inputs that carry a signal (uint8 pixels, int16 audio), unlike 32/64-bit
+# integers (token ids, masks, lengths) and booleans.
+SIGNAL_INT_TYPES = frozenset(
+    {onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.UINT16, onnx.TensorProto.INT16}
+)
 
 
 @dataclass(frozen=True)
@@ -97,12 +104,11 @@ class GraphView:
                 if i:
                     self.uses[i].append(Use(idx, slot))
             # Tensors read inside subgraphs (If/Loop bodies) count as uses of the node.
-            for attr in n.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    outer = _outer_names(attr.g)
-                    self.subgraph_reads.setdefault(idx, set()).update(outer)
-                    for name in sorted(outer):
-                        self.uses[name].append(Use(idx, -1))
+            for sub in subgraphs(n):
+                outer = outer_names(sub)
+                self.subgraph_reads.setdefault(idx, set()).update(outer)
+                for name in sorted(outer):
+                    self.uses[name].append(Use(idx, -1))
         self.elem_type: dict[str, int] = {}
         self.shape: dict[str, tuple[int | None, ...] | None] = {}
         for vi in [*g.input, *g.output, *g.value_info]:
@@ -186,12 +192,17 @@ class GraphView:
         return self.uses.get(tensor, [])
 
     def is_data(self, tensor: str) -> bool:
-        return tensor in self.data
+        """A float tensor that carries the model's data."""
+        return tensor in self.data and self.is_float(tensor)
 
     def _data_tensors(self) -> set[str]:
-        """Float tensors computed from a float model input or an embedding lookup (a
-        float table read at run-time indices), in graph order."""
-        data: set[str] = {i for i in self.inputs if self.is_float(i)}
+        """Tensors computed from a signal input (float, or 8/16-bit integer) or an
+        embedding lookup (a float table read at run-time indices), in graph order.
+        Only float ones are observed; an integer one (uint8 pixels) makes the float
+        tensors computed from it data too."""
+        data: set[str] = {
+            i for i in self.inputs if self.is_float(i) or self.elem_type.get(i) in SIGNAL_INT_TYPES
+        }
         for idx, n in enumerate(self.nodes):
             if n.op_type == "Constant":
                 continue
@@ -203,7 +214,11 @@ class GraphView:
                     self.is_float(table) and self.is_constant(table) and not self.is_constant(index)
                 )
             if carries:
-                data.update(o for o in n.output if o and self.is_float(o))
+                data.update(
+                    o
+                    for o in n.output
+                    if o and (self.is_float(o) or self.elem_type.get(o) in SIGNAL_INT_TYPES)
+                )
         return data
 
     def activations(self) -> list[str]:
@@ -212,12 +227,12 @@ class GraphView:
         seen: set[str] = set()
         out: list[str] = []
         for name in self.inputs:
-            if name in self.data and name not in seen:
+            if self.is_data(name) and name not in seen:
                 seen.add(name)
                 out.append(name)
         for n in self.nodes:
             for o in n.output:
-                if o and o not in seen and o in self.data:
+                if o and o not in seen and self.is_data(o):
                     seen.add(o)
                     out.append(o)
         return out
@@ -263,7 +278,24 @@ def _apply_chain_op(
     return None
 
 
-def _outer_names(g: onnx.GraphProto) -> set[str]:
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The graphs a node holds as attributes (If branches, Loop and Scan bodies)."""
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            yield a.g
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            yield from a.graphs
+
+
+def all_nodes(g: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of a graph and of the graphs nested in its nodes."""
+    for n in g.node:
+        yield n
+        for sub in subgraphs(n):
+            yield from all_nodes(sub)
+
+
+def outer_names(g: onnx.GraphProto) -> set[str]:
     """Names a subgraph reads that it does not define itself."""
     defined = {i.name for i in g.input} | {t.name for t in g.initializer}
     used: set[str] = set()
@@ -271,9 +303,8 @@ def _outer_names(g: onnx.GraphProto) -> set[str]:
         for i in n.input:
             if i and i not in defined:
                 used.add(i)
-        for attr in n.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                used |= _outer_names(attr.g) - defined
+        for sub in subgraphs(n):
+            used |= outer_names(sub) - defined
         defined.update(o for o in n.output if o)
     return used
 
@@ -292,20 +323,41 @@ def opset_version(model: onnx.ModelProto) -> int:
     return 0
 
 
+def without_tensors(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` without its initializers and shape annotations: cheap, however
+    many GBs of weights the model holds."""
+    out = onnx.ModelProto()
+    _copy_fields(model, out, skip={"graph"})
+    _copy_fields(model.graph, out.graph, skip={"initializer", "value_info"})
+    return out
+
+
+def _copy_fields(src: Any, dst: Any, skip: set[str]) -> None:
+    for fd, value in src.ListFields():
+        if fd.name in skip:
+            continue
+        if fd.is_repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.type == fd.TYPE_MESSAGE:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
 def check_model(model: onnx.ModelProto) -> None:
-    """``onnx.checker`` on a model whose external tensors may live anywhere: those are
-    checked by the runtime when it reads them, so the checker sees scalar stand-ins.
+    """``onnx.checker`` on the graph: weights are checked by the runtime that loads them
+    (and may live in external files anywhere, or exceed what protobuf serialises), so
+    the checker sees scalar stand-ins for every tensor of 1 KB or more.
     Raises ``onnx.checker.ValidationError``."""
-    target = model
-    if any(is_external(t) for t in model.graph.initializer):
-        target = onnx.ModelProto()
-        target.CopyFrom(model)
-        for t in target.graph.initializer:
-            if is_external(t):
-                zero = np.zeros(1, onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
-                t.CopyFrom(
-                    onnx.helper.make_tensor(t.name, t.data_type, [], zero.tobytes(), raw=True)
-                )
+    target = without_tensors(model)
+    for t in model.graph.initializer:
+        if is_external(t) or t.ByteSize() >= 1024:
+            zero = np.zeros(1, onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+            target.graph.initializer.append(
+                onnx.helper.make_tensor(t.name, t.data_type, [], zero.tobytes(), raw=True)
+            )
+        else:
+            target.graph.initializer.append(t)
     onnx.checker.check_model(target)
 
 

@@ -13,6 +13,7 @@ model for them, we upgrade instead.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import onnx
 from onnx import helper
 
 from quantship.errors import DataError, ModelError
-from quantship.exporter.graph import GraphView, is_external, opset_version
+from quantship.exporter.graph import GraphView, is_external, opset_version, without_tensors
 from quantship.exporter.output import sha256_file
 
 MIN_OPSET = 13
@@ -61,6 +62,7 @@ class FloatModel:
     notes: tuple[str, ...] = field(default=())
     weights_dir: Path | None = None
     source_bytes: int = 0  # the user's file, external data included
+    weights_sha256: str | None = None  # of the external weight files
     # The shape of one calibration sample per input (batch 1): what a dynamic dimension
     # is benchmarked at when no other shape is asked for.
     example_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
@@ -73,11 +75,23 @@ class FloatModel:
 
     @cached_property
     def sha256(self) -> str:
-        return hashlib.sha256(self.proto.SerializeToString()).hexdigest()
+        """The prepared model's identity: its graph and every weight, external ones
+        through the hash of their files."""
+        h = hashlib.sha256(self.proto.SerializeToString())
+        if self.weights_sha256:
+            h.update(self.weights_sha256.encode())
+        return h.hexdigest()
 
     @property
     def dynamic_batch(self) -> bool:
         return any(s.shape and s.shape[0] is None for s in self.inputs)
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the model is fixed at (its inputs' first dimension), if any:
+        it then runs only full batches of exactly that many samples."""
+        fixed = [s.shape[0] for s in self.inputs if s.shape and s.shape[0] is not None]
+        return max(fixed) if fixed else None
 
     @property
     def dynamic(self) -> bool:
@@ -179,19 +193,18 @@ def save_model(
         finally:
             proto.graph.value_info.extend(annotations)
         return None
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    del out.graph.value_info[:]
+    # The header is built tensor by tensor beside the data file: no copy of the weights.
+    out = without_tensors(proto)
     location = location or path.name + ".data"
     data_path = path.with_name(location)
     with data_path.open("wb") as dst:
-        for t in out.graph.initializer:
+        for t in proto.graph.initializer:
+            start = dst.tell()
             if is_external(t):
                 if weights_dir is None:
                     raise ValueError(f"tensor {t.name!r} is external and no folder was given")
                 loc, offset, length = _external_info(t)
                 length = _nbytes(t) if length is None else length
-                start = dst.tell()
                 with (weights_dir / loc).open("rb") as src:
                     src.seek(offset)
                     left = length
@@ -203,26 +216,38 @@ def save_model(
                         left -= len(chunk)
             elif t.ByteSize() >= EXTERNAL_TENSOR_BYTES and t.data_type != onnx.TensorProto.STRING:
                 raw = t.raw_data or onnx.numpy_helper.to_array(t).tobytes()
-                start = dst.tell()
                 dst.write(raw)
                 length = len(raw)
-                t.ClearField("raw_data")
-                for f in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-                    t.ClearField(f)
             else:
+                out.graph.initializer.append(t)
                 continue
-            del t.external_data[:]
-            t.data_location = onnx.TensorProto.EXTERNAL
+            head = out.graph.initializer.add()
+            head.name, head.data_type = t.name, t.data_type
+            head.dims.extend(t.dims)
+            head.data_location = onnx.TensorProto.EXTERNAL
             for k, v in (("location", location), ("offset", str(start)), ("length", str(length))):
-                e = t.external_data.add()
+                e = head.external_data.add()
                 e.key, e.value = k, v
     path.write_bytes(out.SerializeToString())
     return data_path
 
 
-def read_onnx(path: Path) -> tuple[onnx.ModelProto, str, int]:
-    """Read an ONNX file; its external data stays on disk (checked to be there). Returns
-    the model, the sha256 of the file and its size with external data."""
+@dataclass(frozen=True, eq=False)
+class Source:
+    """The user's model as read: the proto (external tensors not loaded), where it came
+    from, the sha256 of the file and of its weight files, and its bytes with them."""
+
+    proto: onnx.ModelProto
+    name: str
+    sha256: str
+    size: int
+    weights_dir: Path | None = None
+    weights_sha256: str | None = None  # of the external data files, in name order
+
+
+def read_onnx(path: Path) -> Source:
+    """Read an ONNX file; its external data stays on disk, checked to be there and
+    hashed as it streams (a calibration cache must not fit changed weights)."""
     if not path.exists():
         raise ModelError(f"model file '{path}' not found")
     if path.is_dir():
@@ -260,7 +285,20 @@ def read_onnx(path: Path) -> tuple[onnx.ModelProto, str, int]:
             raise ModelError(
                 f"'{path}': external data '{loc}' is truncated ({files[loc]} bytes; tensor {t.name!r} ends at {end})"
             )
-    return proto, sha256_file(path), size + sum(files.values())
+    weights_sha = None
+    if files:
+        h = hashlib.sha256()
+        for loc in sorted(files):
+            h.update(loc.encode() + b"\0" + bytes.fromhex(sha256_file(path.parent / loc)))
+        weights_sha = h.hexdigest()
+    return Source(
+        proto,
+        str(path),
+        sha256_file(path),
+        size + sum(files.values()),
+        path.parent if files else None,
+        weights_sha,
+    )
 
 
 def raw_inputs(proto: onnx.ModelProto) -> list[InputSpec]:
@@ -348,16 +386,30 @@ def load_model(
     data_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> FloatModel:
     """Read and prepare an ONNX file in one call."""
+    return prepare_source(read_onnx(path), input_shapes, data_shapes)
+
+
+def prepare_source(
+    src: Source,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    data_shapes: dict[str, tuple[int, ...]] | None = None,
+) -> FloatModel:
+    """The ``FloatModel`` of a read model: shapes resolved (``--input-shape`` fixes,
+    data is checked against the fixed dimensions), then prepared. Takes ``src.proto``
+    over. One data sample's shapes become the model's example shapes."""
     from quantship.exporter.prepare import prepare
 
-    proto, sha, size = read_onnx(path)
-    shapes = resolve_shapes(raw_inputs(proto), input_shapes, data_shapes)
-    weights = path.parent if has_external_data(proto) else None
-    return prepare(
-        proto,
-        source=str(path),
-        source_sha256=sha,
+    shapes = resolve_shapes(raw_inputs(src.proto), input_shapes, data_shapes)
+    fm = prepare(
+        src.proto,
+        source=src.name,
+        source_sha256=src.sha256,
         shapes=shapes,
-        weights_dir=weights,
-        source_bytes=size,
+        weights_dir=src.weights_dir,
+        source_bytes=src.size,
+        weights_sha256=src.weights_sha256,
     )
+    if data_shapes:
+        examples = {k: (1, *v[1:]) for k, v in data_shapes.items()}
+        fm = dataclasses.replace(fm, example_shapes=examples)
+    return fm

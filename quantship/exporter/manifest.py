@@ -91,7 +91,7 @@ def artifacts_in(folder: Path, manifest: dict[str, Any]) -> list[Artifact]:
 
 def float_artifact(folder: Path, manifest: dict[str, Any]) -> Artifact:
     fl = manifest["float_model"]
-    files = tuple(fl.get("files", [fl["path"]]))
+    files = tuple(f["path"] if isinstance(f, dict) else f for f in fl.get("files", [fl["path"]]))
     missing = [f for f in files if not (folder / f).exists()]
     if missing:
         raise QuantshipError(

@@ -98,15 +98,12 @@ def measure_fidelity(
     drift = max_abs_diff(theirs, ours)
     if data is None:
         return {}, drift
-    fixed = [s.shape[0] for s in fm.inputs if s.shape and s.shape[0] is not None]
-    size = fixed[0] if fixed else FIDELITY_BATCH
+    fixed = fm.fixed_batch
 
     def held() -> Iterator[tuple[Feed, int]]:
         assert data is not None
-        for feed, n in batches(data.samples(split.held_start, split.held_stop), size):
-            if fixed and n != size:
-                break
-            yield feed, n
+        samples = data.samples(split.held_start, split.held_stop)
+        yield from batches(samples, fixed or FIDELITY_BATCH, full_only=fixed is not None)
 
     total = None
     if data.num_samples is not None and split.held_stop is not None:
@@ -172,7 +169,14 @@ def manifest_for(
         },
         "float_model": {
             "path": float_art.files[0],
-            "files": list(float_art.files),
+            "files": [
+                {
+                    "path": f,
+                    "sha256": sha256_file(float_art.root / f),
+                    "bytes": (float_art.root / f).stat().st_size,
+                }
+                for f in float_art.files
+            ],
             "sha256": sha256_file(float_art.path),
             "size_bytes": float_art.size_bytes(),
             "inputs": [

@@ -35,7 +35,14 @@ from onnx import helper
 
 from quantship.errors import ModelError
 from quantship.exporter.fold import fold_batchnorm, remove_dead_nodes
-from quantship.exporter.graph import GraphView, check_model, is_external, opset_version
+from quantship.exporter.graph import (
+    GraphView,
+    all_nodes,
+    check_model,
+    get_attr,
+    is_external,
+    opset_version,
+)
 from quantship.exporter.load import MIN_OPSET, FloatModel, Shape, model_bytes, raw_inputs
 
 _WIDENING = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE}
@@ -52,6 +59,7 @@ def prepare(
     shapes: dict[str, Shape],
     weights_dir: Path | None = None,
     source_bytes: int = 0,
+    weights_sha256: str | None = None,
 ) -> FloatModel:
     """The ``FloatModel`` of a loaded model. Takes ``proto`` over (it is modified)."""
     model = proto
@@ -94,6 +102,7 @@ def prepare(
     _check(model, source)
 
     view = GraphView(model, weights_dir)
+    _check_float32(view, source)
     untyped = [t for n in view.nodes for t in n.output if t and t not in view.elem_type]
     if untyped:
         notes.append(f"{len(untyped)} tensors have no inferred type and will not be quantized")
@@ -107,7 +116,21 @@ def prepare(
         notes=tuple(notes),
         weights_dir=weights_dir,
         source_bytes=source_bytes,
+        weights_sha256=weights_sha256 if weights_dir is not None else None,
     )
+
+
+def _check_float32(view: GraphView, source: str) -> None:
+    """The model must compute in float32: its 8-bit grids, scales and integer kernels
+    are float32's. (Weights stored in fp16 behind a Cast to float32 are fine.)"""
+    for t in view.activations():
+        elem = view.elem_type.get(t)
+        if elem != onnx.TensorProto.FLOAT:
+            kind = onnx.TensorProto.DataType.Name(elem or 0).lower()
+            raise ModelError(
+                f"'{source}' computes in {kind} (tensor {t!r}); quantship quantizes float32 "
+                "models: export it in float32 (weights may stay float16 behind a Cast)"
+            )
 
 
 def check_ops(model: onnx.ModelProto, source: str) -> None:
@@ -118,7 +141,7 @@ def check_ops(model: onnx.ModelProto, source: str) -> None:
     kernels = {(k.domain, k.op_name) for k in ort_state.get_all_opkernel_def()}
     kernels.add(("", "Constant"))  # folded at load time, no kernel needed
     local = {(f.domain, f.name) for f in model.functions}
-    for n in _all_nodes(model.graph):
+    for n in all_nodes(model.graph):
         domain = "" if n.domain == "ai.onnx" else n.domain
         if (domain, n.op_type) in kernels or (n.domain, n.op_type) in local:
             continue
@@ -134,16 +157,6 @@ def check_ops(model: onnx.ModelProto, source: str) -> None:
             "which ONNX Runtime cannot run; re-export the model with standard ONNX ops "
             "(or register the op's implementation before exporting)"
         )
-
-
-def _all_nodes(g: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for n in g.node:
-        yield n
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(a.g)
-            for sub in a.graphs:
-                yield from _all_nodes(sub)
 
 
 def _set_dims(model: onnx.ModelProto, shapes: dict[str, Shape]) -> bool:
@@ -192,6 +205,11 @@ def clean_up(
     except ImportError:
         notes.append("graph clean-up skipped: onnxslim is not installed (pip install onnxslim)")
         return model
+    # The user's inputs, all of them: the library drops inputs nothing reads, and the
+    # artifacts must take the inputs the user's deployment code feeds.
+    inputs = [onnx.ValueInfoProto() for _ in model.graph.input]
+    for kept, vi in zip(inputs, model.graph.input, strict=True):
+        kept.CopyFrom(vi)
     hidden = _hide(model)
     before = [(n.name, n.op_type, n.input[0] if n.input else "") for n in model.graph.node]
     attempts: list[dict[str, Any]] = [{}, {"size_threshold": _FOLD_LIMIT_BYTES}]
@@ -206,6 +224,8 @@ def clean_up(
         if not isinstance(slim, onnx.ModelProto):
             break
         _restore(slim, hidden)
+        del slim.graph.input[:]
+        slim.graph.input.extend(inputs)
         _restore_names(slim, before)
         if not source_bytes or model_bytes(slim) <= source_bytes:
             return slim
@@ -220,7 +240,7 @@ def _hide(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     widened = {
         n.input[0]
         for n in g.node
-        if n.op_type == "Cast" and n.input and int(_attr(n, "to", 0)) in _WIDENING
+        if n.op_type == "Cast" and n.input and int(get_attr(n, "to", 0)) in _WIDENING
     }
     hidden: dict[str, onnx.TensorProto] = {}
     for i in range(len(g.initializer) - 1, -1, -1):
@@ -275,13 +295,6 @@ def _restore_names(model: onnx.ModelProto, before: list[tuple[str, str, str]]) -
                 break
 
 
-def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _infer(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(
@@ -315,7 +328,25 @@ def reference_outputs(
     src = reference if isinstance(reference, Path) else onnx.load_model_from_string(reference)
     ref = ort_session(src, weights_dir=None)
     names = [o.name for o in ref.get_outputs()]
-    return [dict(zip(names, ref.run(names, f), strict=True)) for f in feeds]
+    wanted = {i.name for i in ref.get_inputs()}
+    out = []
+    for f in feeds:
+        try:
+            out.append(
+                dict(
+                    zip(
+                        names,
+                        ref.run(names, {k: v for k, v in f.items() if k in wanted}),
+                        strict=True,
+                    )
+                )
+            )
+        except Exception as e:
+            raise ModelError(
+                f"the model as given fails on a held-out sample in ONNX Runtime: "
+                f"{str(e).splitlines()[0]}"
+            ) from None
+    return out
 
 
 def max_abs_diff(

@@ -4,7 +4,6 @@ to its inputs."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from quantship.calibration.data import CalibrationData, ImageOptions, open_data
@@ -19,18 +18,19 @@ def load_float_model(
     input_shapes: dict[str, tuple[int, ...]] | None,
     images: ImageOptions | None,
     weights: Path | None,
+    held_out: str | Path | None = None,
 ) -> tuple[FloatModel, CalibrationData | None, Path | bytes]:
     """The prepared float model, the calibration data bound to its inputs, and the
     user's model as given (a file, or the bytes a PyTorch export produced), against
-    which the prepared model's outputs are checked."""
+    which the prepared model's outputs are checked. A dynamic dimension's example
+    size comes from the first calibration sample, or held-out one (``--calib-cache``)."""
     from quantship.calibration.data import peek_shapes
     from quantship.exporter import load as loader
-    from quantship.exporter.prepare import prepare
+    from quantship.exporter.output import sha256_bytes
     from quantship.exporter.torch_export import export_spec, is_torch_spec
 
     spec = str(model)
     reference: Path | bytes
-    weights_dir: Path | None = None
     if is_torch_spec(spec) and Path(spec).suffix != ".onnx":
         torch_shapes = dict(input_shapes or {})
         if not torch_shapes:
@@ -40,10 +40,8 @@ def load_float_model(
                 f"exporting '{spec}' needs input shapes: give calibration data or --input-shape NAME=1x3x224x224"
             )
         proto = export_spec(spec, weights, torch_shapes)
-        from quantship.exporter.output import sha256_bytes
-
         exported = proto.SerializeToString()
-        source_sha, source_bytes = sha256_bytes(exported), len(exported)
+        src = loader.Source(proto, spec, sha256_bytes(exported), len(exported))
         reference = exported
     else:
         if weights is not None:
@@ -51,25 +49,14 @@ def load_float_model(
                 "--weights applies to a PyTorch model (package.module:factory), not an ONNX file"
             )
         reference = Path(spec)
-        proto, source_sha, source_bytes = loader.read_onnx(reference)
-        if loader.has_external_data(proto):
-            weights_dir = reference.parent
-    raw = loader.raw_inputs(proto)
-    data = open_data(calib, raw, images=images) if calib is not None else None
+        src = loader.read_onnx(reference)
+    raw = loader.raw_inputs(src.proto)
+    shape_data = calib if calib is not None else held_out
+    data = open_data(shape_data, raw, images=images) if shape_data is not None else None
     first = data.first() if data is not None else None
     data_shapes = {k: tuple(v.shape) for k, v in first.items()} if first else None
-    shapes = loader.resolve_shapes(raw, input_shapes, data_shapes)
-    fm = prepare(
-        proto,
-        source=spec,
-        source_sha256=source_sha,
-        shapes=shapes,
-        weights_dir=weights_dir,
-        source_bytes=source_bytes,
-    )
-    if data_shapes:
-        fm = replace(fm, example_shapes={k: (1, *v[1:]) for k, v in data_shapes.items()})
-    if calib is not None:
-        data = open_data(calib, fm.inputs, images=images)
+    fm = loader.prepare_source(src, input_shapes, data_shapes)
+    data = open_data(calib, fm.inputs, images=images) if calib is not None else None
+    if data is not None:
         data.first()
     return fm, data, reference

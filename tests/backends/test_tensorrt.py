@@ -231,3 +231,16 @@ def test_require_engine_fails_up_front_without_tensorrt(
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "--require-engine: a TensorRT engine cannot be built here" in p.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_engine_profile_bounds_every_dynamic_dimension() -> None:
+    """TensorRT needs a profile for any input with a dynamic dimension: a dynamic batch
+    spans 1 … max_batch; a fixed batch stays fixed; a sequence length is bounded at the
+    calibration sample's size."""
+    from quantship.backends.tensorrt import profile_shapes
+
+    seq = {"name": "ids", "shape": [None, None], "profile": [None, 16]}
+    assert profile_shapes(seq, 8) == ([1, 16], [1, 16], [8, 16])
+    fixed_batch = {"name": "x", "shape": [1, None, 32], "profile": [1, 16, 32]}
+    assert profile_shapes(fixed_batch, 8) == ([1, 16, 32], [1, 16, 32], [1, 16, 32])
+    assert profile_shapes({"name": "x", "shape": [2, 3]}, 8) is None

@@ -172,3 +172,15 @@ def test_callable_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(DataError, match="cannot import 'no_such_mod'"):
         open_data("no_such_mod:feeds", IMG)
     sys.modules.pop("mydata", None)
+
+
+def test_arrays_matching_no_input_are_named(tmp_path: Path) -> None:
+    np.savez(
+        tmp_path / "d.npz",
+        images=np.zeros((2, 3, 8, 8), np.float32),
+        atention_mask=np.ones((2, 8)),
+        labels=np.zeros(2),
+    )
+    data = open_data(tmp_path / "d.npz", IMG)
+    assert len(data.notes) == 1 and "'atention_mask'" in data.notes[0]
+    assert "labels" not in data.notes[0]  # read by --metric

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -103,3 +104,87 @@ def test_in_graph_probes_match_observing_whole_tensors(cnn_path: Path, calib_npz
         assert a.min == pytest.approx(b.min, abs=1e-5) and a.max == pytest.approx(b.max, abs=1e-5)
         ha, hb = a.histogram(), b.histogram()
         assert ha is not None and hb is not None and ha.total == hb.total
+
+
+def _seq_model(tmp_path: Path, batch: int | None = None) -> tuple[Any, Any]:
+    """The where_mask family (dynamic batch and sequence), optionally with its batch
+    fixed, and a data function yielding sequences of 8 then 64 tokens."""
+    import sys
+
+    import onnx
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "corpus"))
+    import families
+
+    fam = families.build("where_mask", tmp_path)
+    path = fam.model
+    if batch is not None:
+        m = onnx.load(str(path))
+        for vi in [*m.graph.input, *m.graph.output]:
+            vi.type.tensor_type.shape.dim[0].dim_value = batch
+        path = tmp_path / "fixed.onnx"
+        onnx.save(m, str(path))
+    return load_model(path), fam
+
+
+def test_batches_are_sized_per_sequence_length(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first sample of each length is measured alone: long sequences (attention
+    grows with the square of the length) get smaller batches than short ones."""
+    from quantship.calibration import runner
+    from quantship.calibration.data import CalibrationData
+
+    fm, _ = _seq_model(tmp_path)
+    rng = np.random.default_rng(0)
+
+    def samples() -> Any:
+        for t in [8] * 12 + [64] * 12:
+            yield {"x": rng.standard_normal((1, t, 32)).astype(np.float32),
+                   "mask": np.ones((1, t), bool)}  # fmt: skip
+
+    data = CalibrationData("seq", "calibration", fm.inputs, 24, samples)
+    seen: list[tuple[int, int]] = []
+    original = runner._observe
+
+    def spy(*args: Any) -> int:
+        feed, n = args[-2], args[-1]
+        seen.append((feed["x"].shape[1], n))
+        return original(*args)
+
+    monkeypatch.setattr(runner, "_observe", spy)
+    # A budget that holds a few short samples and only one long one.
+    monkeypatch.setattr(runner, "ACTIVATION_BUDGET", 300_000)
+    table = calibrate(fm, data)
+    assert table.samples == 24
+    short = max(n for t, n in seen if t == 8)
+    long = max(n for t, n in seen if t == 64)
+    assert short > 2 * long
+
+
+def test_a_fixed_batch_runs_full_batches_of_one_length(tmp_path: Path) -> None:
+    """Samples of mixed lengths for a model with a fixed batch of 2: grouped by length,
+    full batches only; the leftover is counted, not a crash."""
+    from quantship.calibration.data import CalibrationData
+    from quantship.ui import UI
+
+    fm, _ = _seq_model(tmp_path, batch=2)
+    assert fm.fixed_batch == 2
+    rng = np.random.default_rng(0)
+
+    def samples() -> Any:
+        for t in [8, 16] * 5 + [8]:
+            yield {"x": rng.standard_normal((1, t, 32)).astype(np.float32),
+                   "mask": np.ones((1, t), bool)}  # fmt: skip
+
+    notes: list[str] = []
+
+    class Notes(UI):
+        def note(self, text: str) -> None:
+            notes.append(text)
+
+    table = calibrate(
+        fm, CalibrationData("seq", "calibration", fm.inputs, 11, samples), ui=Notes(quiet=True)
+    )
+    assert table.samples == 10
+    assert len(notes) == 1 and "1 sample(s) left out" in notes[0]

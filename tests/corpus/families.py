@@ -24,6 +24,7 @@ Families, and the exporter or convention each stands for:
 - ``noop_chains``: fp16 weights behind Cast, Identity and Dropout chains, weights
   behind Transpose and Reshape.
 - ``two_dtypes``: a float image and an int64 class index (an embedding lookup).
+- ``uint8_image``: uint8 NHWC pixels, cast and scaled inside the graph.
 - ``where_mask``: attention scores masked by ``Where(mask, scores, -inf)``.
 """
 
@@ -390,6 +391,47 @@ def noop_chains(folder: Path, scale: Scale) -> Family:
     return _data_family("noop_chains", folder, path, data, 64, (data(5, 3),))
 
 
+def uint8_image(folder: Path, scale: Scale) -> Family:
+    """uint8 pixels in NHWC, as detectors are often published: Cast → scale by 1/255 →
+    Transpose to NCHW inside the graph, then convolutions."""
+    rng = np.random.default_rng(11)
+    c = 16 if scale == "test" else 96
+    w1 = (rng.standard_normal((c, 3, 3, 3)) * 0.3).astype(np.float32)
+    w2 = (rng.standard_normal((c, c, 3, 3)) * np.sqrt(2 / (9 * c))).astype(np.float32)
+    fc = (rng.standard_normal((c, 10)) / np.sqrt(c)).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(w1, "w1"),
+        numpy_helper.from_array(w2, "w2"),
+        numpy_helper.from_array(fc, "fc"),
+        numpy_helper.from_array(np.asarray(1 / 255, np.float32), "inv255"),
+        numpy_helper.from_array(np.asarray([-1, c], np.int64), "flat"),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["pixels"], ["f"], name="to_float", to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["f", "inv255"], ["s"], name="scale"),
+        helper.make_node("Transpose", ["s"], ["x"], name="nchw", perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+        helper.make_node("Reshape", ["g", "flat"], ["v"], name="flatten"),
+        helper.make_node("MatMul", ["v", "fc"], ["y"], name="head"),
+    ]
+    path = _save_graph(
+        folder, "uint8_image", nodes,
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["N", 32, 32, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        inits,
+    )  # fmt: skip
+
+    def data(n: int, seed: int) -> Arrays:
+        img = (_images(n, 32, seed).transpose(0, 2, 3, 1) * 60 + 128).clip(0, 255)
+        return {"pixels": img.astype(np.uint8)}
+
+    return _data_family("uint8_image", folder, path, data, 48, (data(3, 3),))
+
+
 def two_dtypes(folder: Path, scale: Scale) -> Family:
     """A float image and an int64 class index whose embedding is added to the features."""
     rng = np.random.default_rng(9)
@@ -590,6 +632,7 @@ BUILDERS: dict[str, Callable[[Path, Scale], Family]] = {
     "shared_weights": shared_weights,
     "noop_chains": noop_chains,
     "two_dtypes": two_dtypes,
+    "uint8_image": uint8_image,
     "where_mask": where_mask,
 }
 

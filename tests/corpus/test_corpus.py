@@ -46,6 +46,29 @@ def _cosine(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> float:
     return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-30))
 
 
+def _artifact_inputs(path: Path) -> dict[str, list[int | None]]:
+    """An artifact's inputs as its runtime reads them: name → dimensions (None:
+    dynamic)."""
+    if path.suffix == ".xml":
+        import openvino as ov
+
+        model = ov.Core().read_model(str(path))
+        return {
+            i.get_any_name(): [
+                None if d.is_dynamic else d.get_length() for d in i.get_partial_shape()
+            ]
+            for i in model.inputs
+        }
+    proto = onnx.load(str(path), load_external_data=False)
+    return {
+        i.name: [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in i.type.tensor_type.shape.dim
+        ]
+        for i in proto.graph.input
+    }
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield tmp_path_factory.mktemp("corpus")
@@ -70,20 +93,34 @@ def test_family_exports_on_every_backend(name: str, corpus: Path) -> None:
     drift = m["float_model"]["max_abs_diff_vs_input"]
     assert drift and all(d is not None and d <= 1e-4 for d in drift.values()), drift
 
-    # INT8 stays close to float on the held-out data, in each backend's own runtime.
+    # Something is INT8, and it stays close to float on the held-out data, in each
+    # backend's own runtime.
     for a in m["artifacts"]:
+        assert a["plan"]["quantized_nodes"] > 0, a["backend"]
         assert a["fidelity"]["cosine"] >= 1 - fam.max_error, (a["backend"], a["fidelity"])
 
-    # Dynamic axes stay dynamic: each artifact runs at the other shapes (batch sizes,
-    # sequence lengths 8 … 512) and agrees with the float model there.
-    dynamic = [i for i in m["float_model"]["inputs"] if None in i["shape"]]
+    # The user's inputs, all of them, and every dimension they leave dynamic stays
+    # dynamic in every artifact.
     src = onnx.load(str(fam.model), load_external_data=False)
-    declared = {i.name: i for i in src.graph.input}
-    for i in dynamic:
-        dims = declared[i["name"]].type.tensor_type.shape.dim
-        for axis, d in enumerate(i["shape"]):
-            if d is None:
-                assert not (dims[axis].HasField("dim_value") and dims[axis].dim_value > 0)
+    inits = {t.name for t in src.graph.initializer}
+    declared = [i for i in src.graph.input if i.name not in inits]
+    ours = {i["name"]: i["shape"] for i in m["float_model"]["inputs"]}
+    assert list(ours) == [i.name for i in declared]
+    for vi in declared:
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+            if not (d.HasField("dim_value") and d.dim_value > 0):
+                assert ours[vi.name][axis] is None, (vi.name, axis)
+    for art in m["artifacts"]:
+        dims = _artifact_inputs(out / art["path"])
+        assert list(dims) == list(ours), art["backend"]
+        for name, shape in ours.items():
+            assert [d is None for d in dims[name]] == [d is None for d in shape], (
+                art["path"],
+                name,
+            )
+
+    # Each artifact runs at the other shapes (batch sizes, sequence lengths 8 … 512) and
+    # agrees with the float model there.
     ref = OrtSession(float_artifact(out, m).path, SessionSettings(threads=2))
     for art in artifacts_in(out, m):
         session = registry.get(art.backend).session(art, SessionSettings(threads=2))
@@ -176,3 +213,25 @@ def test_outputs_follow_the_umask(tmp_path: Path, mask: int) -> None:
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
     for name in ("manifest.json", "calibration.json", "float/model.onnx"):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~mask, name
+
+
+def test_fixed_batch_then_a_calibration_cache_alone(tmp_path: Path) -> None:
+    """A model whose batch is fixed at 2 exports (held-out samples and the check
+    against the user's model run in batches of 2); re-exported from its calibration
+    table with only held-out data, its dynamic dimension keeps the data's size."""
+    m = onnx.load(str(families.build("where_mask", tmp_path).model))
+    for vi in [*m.graph.input, *m.graph.output]:
+        vi.type.tensor_type.shape.dim[0].dim_value = 2
+    onnx.save(m, str(tmp_path / "fixed.onnx"))
+    fam = families.build("where_mask", tmp_path)
+    first = api.export(
+        tmp_path / "fixed.onnx", fam.calib, tmp_path / "a", held_out=fam.held_out, bench=False
+    )
+    assert first.manifest["artifacts"][0]["fidelity"]["samples"] == 16
+    assert first.manifest["float_model"]["max_abs_diff_vs_input"]["y"] == 0.0
+    again = api.export(
+        tmp_path / "fixed.onnx", None, tmp_path / "b", held_out=fam.held_out,
+        calib_cache=tmp_path / "a" / "calibration.json", bench=False,
+    )  # fmt: skip
+    shapes = {i["name"]: i["example_shape"] for i in again.manifest["float_model"]["inputs"]}
+    assert shapes == {"x": [2, 16, 32], "mask": [2, 16]}

@@ -139,3 +139,45 @@ def test_identity_and_dropout_chains_are_bypassed_but_graph_outputs_kept(tmp_pat
     producer = next(n for n in fm.proto.graph.node if conv2.input[0] in n.output)
     assert producer.name == "pool1" and src == "p1"
     np.testing.assert_array_equal(run_ort(fm.proto, x)[0], before)
+
+
+def test_inputs_nothing_reads_are_kept(tmp_path: Path) -> None:
+    """An input the graph does not read is still an input of every artifact: the
+    user's deployment code feeds it."""
+    m = tiny_cnn(batchnorm=False)
+    m.graph.input.append(
+        onnx.helper.make_tensor_value_info("unused", onnx.TensorProto.FLOAT, ["N", 4])
+    )
+    fm = load_model(save(m, tmp_path / "m.onnx"))
+    assert [i.name for i in fm.inputs] == ["images", "unused"]
+
+
+def test_changed_external_weights_change_the_model_hash(tmp_path: Path) -> None:
+    """Weights in external data are part of the model's identity (a calibration cache
+    must not fit a model whose weights changed)."""
+    onnx.save_model(
+        tiny_cnn(batchnorm=False), str(tmp_path / "ext.onnx"), save_as_external_data=True,
+        location="ext.data", size_threshold=0,
+    )  # fmt: skip
+    before = load_model(tmp_path / "ext.onnx").sha256
+    data = bytearray((tmp_path / "ext.data").read_bytes())
+    data[100] ^= 0x40
+    (tmp_path / "ext.data").write_bytes(bytes(data))
+    assert load_model(tmp_path / "ext.onnx").sha256 != before
+
+
+def test_a_model_computing_in_float16_is_one_line(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float16), "w")
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "fp16",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 4])], [w],
+    )  # fmt: skip
+    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    with pytest.raises(
+        ModelError, match=r"computes in float16 \(tensor 'x'\).*export it in float32"
+    ):
+        load_model(save(m, tmp_path / "fp16.onnx"))
