@@ -100,19 +100,15 @@ def make_feeds(
             ex: Sequence[int] | None = sample[spec.name].shape
         else:
             ex = (examples or {}).get(spec.name)
-        dims = []
-        for axis, d in enumerate(spec.shape[1:], start=1):
-            if d is not None:
-                dims.append(int(d))
-            elif ex is not None and axis < len(ex):
-                dims.append(int(ex[axis]))
-            else:
-                example = "x".join(str(x or "N") for x in spec.shape)
-                raise QuantshipError(
-                    f"model input {spec.name!r} ({spec.shape_str()}) has dynamic dimension {axis}; "
-                    f"say its size with --input-shape {spec.name}={example.replace('N', '1', 1)}"
-                )
-        shape = (batch, *dims)
+        dims = spec.concrete(batch, ex)
+        if None in dims:
+            axis = dims.index(None)
+            example = "x".join(str(x or "N") for x in spec.shape)
+            raise QuantshipError(
+                f"model input {spec.name!r} ({spec.shape_str()}) has dynamic dimension {axis}; "
+                f"say its size with --input-shape {spec.name}={example.replace('N', '1', 1)}"
+            )
+        shape = tuple(int(d or 0) for d in dims)
         if sample is not None and spec.name in sample:
             one = sample[spec.name]
             feeds[spec.name] = np.ascontiguousarray(np.repeat(one[:1], batch, axis=0))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -47,6 +47,21 @@ class InputSpec:
 
     def shape_str(self) -> str:
         return "x".join("?" if d is None else str(d) for d in self.shape)
+
+    def concrete(self, batch: int, example: Sequence[int] | None) -> tuple[int | None, ...]:
+        """This input's shape at ``batch``: its fixed dimensions, the batch on a dynamic
+        first axis, ``example``'s size on another dynamic one (None if it has none)."""
+        dims: list[int | None] = []
+        for axis, d in enumerate(self.shape):
+            if d is not None:
+                dims.append(d)
+            elif axis == 0:
+                dims.append(batch)
+            elif example is not None and axis < len(example):
+                dims.append(int(example[axis]))
+            else:
+                dims.append(None)
+        return tuple(dims)
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,18 +116,7 @@ class FloatModel:
     def example_shape(self, spec: InputSpec, batch: int = 1) -> tuple[int, ...]:
         """A concrete shape for ``spec``: its fixed dimensions, the calibration sample's
         for dynamic ones, ``batch`` on a dynamic batch axis."""
-        ex = self.example_shapes.get(spec.name)
-        dims = []
-        for axis, d in enumerate(spec.shape):
-            if d is not None:
-                dims.append(d)
-            elif axis == 0:
-                dims.append(batch)
-            elif ex is not None and axis < len(ex):
-                dims.append(ex[axis])
-            else:
-                dims.append(1)
-        return tuple(dims)
+        return tuple(d or 1 for d in spec.concrete(batch, self.example_shapes.get(spec.name)))
 
     def input(self, name: str) -> InputSpec:
         for s in self.inputs:
