@@ -117,6 +117,7 @@ def test_identity_and_dropout_chains_are_bypassed_but_graph_outputs_kept(tmp_pat
     m = tiny_cnn(batchnorm=False)
     nodes = list(m.graph.node)
     idx = next(i for i, n in enumerate(nodes) if n.name == "conv2")
+    src = nodes[idx].input[0]
     chain = [
         helper.make_node("Identity", [src], ["i1"], name="i1"),
         helper.make_node("Dropout", ["i1"], ["i2"], name="d1"),
