@@ -1,4 +1,4 @@
-# `make demo` and `make test` set everything up on a fresh machine (Python 3.10+).
+# `make demo` and `make test` set everything up on a fresh machine (Python 3.11+).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -8,7 +8,9 @@ STAMP  := $(VENV)/.installed-stamp
 
 setup: $(STAMP)
 
-# torch is pinned exactly and installed first: a loose requirement pulls a multi-GB CUDA build.
+# torch is pinned exactly and installed first: a loose requirement pulls a multi-GB CUDA
+# build. The exact pin is a CPU build only where the index serves one (this project's
+# machines keep it on local disk).
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

@@ -150,7 +150,7 @@ def main() -> int:
             from quantship.backends import registry
             from quantship.backends.base import Artifact, SessionSettings
             from quantship.bench.fidelity import FidelityMeter
-            from quantship.calibration.data import open_data
+            from quantship.calibration.sources import open_data
             from quantship.exporter.load import load_model
 
             fm = (

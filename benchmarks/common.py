@@ -164,7 +164,7 @@ def fidelity(
     from quantship.backends.base import SessionSettings
     from quantship.backends.onnxruntime import OrtSession
     from quantship.bench.fidelity import FidelityMeter
-    from quantship.calibration.data import open_data
+    from quantship.calibration.sources import open_data
 
     settings = SessionSettings(threads=threads)
     ref = OrtSession(float_model, settings)

@@ -89,8 +89,8 @@ def main() -> int:
     from quantship.bench.fidelity import FidelityMeter
     from quantship.bench.run import Candidate, bench_candidates
     from quantship.bench.timing import BenchSettings
-    from quantship.calibration.data import open_data
     from quantship.calibration.runner import calibrate
+    from quantship.calibration.sources import open_data
     from quantship.exporter.pipeline import build_artifact
     from quantship.exporter.source import load_float_model
     from quantship.ui import SILENT

@@ -32,7 +32,7 @@ def run_model(
     from quantship.bench.fidelity import FidelityMeter
     from quantship.bench.run import Candidate, bench_candidates, throughput_candidates
     from quantship.bench.timing import BenchSettings
-    from quantship.calibration.data import open_data
+    from quantship.calibration.sources import open_data
     from quantship.exporter.load import InputSpec
 
     paths = prepare(name, samples, held)

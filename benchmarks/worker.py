@@ -59,9 +59,9 @@ class _Reader:
     """ONNX Runtime's CalibrationDataReader over the same memory-mapped .npz."""
 
     def __init__(self, calib: str, name: str, samples: int) -> None:
-        from quantship.calibration.data import _memmap_npz
+        from quantship.calibration.data import stored_npz
 
-        arr = next(iter(_memmap_npz(Path(calib)).values()))
+        arr = next(iter(stored_npz(Path(calib)).values()))
         self.it: Iterator[dict[str, np.ndarray]] = (
             {name: np.ascontiguousarray(arr[i : i + 1])} for i in range(min(samples, len(arr)))
         )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from quantship import __version__
+from quantship.backends import DEFAULT_BACKEND
 from quantship.errors import QuantshipError
 
 EPILOG_EXPORT = """\
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--backend",
-        default="onnxruntime",
+        default=DEFAULT_BACKEND,
         help="backend(s), comma-separated (default: onnxruntime)",
     )
     e.add_argument(
@@ -246,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", "-q", action="store_true")
 
     c = sub.add_parser("check", help="check a QDQ model against a runtime's quantization rules")
-    c.add_argument("runtime", choices=["tensorrt"], help="whose rules")
+    c.add_argument("runtime", help="whose rules: a backend with a validator (tensorrt)")
     c.add_argument("model", type=Path, help="a QDQ .onnx model")
     c.add_argument("--quiet", "-q", action="store_true")
 
@@ -282,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--calib", required=True, metavar="DATA")
     se.add_argument("--held-out", metavar="DATA")
     se.add_argument("--out", type=Path, required=True)
-    se.add_argument("--backend", default="onnxruntime")
+    se.add_argument("--backend", default=DEFAULT_BACKEND)
     se.add_argument(
         "--method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"]
     )
@@ -321,7 +322,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "export":
         if args.model is None or args.out is None:
             raise QuantshipError("export needs a model and --out (or --config pipeline.toml)")
-        from quantship.calibration.data import ImageOptions
+        from quantship.calibration.images import ImageOptions
 
         try:
             images = ImageOptions(
@@ -389,16 +390,23 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 0
     if args.command == "check":
-        from quantship.backends.tensorrt_check import check_tensorrt
+        from quantship.backends import registry
         from quantship.exporter.load import read_onnx
 
-        proto = read_onnx(args.model).proto
-        findings = check_tensorrt(proto)
+        backend = registry.get(args.runtime)
+        if not backend.capabilities().validator:
+            checkers = [n for n in registry.names() if registry.get(n).capabilities().validator]
+            raise QuantshipError(
+                f"backend {args.runtime!r} has no QDQ rules to check; backends with a "
+                f"validator: {', '.join(checkers) or 'none'}"
+            )
+        findings = backend.validate(read_onnx(args.model).proto)
         for f in findings:
             print(f)
         errors = sum(1 for f in findings if f.severity == "error")
         print(
-            f"{args.model}: {errors} error(s), {len(findings) - errors} warning(s) against TensorRT's rules"
+            f"{args.model}: {errors} error(s), {len(findings) - errors} warning(s) against "
+            f"{backend.name}'s rules"
         )
         return 1 if errors else 0
     if args.command == "build-engine":

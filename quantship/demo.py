@@ -185,11 +185,16 @@ def run_demo(
 
     np.savez(out / "calib.npz", input=data.x_train[:256])
     np.savez(out / "test.npz", input=data.x_test)
+    # Backends whose INT8 artifacts run natively here (an engine backend without its
+    # GPU would be timed in another runtime: the table would not be about it).
     available = [
-        n for n in registry.names() if registry.get(n).available() is None and n != "tensorrt"
+        n
+        for n in registry.names()
+        if registry.get(n).available() is None and registry.get(n).capabilities().runs_here
     ]
     skipped = {
-        n: registry.get(n).available() or "needs an NVIDIA GPU for its engine"
+        n: registry.get(n).available()
+        or f"its artifacts do not run on this machine ({registry.get(n).engine_unavailable()})"
         for n in registry.names()
         if n not in available
     }
@@ -208,18 +213,18 @@ def run_demo(
         ui=ui,
     )
 
-    ort = registry.get("onnxruntime")
+    ref = registry.get(registry.DEFAULT)
+    teacher_art = Artifact("", "onnx", teacher_onnx.parent, (teacher_onnx.name,), "float")
+    student_art = Artifact("", "onnx", build, ("float/model.onnx",), "float")
     cands = [
-        Candidate(
-            "teacher",
-            ort,
-            Artifact("onnxruntime", "onnx", teacher_onnx.parent, (teacher_onnx.name,), "float"),
-        ),
-        Candidate(
-            "student", ort, Artifact("onnxruntime", "onnx", build, ("float/model.onnx",), "float")
-        ),
+        Candidate(f"teacher ({ref.describe(teacher_art, SessionSettings())})", ref, teacher_art),
+        Candidate(f"student ({ref.describe(student_art, SessionSettings())})", ref, student_art),
     ] + [
-        Candidate(f"student int8 ({a.backend})", registry.get(a.backend), a)
+        Candidate(
+            f"student ({registry.get(a.backend).describe(a, SessionSettings())})",
+            registry.get(a.backend),
+            a,
+        )
         for a in result.artifacts
     ]
     params = {
@@ -230,22 +235,23 @@ def run_demo(
     accs = {}
     with ui.progress("test accuracy", len(cands)) as advance:
         for c in cands:
-            accs[c.label] = accuracy(
-                c.backend.session(c.artifact, settings).run, data.x_test, data.y_test, name="input"
-            )
+            with c.backend.session(c.artifact, settings) as session:
+                accs[c.label] = accuracy(session.run, data.x_test, data.y_test, name="input")
             advance(1)
     inputs = [InputSpec("input", (None, 1, SIZE, SIZE), "float32")]
     stats = bench_candidates(cands, inputs, BenchSettings(duration=4.0, threads=threads))
     p50 = {st.label: st.p50_ms for st in stats}
+    roles = ["teacher", "student"] + ["student int8"] * len(result.artifacts)
     rows = [
         {
+            "role": role,
             "model": c.label,
-            "parameters": params["teacher" if c.label == "teacher" else "student"],
+            "parameters": params["teacher" if role == "teacher" else "student"],
             "file_bytes": c.artifact.size_bytes(),
             "test_accuracy": accs[c.label],
             "p50_ms": p50[c.label],
         }
-        for c in cands
+        for role, c in zip(roles, cands, strict=True)
     ]
     ui.table(
         f"quantship demo: digits, teacher → distilled student → INT8 (test set of {len(data.y_test)} images)",

@@ -2,10 +2,10 @@
 accuracy budget holds.
 
 The measure is ``1 − cosine`` to the float model's outputs (the lowest over outputs,
-averaged over held-out samples), computed on the backend's QDQ model in ONNX Runtime:
-the QDQ model fixes the arithmetic, so the measure is the same for every backend and
-needs no target hardware. Float outputs are computed once and cached; every
-evaluation reuses the one calibration table.
+averaged over held-out samples), computed in the target runtime (``qdq_session``): the
+runtimes do not all compute the QDQ model alike (OpenVINO requantizes where a QDQ
+simulation does not), so a plan is judged as it will run. Float outputs are computed
+once and cached; every evaluation reuses the one calibration table.
 
 - ``sensitivity``: for each quantizable node, the error when only that node is in
   INT8. One evaluation per node.
@@ -31,9 +31,8 @@ from quantship.backends.base import Backend, PlanOptions
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import QuantshipError, closest
 from quantship.exporter.load import FloatModel
+from quantship.types import Feed
 from quantship.ui import SILENT, UI
-
-Feed = dict[str, npt.NDArray[Any]]
 
 
 def resolve_exclusions(
@@ -99,13 +98,16 @@ class Evaluator:
         feeds: list[Feed],
         metric: Metric | None = None,
         labels: npt.NDArray[Any] | None = None,
+        threads: int | None = None,
     ) -> None:
+        from quantship.backends.base import SessionSettings
         from quantship.calibration.runner import ort_session
 
         if not feeds:
             raise QuantshipError("the accuracy guard needs held-out samples (--held-out)")
         self.model, self.table, self.backend, self.feeds = model, table, backend, feeds
         self.metric, self.labels = metric, labels
+        self.settings = SessionSettings(threads=threads)
         ref = ort_session(model.proto, weights_dir=model.weights_dir)
         self.ref = [ref.run(None, f) for f in feeds]
         self.float_score = self._score(self.ref) if metric is not None else 0.0
@@ -123,17 +125,18 @@ class Evaluator:
 
     def error(self, options: PlanOptions) -> float:
         from quantship.bench.fidelity import FidelityMeter
-        from quantship.calibration.runner import ort_session
         from quantship.exporter.qdq import write_qdq
 
         self.count += 1
         qdq = write_qdq(self.model, self.backend.plan(self.model, self.table, options))
-        s = ort_session(qdq, weights_dir=self.model.weights_dir)
+        with self.backend.qdq_session(qdq, self.model, self.settings) as s:
+            del qdq
+            outs = [s.run(f) for f in self.feeds]
         if self.metric is not None:
-            return self.float_score - self._score([s.run(None, f) for f in self.feeds])
+            return self.float_score - self._score(outs)
         meter = FidelityMeter(self.model.outputs)
-        for f, r in zip(self.feeds, self.ref, strict=True):
-            meter.update(r, s.run(None, f))
+        for o, r in zip(outs, self.ref, strict=True):
+            meter.update(r, o)
         return max(0.0, 1.0 - meter.result("guard").cosine)
 
 
@@ -249,14 +252,14 @@ def held_labels(path: Any, start: int, count: int) -> npt.NDArray[Any]:
 
     import numpy as np
 
-    from quantship.calibration.data import _memmap_npz
+    from quantship.calibration.data import stored_npz
 
     p = Path(str(path))
     if p.suffix != ".npz" or not p.exists():
         raise QuantshipError(
             "--metric needs labels: give --held-out as an .npz with an array 'labels' (or 'y')"
         )
-    arrays = _memmap_npz(p)
+    arrays = stored_npz(p)
     key = "labels" if "labels" in arrays else "y" if "y" in arrays else None
     if key is None:
         raise QuantshipError(

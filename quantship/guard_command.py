@@ -8,8 +8,8 @@ from typing import Any
 
 from quantship.backends import registry
 from quantship.backends.base import PlanOptions
-from quantship.calibration.data import open_data
 from quantship.calibration.methods import MethodSpec
+from quantship.calibration.sources import open_data
 from quantship.errors import QuantshipError
 from quantship.exporter.output import write_json
 from quantship.ui import SILENT, UI
@@ -29,9 +29,9 @@ def sensitivity(
 ) -> list[dict[str, Any]]:
     """Per-layer sensitivity: the error with only each node in INT8, ranked, written to
     ``out/sensitivity.json`` and ``out/sensitivity.png``."""
-    from quantship.api import _split
     from quantship.calibration.runner import calibrate
     from quantship.exporter.source import load_float_model
+    from quantship.exporter.split import split_data
     from quantship.guard import Evaluator, held_feeds, sensitivity_plot
     from quantship.guard import sensitivity as rank
 
@@ -40,13 +40,11 @@ def sensitivity(
         model, calib, input_shapes=input_shapes, images=None, weights=None
     )
     held = open_data(held_out, fm.inputs, role="held-out") if held_out is not None else None
-    split = _split(data, samples, held)
+    split = split_data(data, samples, held)
     assert data is not None
     table = calibrate(fm, data, samples=split.calib_stop, histograms=True, ui=ui)
     feeds = (
-        held_feeds(split.held_data, split.held_start, split.held_stop, batch=fm.fixed_batch)
-        if split.held_data
-        else []
+        held_feeds(split.data, split.start, split.stop, batch=fm.fixed_batch) if split.data else []
     )
     try:
         options = PlanOptions(method=MethodSpec(method))  # type: ignore[arg-type]

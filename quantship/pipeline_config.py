@@ -29,6 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from quantship.backends import registry
 from quantship.errors import QuantshipError, closest
 from quantship.ui import SILENT, UI
 
@@ -153,7 +154,7 @@ def run_config(path: Path, ui: UI = SILENT) -> Any:
         exp["model"],
         exp.get("calib"),
         exp["out"],
-        backends=exp.get("backend", "onnxruntime"),
+        backends=exp.get("backend", registry.DEFAULT),
         method=exp.get("method", "percentile"),
         percentile=exp.get("percentile", 99.99),
         samples=exp.get("samples"),

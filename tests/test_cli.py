@@ -45,7 +45,8 @@ def test_export_then_bench(tmp_path: Path, cnn_path: Path, calib_npz: Path) -> N
         "1",
     )
     assert p.returncode == 0, p.stderr
-    assert "onnxruntime int8" in p.stdout and "cosine" in p.stdout
+    assert "onnxruntime CPU int8" in p.stdout and "cosine" in p.stdout
+    assert "verdict" in p.stderr
     for f in (
         "manifest.json",
         "calibration.json",
@@ -79,10 +80,10 @@ def test_export_then_bench(tmp_path: Path, cnn_path: Path, calib_npz: Path) -> N
     assert p.returncode == 0, p.stderr
     res = json.loads(js.read_text())["results"]
     assert {(r["label"], r["batch"]) for r in res} == {
-        ("float (onnxruntime)", 1),
-        ("float (onnxruntime)", 4),
-        ("onnxruntime int8", 1),
-        ("onnxruntime int8", 4),
+        ("onnxruntime CPU fp32 (default)", 1),
+        ("onnxruntime CPU fp32 (default)", 4),
+        ("onnxruntime CPU int8", 1),
+        ("onnxruntime CPU int8", 4),
     }
     assert all(r["iterations"] == 5 and r["p50_ms"] > 0 for r in res)
     assert plot.stat().st_size > 1000
@@ -314,3 +315,14 @@ def test_help_and_version() -> None:
     assert p.returncode == 0 and "export" in p.stdout and "bench" in p.stdout
     p = _run("--version")
     assert p.returncode == 0 and p.stdout.startswith("quantship ")
+
+
+def test_bench_refuses_a_file_that_changed(tmp_path: Path, cnn_path: Path, calib_npz: Path) -> None:
+    """bench checks every file against the sha256 the manifest records, before timing."""
+    out = tmp_path / "build"
+    assert _run("export", str(cnn_path), "--calib", str(calib_npz), "--out", str(out),
+                "--no-bench").returncode == 0  # fmt: skip
+    model = out / "onnxruntime" / "model.int8.onnx"
+    model.write_bytes(model.read_bytes() + b"\0")
+    p = _run("bench", str(out), "--iterations", "3")
+    _one_line_error(p, "model.int8.onnx", "does not match the sha256")

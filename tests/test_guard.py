@@ -235,8 +235,8 @@ def test_transformer_defaults_keep_layernorm_softmax_gelu_float(tmp_path: Path) 
     from quantship import examples
     from quantship.backends import registry
     from quantship.backends.base import PlanOptions
-    from quantship.calibration.data import open_data
     from quantship.calibration.runner import calibrate
+    from quantship.calibration.sources import open_data
     from quantship.exporter.load import load_model
     from quantship.exporter.torch_export import export_module
 
@@ -263,8 +263,8 @@ def test_detection_decoding_after_the_last_conv_stays_float(tmp_path: Path) -> N
     decoding after the last weighted layer stays float; the convolutions do not."""
     from quantship.backends import registry
     from quantship.backends.base import PlanOptions
-    from quantship.calibration.data import open_data
     from quantship.calibration.runner import calibrate
+    from quantship.calibration.sources import open_data
     from quantship.exporter.load import load_model
 
     rng = np.random.default_rng(0)

@@ -1,8 +1,26 @@
-"""The backend contract and the objects passed to and from backends.
+"""The backend contract (v2) and the objects passed to and from backends.
 
 A backend is one module implementing ``Backend``: it decides *where* and *how* to
 quantize (``plan``), turns the QDQ model into its runtime's artifact (``compile``) and
-runs that artifact (``session``). The calibration table it plans from is shared.
+runs that artifact, or the float model at a float precision (``session``). It
+*declares* what it can do (``capabilities``): core code never asks for a backend by
+name nor probes for methods. The calibration table it plans from is shared.
+
+Members, all required (``BaseBackend`` gives the optional ones a default):
+
+- ``name``, ``extra`` (the pip extra that brings its runtime), ``formats``;
+- ``available()`` → None, or why its runtime cannot be used here and how to fix it;
+- ``version()``; ``capabilities()`` → ``Capabilities`` on this machine;
+- ``plan(model, table, options)`` → ``QuantPlan``, from the rules the instance holds;
+- ``compile(qdq, out_dir, model)`` → ``Artifact``;
+- ``describe(artifact, settings)`` → what actually runs, named for tables;
+- ``session(artifact, settings)`` → a ``Session`` (a context manager that frees what
+  it holds), for an INT8 artifact or the float model (``settings.precision``);
+- ``qdq_session(qdq, model, settings)`` → a session on a QDQ model as the target
+  runtime runs it, without writing an artifact (the accuracy guard's evaluations);
+- ``build(artifact, max_batch)`` → the artifact with its engine, and
+  ``engine_unavailable()``, where ``engine``;
+  ``validate(qdq)`` where ``validator``.
 """
 
 from __future__ import annotations
@@ -18,9 +36,9 @@ import onnx
 from quantship.calibration.methods import MethodSpec
 from quantship.calibration.qparams import QuantParams
 from quantship.calibration.table import CalibrationTable
+from quantship.errors import BackendError
 from quantship.exporter.load import FloatModel
-
-Feed = dict[str, npt.NDArray[Any]]
+from quantship.types import PRECISIONS, Feed, Precision
 
 
 @dataclass(frozen=True)
@@ -127,6 +145,9 @@ class Artifact:
     files: tuple[str, ...]
     precision: Literal["int8", "float"] = "int8"
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    # What the backend wants the user told about it (an engine not built and how to
+    # build it, a runtime setting it needs, how many layers run on integer kernels).
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.files:
@@ -143,29 +164,104 @@ class Artifact:
 
 @dataclass(frozen=True)
 class SessionSettings:
-    """How to run: CPU threads (None: the runtime's default) and the optimisation goal."""
+    """How to run: CPU threads (None: the runtime's default), the optimisation goal,
+    and for the float model the float precision (None: the runtime's default)."""
 
     threads: int | None = None
     mode: Literal["latency", "throughput"] = "latency"
     streams: int | None = None  # parallel infer requests in throughput mode
+    precision: Precision | None = None
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.mode not in ("latency", "throughput"):
             raise ValueError(f"mode must be latency or throughput, got {self.mode!r}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do on this machine, declared."""
+
+    device: str  # where its artifacts run: "CPU", "GPU"
+    # Float precisions it runs the float model in here (empty: it cannot run it here),
+    # and the one it picks when told nothing.
+    float_precisions: tuple[Precision, ...]
+    default_precision: Precision
+    runs_here: bool = True  # its INT8 artifacts run natively on this machine
+    throughput: bool = False  # sessions offer throughput(feeds, seconds)
+    device_timing: bool = False  # sessions time themselves on the device
+    engine: bool = False  # build(artifact) makes a runtime engine
+    validator: bool = False  # validate(qdq) checks the runtime's QDQ rules
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.float_precisions if p not in PRECISIONS]
+        if bad:
+            raise ValueError(f"unknown float precision(s) {bad}; known: {PRECISIONS}")
+        if self.float_precisions and self.default_precision not in self.float_precisions:
+            raise ValueError(
+                f"default precision {self.default_precision!r} is not among {self.float_precisions}"
+            )
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A rule of a runtime that a QDQ model breaks, at a node."""
+
+    rule: str
+    node: str
+    message: str
+    severity: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        return f"{self.severity}: [{self.rule}] {self.node}: {self.message}"
 
 
 @runtime_checkable
 class Session(Protocol):
-    """A loaded artifact, ready to run feeds of the model's inputs."""
+    """A loaded artifact, ready to run feeds of the model's inputs. A context manager:
+    leaving it frees what the runtime holds (device buffers, streams, compiled models).
+    ``throughput`` and ``device_latency_ms`` work where the backend's capabilities say."""
 
     def run(self, feeds: Feed) -> list[npt.NDArray[Any]]: ...
 
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Session: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def throughput(self, feeds: Feed, seconds: float) -> tuple[int, float]: ...
+
+    def device_latency_ms(self, feeds: Feed, warmup: int, iterations: int) -> list[float]: ...
+
+
+class BaseSession:
+    """Defaults for a ``Session``: nothing to free, no optional modes."""
+
+    def run(self, feeds: Feed) -> list[npt.NDArray[Any]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        return None
+
+    def __enter__(self) -> BaseSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def throughput(self, feeds: Feed, seconds: float) -> tuple[int, float]:
+        raise BackendError("this session has no throughput mode (see the backend's capabilities)")
+
+    def device_latency_ms(self, feeds: Feed, warmup: int, iterations: int) -> list[float]:
+        raise BackendError("this session has no device clock (see the backend's capabilities)")
+
 
 class Backend(Protocol):
-    """What every backend implements. ``available()`` returns None when its runtime can
-    be used, else the reason and how to fix it."""
+    """What every backend implements (see the module's docstring)."""
 
     name: str
     extra: str
@@ -173,10 +269,69 @@ class Backend(Protocol):
 
     def available(self) -> str | None: ...
 
+    def version(self) -> str: ...
+
+    def capabilities(self) -> Capabilities: ...
+
     def plan(
         self, model: FloatModel, table: CalibrationTable, options: PlanOptions
     ) -> QuantPlan: ...
 
     def compile(self, qdq: onnx.ModelProto, out_dir: Path, model: FloatModel) -> Artifact: ...
 
+    def describe(self, artifact: Artifact, settings: SessionSettings) -> str: ...
+
     def session(self, artifact: Artifact, settings: SessionSettings) -> Session: ...
+
+    def qdq_session(
+        self, qdq: onnx.ModelProto, model: FloatModel, settings: SessionSettings
+    ) -> Session: ...
+
+    def build(self, artifact: Artifact, max_batch: int) -> Artifact: ...
+
+    def engine_unavailable(self) -> str | None: ...
+
+    def validate(self, qdq: onnx.ModelProto) -> list[Finding]: ...
+
+
+class BaseBackend:
+    """Defaults for the members a backend may not need: no engine to build, no rules to
+    validate, QDQ evaluation through a compiled artifact in a temporary folder."""
+
+    name = "base"
+
+    def version(self) -> str:
+        return "unknown"
+
+    def qdq_session(
+        self, qdq: onnx.ModelProto, model: FloatModel, settings: SessionSettings
+    ) -> Session:
+        import tempfile
+
+        backend: Any = self
+        tmp = tempfile.TemporaryDirectory()
+        art = backend.compile(qdq, Path(tmp.name), model)
+        return _Owning(backend.session(art, settings), tmp)
+
+    def build(self, artifact: Artifact, max_batch: int) -> Artifact:
+        raise BackendError(f"backend {self.name!r} builds no engine")
+
+    def engine_unavailable(self) -> str | None:
+        return f"backend {self.name!r} builds no engine"
+
+    def validate(self, qdq: onnx.ModelProto) -> list[Finding]:
+        return []
+
+
+class _Owning(BaseSession):
+    """A session that also owns a temporary folder, removed on close."""
+
+    def __init__(self, inner: Session, tmp: Any) -> None:
+        self.inner, self.tmp = inner, tmp
+
+    def run(self, feeds: Feed) -> list[npt.NDArray[Any]]:
+        return self.inner.run(feeds)
+
+    def close(self) -> None:
+        self.inner.close()
+        self.tmp.cleanup()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,9 @@ import onnx
 
 from quantship.backends.base import (
     Artifact,
-    Feed,
+    BaseBackend,
+    BaseSession,
+    Capabilities,
     PlanOptions,
     QuantPlan,
     SessionSettings,
@@ -53,6 +56,7 @@ from quantship.backends.planning import OpRule, Rules, make_plan
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError
 from quantship.exporter.load import FloatModel, save_model
+from quantship.types import Feed
 
 _TRANSPARENT = OpRule("transparent")
 ORT_OPS: dict[str, OpRule] = {
@@ -167,36 +171,65 @@ def fused_kernels(model_path: Path, threads: int | None = None) -> dict[str, Any
     return report
 
 
-class OrtSession:
-    def __init__(self, path: Path, settings: SessionSettings) -> None:
+def _kernels_note(counts: Mapping[str, Any]) -> str:
+    parts = [
+        f"{op} {v['integer']}/{v['total']}"
+        for op, v in counts.items()
+        if isinstance(v, dict) and "total" in v
+    ]
+    return "integer kernels after ONNX Runtime's fusion: " + (", ".join(parts) or "none")
+
+
+class OrtSession(BaseSession):
+    """An ONNX Runtime CPU session on a model file, or on a model in memory (its
+    external tensors read from ``weights_dir``)."""
+
+    def __init__(
+        self,
+        source: Path | onnx.ModelProto,
+        settings: SessionSettings,
+        weights_dir: Path | None = None,
+    ) -> None:
         ort = _ort()
-        try:
-            self._s = ort.InferenceSession(
-                str(path), session_options(settings), providers=["CPUExecutionProvider"]
+        so = session_options(settings)
+        if weights_dir is not None:
+            so.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(weights_dir)
             )
+        self.name = source.name if isinstance(source, Path) else "the QDQ model"
+        src: str | bytes = str(source) if isinstance(source, Path) else source.SerializeToString()
+        try:
+            self._s: Any = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise BackendError(
-                f"ONNX Runtime cannot load '{path}': {str(e).splitlines()[0]}"
+                f"ONNX Runtime cannot load {self.name}: {str(e).splitlines()[0]}"
             ) from None
         self.output_names = [o.name for o in self._s.get_outputs()]
-        self.path = path
 
     def run(self, feeds: Feed) -> list[npt.NDArray[Any]]:
+        if self._s is None:
+            raise BackendError(f"the ONNX Runtime session on {self.name} is closed")
         try:
             outs = self._s.run(self.output_names, feeds)
         except Exception as e:
             shapes = ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in feeds.items())
             raise BackendError(
-                f"ONNX Runtime failed to run '{self.path.name}' on inputs {shapes}: "
+                f"ONNX Runtime failed to run {self.name} on inputs {shapes}: "
                 f"{str(e).splitlines()[0]}"
             ) from None
         return [np.asarray(o) for o in outs]
 
+    def close(self) -> None:
+        self._s = None
 
-class OnnxRuntimeBackend:
+
+class OnnxRuntimeBackend(BaseBackend):
     name = "onnxruntime"
     extra = "onnxruntime"
     formats = ("onnx", "onnx-qdq")
+
+    def __init__(self, rules: Rules = RULES) -> None:
+        self.rules = rules
 
     def available(self) -> str | None:
         try:
@@ -208,14 +241,20 @@ class OnnxRuntimeBackend:
     def version(self) -> str:
         return str(_ort().__version__)
 
+    def capabilities(self) -> Capabilities:
+        # The CPU execution provider computes float models in float32 (its bf16/fp16
+        # kernels cover a few ops only; it has no bf16 mode for a float32 model).
+        return Capabilities("CPU", ("fp32",), "fp32")
+
     def plan(self, model: FloatModel, table: CalibrationTable, options: PlanOptions) -> QuantPlan:
-        return make_plan(model, table, options, RULES)
+        return make_plan(model, table, options, self.rules)
 
     def compile(self, qdq: onnx.ModelProto, out_dir: Path, model: FloatModel) -> Artifact:
         rel = "onnxruntime/model.int8.onnx"
         path = out_dir / rel
         data = save_model(qdq, path, model.weights_dir)
         files = [rel] + ([f"onnxruntime/{data.name}"] if data is not None else [])
+        kernels = fused_kernels(path)
         return Artifact(
             backend=self.name,
             format="onnx-qdq",
@@ -226,13 +265,28 @@ class OnnxRuntimeBackend:
                 "device": "CPU",
                 "activations": "uint8 asymmetric, per tensor",
                 "weights": "int8 symmetric, per output channel",
-                "integer_kernels": fused_kernels(path),
+                "integer_kernels": kernels,
             },
+            notes=(_kernels_note(kernels),),
         )
+
+    def describe(self, artifact: Artifact, settings: SessionSettings) -> str:
+        if artifact.precision == "float":
+            return "onnxruntime CPU fp32"
+        return "onnxruntime CPU int8"
 
     def session(self, artifact: Artifact, settings: SessionSettings) -> OrtSession:
         if artifact.format not in self.formats:
             raise BackendError(
                 f"backend 'onnxruntime' runs {', '.join(self.formats)} artifacts, not {artifact.format!r}"
             )
+        if artifact.precision == "float" and settings.precision not in (None, "fp32"):
+            raise BackendError(
+                f"ONNX Runtime's CPU provider runs float models in fp32, not {settings.precision}"
+            )
         return OrtSession(artifact.path, settings)
+
+    def qdq_session(
+        self, qdq: onnx.ModelProto, model: FloatModel, settings: SessionSettings
+    ) -> OrtSession:
+        return OrtSession(qdq, settings, model.weights_dir)

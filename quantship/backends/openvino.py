@@ -19,9 +19,11 @@ activation dequantization must be per tensor):
   slower, for no gain in fidelity (same script). The CNNs are unchanged either way.
   Leaving Add float made them 5-9% slower during development, so Add is quantized.
 - Biases stay float: OpenVINO adds them after dequantization.
-- Float layers run in f32 (``INFERENCE_PRECISION_HINT``): on CPUs with bf16 the
-  plugin would otherwise run them in bf16 and the comparison with float would be
-  against a different model.
+- Sessions compile as a user would: ``compile_model(model, "CPU")`` with the latency
+  (or throughput) hint and a thread count, so float layers run in the plugin's default
+  precision (bf16 on CPUs with AVX-512 BF16 or AMX), unless the artifact records that
+  its fidelity needs fp32 (measured at export); the float baselines are timed at each
+  precision the plugin has here.
 """
 
 from __future__ import annotations
@@ -30,19 +32,29 @@ import re
 import tempfile
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 import onnx
 
-from quantship.backends.base import Artifact, Feed, PlanOptions, QuantPlan, SessionSettings
+from quantship.backends.base import (
+    Artifact,
+    BaseBackend,
+    BaseSession,
+    Capabilities,
+    PlanOptions,
+    QuantPlan,
+    SessionSettings,
+)
 from quantship.backends.op_rules import input_side_ops
 from quantship.backends.planning import OpRule, Rules, make_plan
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError
 from quantship.exporter.load import FloatModel, save_model
+from quantship.types import Feed, Precision
 
 OV_OPS: dict[str, OpRule] = {
     **input_side_ops(),
@@ -71,13 +83,23 @@ def _ov() -> Any:
     return ov
 
 
+# quantship's precision names → OpenVINO's element types, and back.
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+_FROM_OV = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "float32": "fp32",
+            "bfloat16": "bf16", "float16": "fp16"}  # fmt: skip
+
+
 def _config(
     settings: SessionSettings, overrides: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
+    """What a user's plain ``compile_model(model, "CPU", ...)`` would pass: the latency
+    (or throughput) hint and a thread count; a float precision only when one is asked
+    for (otherwise the plugin's default: bf16 on CPUs with AVX-512 BF16 or AMX)."""
     cfg: dict[str, Any] = {
         "PERFORMANCE_HINT": "THROUGHPUT" if settings.mode == "throughput" else "LATENCY",
-        "INFERENCE_PRECISION_HINT": "f32",
     }
+    if settings.precision is not None:
+        cfg["INFERENCE_PRECISION_HINT"] = _OV_PRECISION[settings.precision]
     if settings.threads:
         cfg["INFERENCE_NUM_THREADS"] = settings.threads
     if settings.mode == "throughput" and settings.streams:
@@ -130,6 +152,11 @@ def static_shape_check(xml: Path, model: FloatModel) -> tuple[dict[str, str], st
         "OpenVINO computes this model differently at static and dynamic shapes, whatever "
         "the plugin settings; this is an OpenVINO bug: try another OpenVINO version"
     )
+
+
+def _precision_name(hint: str) -> Precision:
+    name = _FROM_OV.get(hint.lower().replace("<type: '", "").rstrip("'>"), "fp32")
+    return cast(Precision, name)
 
 
 def convert_onnx(src: Path, proto: onnx.ModelProto) -> Any:
@@ -190,14 +217,23 @@ def int8_layers(compiled: Any) -> dict[str, dict[str, int]]:
     return counts
 
 
-class OVSession:
+def _kernels_note(counts: Mapping[str, Any]) -> str:
+    parts = [
+        f"{op} {v['integer']}/{v['total']}"
+        for op, v in counts.items()
+        if isinstance(v, dict) and "total" in v
+    ]
+    return "integer kernels after OpenVINO's CPU plugin's fusion: " + (", ".join(parts) or "none")
+
+
+class OVSession(BaseSession):
     """A compiled model per input shape: the model is reshaped to the static shape of
     the first feed of each batch size (static shapes compile to faster kernels).
     ``overrides`` are plugin settings the artifact needs (see ``static_shape_check``)."""
 
     def __init__(
         self,
-        path: Path,
+        source: Path | Any,
         settings: SessionSettings,
         overrides: Mapping[str, str] | None = None,
         *,
@@ -205,16 +241,22 @@ class OVSession:
     ) -> None:
         ov = _ov()
         self.core = ov.Core()
-        self.path = path
+        self.path = source if isinstance(source, Path) else Path("model")
         self.settings = settings
         self.overrides = dict(overrides or {})
         self.static = static
         try:
-            self.model = self.core.read_model(str(path))
+            self.model = self.core.read_model(str(source)) if isinstance(source, Path) else source
         except Exception as e:
-            raise BackendError(f"OpenVINO cannot read '{path}': {str(e).splitlines()[0]}") from None
+            raise BackendError(
+                f"OpenVINO cannot read '{source}': {str(e).splitlines()[0]}"
+            ) from None
         self._compiled: dict[tuple[Any, ...], Any] = {}
         self._requests: dict[tuple[Any, ...], Any] = {}
+
+    def close(self) -> None:
+        self._requests.clear()
+        self._compiled.clear()
 
     def compiled_for(self, feeds: Feed) -> Any:
         key = tuple(sorted((k, v.shape) for k, v in feeds.items()))
@@ -277,10 +319,14 @@ class OVSession:
         return done, time.perf_counter() - t0
 
 
-class OpenVINOBackend:
+class OpenVINOBackend(BaseBackend):
     name = "openvino"
     extra = "openvino"
     formats = ("onnx", "onnx-qdq", "openvino-ir")
+
+    def __init__(self, rules: Rules = RULES) -> None:
+        self.rules = rules
+        self._caps: Capabilities | None = None
 
     def available(self) -> str | None:
         try:
@@ -292,8 +338,29 @@ class OpenVINOBackend:
     def version(self) -> str:
         return str(_ov().get_version())
 
+    def capabilities(self) -> Capabilities:
+        """The CPU plugin's float precisions on this CPU and its default: bf16 where the
+        CPU has AVX-512 BF16 or AMX (OPTIMIZATION_CAPABILITIES), else f32."""
+        if self._caps is None:
+            core = _ov().Core()
+            found = set(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+            precisions: list[Precision] = ["fp32"]
+            if "BF16" in found:
+                precisions.append("bf16")
+            if "FP16" in found:
+                precisions.append("fp16")
+            hint = str(core.get_property("CPU", "INFERENCE_PRECISION_HINT"))
+            default = _precision_name(hint)
+            self._caps = Capabilities(
+                "CPU",
+                tuple(precisions),
+                default if default in precisions else "fp32",
+                throughput=True,
+            )
+        return self._caps
+
     def plan(self, model: FloatModel, table: CalibrationTable, options: PlanOptions) -> QuantPlan:
-        return make_plan(model, table, options, RULES)
+        return make_plan(model, table, options, self.rules)
 
     def compile(self, qdq: onnx.ModelProto, out_dir: Path, model: FloatModel) -> Artifact:
         ov = _ov()
@@ -315,6 +382,9 @@ class OpenVINOBackend:
         consts = Counter(re.findall(r'type="Const"[^>]*>\s*<data element_type="(\w+)"', text))
         overrides, why = static_shape_check(xml, model)
         compiled = ov.Core().compile_model(str(xml), "CPU", _config(SessionSettings(), overrides))
+        kernels = int8_layers(compiled)
+        del compiled
+        notes = [_kernels_note(kernels)] + ([why] if why else [])
         return Artifact(
             backend=self.name,
             format="openvino-ir",
@@ -327,14 +397,49 @@ class OpenVINOBackend:
                 "weights": "int8 symmetric, per output channel",
                 "constants_by_type": dict(sorted(consts.items())),
                 "fake_quantize_ops": text.count('type="FakeQuantize"'),
-                "integer_kernels": int8_layers(compiled) if compiled is not None else {},
+                "integer_kernels": kernels,
                 **({"runtime_config": overrides, "runtime_config_reason": why} if why else {}),
             },
+            notes=tuple(notes),
         )
+
+    def _float_precision(self, artifact: Artifact, settings: SessionSettings) -> Precision:
+        """The precision float layers run in: asked for, else what the artifact needs
+        (measured), else the plugin's default."""
+        needed = artifact.metadata.get("float_precision")
+        return settings.precision or needed or self.capabilities().default_precision
+
+    def describe(self, artifact: Artifact, settings: SessionSettings) -> str:
+        prec = self._float_precision(artifact, settings)
+        if artifact.precision == "float":
+            return f"openvino CPU {prec}"
+        return f"openvino CPU int8 (float layers {prec})"
 
     def session(self, artifact: Artifact, settings: SessionSettings) -> OVSession:
         if artifact.format not in self.formats:
             raise BackendError(
                 f"backend 'openvino' runs {', '.join(self.formats)} artifacts, not {artifact.format!r}"
             )
+        prec = settings.precision or artifact.metadata.get("float_precision")
+        if prec is not None and prec not in self.capabilities().float_precisions:
+            raise BackendError(
+                f"OpenVINO's CPU plugin cannot run {prec} on this CPU; it runs "
+                f"{', '.join(self.capabilities().float_precisions)}"
+            )
+        settings = replace(settings, precision=prec)
         return OVSession(artifact.path, settings, artifact.metadata.get("runtime_config"))
+
+    def qdq_session(
+        self, qdq: onnx.ModelProto, model: FloatModel, settings: SessionSettings
+    ) -> OVSession:
+        """The QDQ model converted as ``compile`` converts it, compiled in memory."""
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "model.qdq.onnx"
+            save_model(qdq, src, model.weights_dir)
+            try:
+                ov_model = convert_onnx(src, qdq)
+            except Exception as e:
+                raise BackendError(
+                    f"OpenVINO cannot convert the QDQ model: {str(e).splitlines()[0]}"
+                ) from None
+        return OVSession(ov_model, settings)

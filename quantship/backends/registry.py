@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import cast
 
+from quantship.backends import DEFAULT_BACKEND
 from quantship.backends.base import Backend
 from quantship.errors import BackendError
 
@@ -21,7 +22,7 @@ BUILTIN: dict[str, str] = {
     "openvino": "quantship.backends.openvino:OpenVINOBackend",
     "tensorrt": "quantship.backends.tensorrt:TensorRTBackend",
 }
-DEFAULT = "onnxruntime"
+DEFAULT = DEFAULT_BACKEND
 
 
 def _entry_points() -> dict[str, str]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import platform
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,23 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
-from quantship.backends.base import Artifact, Feed, PlanOptions, QuantPlan, SessionSettings
+from quantship.backends.base import (
+    Artifact,
+    BaseBackend,
+    BaseSession,
+    Capabilities,
+    Finding,
+    PlanOptions,
+    QuantPlan,
+    SessionSettings,
+)
 from quantship.backends.op_rules import input_side_ops
 from quantship.backends.planning import OpRule, Rules, make_plan
 from quantship.backends.tensorrt_check import check_tensorrt
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError
 from quantship.exporter.load import FloatModel, save_model
+from quantship.types import Feed, Precision
 
 TRT_OPS: dict[str, OpRule] = {
     **input_side_ops(),
@@ -145,11 +156,13 @@ def build_engine(
     engine_path: Path,
     inputs: list[dict[str, Any]],
     *,
-    fp16: bool = True,
+    float_precision: Precision | None = None,
     max_batch: int = 32,
 ) -> dict[str, Any]:
     """Build a serialized engine with TensorRT's Python API (ONNX parser, builder
-    config, timing cache beside the engine so a rebuild is fast and repeatable)."""
+    config, timing cache beside the engine so a rebuild is fast and repeatable).
+    ``float_precision`` None: an INT8 QDQ model, strongly typed; "fp32"/"fp16": a float
+    model's engine at that precision (a baseline)."""
     reason = engine_unavailable()
     if reason is not None:
         raise BackendError(f"cannot build a TensorRT engine here: {reason}")
@@ -158,15 +171,17 @@ def build_engine(
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     # Explicit quantization wants a strongly typed network: precisions come from the
-    # Q/DQ nodes and the model's types, and precision flags must not be set.
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    # Q/DQ nodes and the model's types, and precision flags must not be set. A float
+    # baseline in fp16 is the builder's FP16 flag on a weakly typed network.
+    flags = 0 if float_precision else 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(qdq_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BackendError(f"TensorRT's ONNX parser rejected '{qdq_path}': {errors}")
     config = builder.create_builder_config()
-    del fp16  # strongly typed: float layers keep the model's float type
+    if float_precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
     cache_path = engine_path.with_suffix(".timing-cache")
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
@@ -191,9 +206,10 @@ def build_engine(
     return info
 
 
-class TensorRTSession:
+class TensorRTSession(BaseSession):
     """An engine on the GPU: buffers allocated once per input shape, runs on one stream;
-    ``device_latency_ms`` times ``execute_async_v3`` with CUDA events."""
+    ``device_latency_ms`` times ``execute_async_v3`` with CUDA events. ``close`` frees
+    the device buffers, the stream, the events and the engine."""
 
     def __init__(self, engine_path: Path, settings: SessionSettings) -> None:
         reason = engine_unavailable()
@@ -226,6 +242,25 @@ class TensorRTSession:
         self.outputs = [n for n in names if n not in self.inputs]
         self._shape_key: tuple[Any, ...] | None = None
         self._buffers: dict[str, tuple[int, npt.NDArray[Any]]] = {}
+        self._events: list[Any] = []
+        self._graphs: list[Any] = []
+
+    def close(self) -> None:
+        cudart = self.cudart
+        for ptr, _ in self._buffers.values():
+            cudart.cudaFree(ptr)
+        self._buffers = {}
+        for g in self._graphs:
+            cudart.cudaGraphExecDestroy(g)
+        self._graphs = []
+        for e in self._events:
+            cudart.cudaEventDestroy(e)
+        self._events = []
+        if getattr(self, "stream", None) is not None:
+            cudart.cudaStreamDestroy(self.stream)
+            self.stream = None
+        self.context = None
+        self.engine = None
 
     def _prepare(self, feeds: Feed) -> None:
         key = tuple((n, feeds[n].shape) for n in self.inputs)
@@ -279,6 +314,8 @@ class TensorRTSession:
             self.context.execute_async_v3(self.stream)
             _, graph = cudart.cudaStreamEndCapture(self.stream)
             _, graph_exec = cudart.cudaGraphInstantiate(graph, 0)
+            cudart.cudaGraphDestroy(graph)
+            self._graphs.append(graph_exec)
 
         def launch() -> None:
             if graph_exec is not None:
@@ -291,6 +328,7 @@ class TensorRTSession:
         cudart.cudaStreamSynchronize(self.stream)
         _, start = cudart.cudaEventCreate()
         _, end = cudart.cudaEventCreate()
+        self._events += [start, end]
         out = []
         for _ in range(iterations):
             cudart.cudaEventRecord(start, self.stream)
@@ -302,16 +340,101 @@ class TensorRTSession:
         return out
 
 
-class TensorRTBackend:
+class FloatEngineSession(BaseSession):
+    """The float model as a TensorRT engine at fp32 or fp16 (a baseline), built in a
+    temporary folder at the first run, for the feeds' shapes (a dynamic batch spans
+    1 … 32)."""
+
+    def __init__(self, model_path: Path, precision: Precision, settings: SessionSettings) -> None:
+        import tempfile
+
+        self.model_path, self.precision, self.settings = model_path, precision, settings
+        self._tmp = tempfile.TemporaryDirectory()
+        self._inner: TensorRTSession | None = None
+
+    def _session(self, feeds: Feed) -> TensorRTSession:
+        if self._inner is None:
+            proto = onnx.load(str(self.model_path), load_external_data=False)
+            inputs = []
+            for vi in proto.graph.input:
+                if vi.name not in feeds:
+                    continue
+                dims = [
+                    d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                    for d in vi.type.tensor_type.shape.dim
+                ]
+                inputs.append(
+                    {"name": vi.name, "shape": dims, "profile": list(feeds[vi.name].shape)}
+                )
+            engine = Path(self._tmp.name) / "float.engine"
+            build_engine(self.model_path, engine, inputs, float_precision=self.precision)
+            self._inner = TensorRTSession(engine, self.settings)
+        return self._inner
+
+    def run(self, feeds: Feed) -> list[npt.NDArray[Any]]:
+        return self._session(feeds).run(feeds)
+
+    def device_latency_ms(self, feeds: Feed, warmup: int, iterations: int) -> list[float]:
+        return self._session(feeds).device_latency_ms(feeds, warmup, iterations)
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
+            self._inner = None
+        self._tmp.cleanup()
+
+
+class TensorRTBackend(BaseBackend):
     name = "tensorrt"
     extra = "tensorrt"
-    formats = ("onnx-qdq",)
+    formats = ("onnx", "onnx-qdq")
+
+    def __init__(self, rules: Rules = RULES) -> None:
+        self.rules = rules
 
     def available(self) -> str | None:
         return None  # the QDQ model is written and validated anywhere; the engine is optional
 
+    def version(self) -> str:
+        try:
+            import tensorrt as trt
+        except ImportError:
+            return "not installed"
+        return str(trt.__version__)
+
+    def capabilities(self) -> Capabilities:
+        here = engine_unavailable() is None
+        # Without an engine nothing runs on the GPU here: no float baseline, and the QDQ
+        # model's figures are ONNX Runtime's on the CPU (and say so).
+        return Capabilities(
+            "GPU",
+            ("fp32", "fp16") if here else (),
+            "fp32",
+            runs_here=here,
+            device_timing=here,
+            engine=True,
+            validator=True,
+        )
+
+    def engine_unavailable(self) -> str | None:
+        return engine_unavailable()
+
+    def validate(self, qdq: onnx.ModelProto) -> list[Finding]:
+        return check_tensorrt(qdq)
+
+    def build(self, artifact: Artifact, max_batch: int) -> Artifact:
+        info = build_engine(
+            artifact.path, artifact.root / ENGINE_FILE, artifact.metadata["inputs"],
+            max_batch=max_batch,
+        )  # fmt: skip
+        engine_files = (ENGINE_FILE, str(Path(ENGINE_FILE).with_suffix(".json")))
+        files = tuple(f for f in artifact.files if f not in engine_files) + engine_files
+        meta = {**artifact.metadata, "engine": {"built": True, "path": ENGINE_FILE, **info}}
+        note = f"engine built for {info['gpu']} with TensorRT {info['tensorrt']}"
+        return replace(artifact, files=files, metadata=meta, notes=(note,))
+
     def plan(self, model: FloatModel, table: CalibrationTable, options: PlanOptions) -> QuantPlan:
-        return make_plan(model, table, options, RULES)
+        return make_plan(model, table, options, self.rules)
 
     def compile(self, qdq: onnx.ModelProto, out_dir: Path, model: FloatModel) -> Artifact:
         errors = [f for f in check_tensorrt(qdq) if f.severity == "error"]
@@ -347,13 +470,46 @@ class TensorRTBackend:
                 "inputs": inputs,
                 "engine": engine,
             },
+            notes=(
+                ()
+                if engine["built"]
+                else (f"engine not built here ({engine['reason']}); {engine['how']}",)
+            ),
         )
 
-    def session(self, artifact: Artifact, settings: SessionSettings) -> Any:
+    def _engine(self, artifact: Artifact) -> Path | None:
         engine = artifact.metadata.get("engine", {})
         if engine.get("built") and engine_unavailable() is None:
-            return TensorRTSession(artifact.root / engine["path"], settings)
-        # No engine here: the same QDQ model, symmetric INT8, in ONNX Runtime on the CPU.
+            return artifact.root / str(engine["path"])
+        return None
+
+    def describe(self, artifact: Artifact, settings: SessionSettings) -> str:
+        if artifact.precision == "float":
+            return f"tensorrt GPU {settings.precision or 'fp32'} engine"
+        if self._engine(artifact) is not None:
+            return "tensorrt GPU int8 engine"
+        return "tensorrt QDQ on onnxruntime CPU (no engine)"
+
+    def session(self, artifact: Artifact, settings: SessionSettings) -> BaseSession:
+        if artifact.precision == "float":
+            reason = engine_unavailable()
+            if reason is not None:
+                raise BackendError(f"cannot run the float model in TensorRT here: {reason}")
+            return FloatEngineSession(artifact.path, settings.precision or "fp32", settings)
+        engine = self._engine(artifact)
+        if engine is not None:
+            return TensorRTSession(engine, settings)
+        # No engine here: the same QDQ model, symmetric INT8, in ONNX Runtime on the CPU
+        # (``describe`` names it so).
         from quantship.backends.onnxruntime import OrtSession
 
         return OrtSession(artifact.path, settings)
+
+    def qdq_session(
+        self, qdq: onnx.ModelProto, model: FloatModel, settings: SessionSettings
+    ) -> BaseSession:
+        if engine_unavailable() is None:
+            return super().qdq_session(qdq, model, settings)  # type: ignore[return-value]
+        from quantship.backends.onnxruntime import OrtSession
+
+        return OrtSession(qdq, settings, model.weights_dir)

@@ -22,26 +22,15 @@ The rules, from NVIDIA's TensorRT Developer Guide, "Working with Quantized Types
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import onnx
 
+from quantship.backends.base import Finding
 from quantship.exporter.graph import GraphView, get_attr, opset_version
 
 Severity = Literal["error", "warning"]
-
-
-@dataclass(frozen=True)
-class Finding:
-    rule: str
-    node: str
-    message: str
-    severity: Severity = "error"
-
-    def __str__(self) -> str:
-        return f"{self.severity}: [{self.rule}] {self.node}: {self.message}"
 
 
 def _weight_axis(consumer: onnx.NodeProto, slot: int, rank: int) -> int | None:

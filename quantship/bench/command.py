@@ -1,5 +1,7 @@
-"""``quantship bench``: latency of an export folder (each artifact beside the float
-model in its own runtime) or of one model in one or more runtimes."""
+"""``quantship bench``: latency of an export folder on this machine (every INT8
+artifact beside the float model at each precision each runtime has here, after
+checking every file against the manifest's sha256), or of one model in one or more
+runtimes."""
 
 from __future__ import annotations
 
@@ -8,9 +10,11 @@ from pathlib import Path
 
 from quantship.backends import registry
 from quantship.backends.base import Artifact, Backend
+from quantship.bench.machine import cpu_info
 from quantship.bench.run import Candidate, bench_candidates, make_feeds
 from quantship.bench.timing import BenchSettings, LatencyStats
-from quantship.calibration.data import open_data
+from quantship.bench.verdict import Verdict
+from quantship.calibration.sources import open_data
 from quantship.errors import BackendError, QuantshipError
 from quantship.exporter.load import InputSpec
 from quantship.exporter.output import write_json
@@ -33,14 +37,21 @@ def bench(
     runtime) or of one ONNX model in one or more runtimes; with ``throughput_seconds``,
     also the throughput mode of runtimes that have one (OpenVINO's async requests)."""
     from quantship.bench.report import latency_plot, latency_table
-    from quantship.bench.run import throughput_candidates, with_float_baselines
+    from quantship.bench.run import artifact_candidates, float_candidates, throughput_candidates
     from quantship.exporter.load import load_model
-    from quantship.exporter.manifest import artifacts_in, float_artifact, read_manifest
+    from quantship.exporter.manifest import (
+        artifacts_in,
+        float_artifact,
+        read_manifest,
+        verify_files,
+    )
 
     settings = settings or BenchSettings()
     path = Path(target)
+    recorded: dict[str, float] = {}  # cosine to fp32 per candidate key, from the export
     if path.is_dir():
         manifest = read_manifest(path)
+        verify_files(path, manifest)
         inputs = [
             InputSpec(i["name"], tuple(i["shape"]), i["dtype"])
             for i in manifest["float_model"]["inputs"]
@@ -64,11 +75,16 @@ def bench(
                 ui.note(f"skipping {a.backend}: {reason}")
                 continue
             pairs.append((a, b))
-        if not pairs:
-            pairs_f = [(float_artifact(path, manifest), registry.get("onnxruntime"))]
-            cands = [Candidate("float (onnxruntime)", pairs_f[0][1], pairs_f[0][0])]
-        else:
-            cands = with_float_baselines(float_artifact(path, manifest), pairs)
+        runtimes = [b for _, b in pairs]
+        default = registry.get(registry.DEFAULT)
+        if default.name not in {b.name for b in runtimes} and default.available() is None:
+            runtimes.insert(0, default)
+        cands = float_candidates(float_artifact(path, manifest), runtimes)
+        cands += artifact_candidates(pairs)
+        for entry in [*manifest.get("baselines", []), *manifest["artifacts"]]:
+            cos = (entry.get("fidelity") or {}).get("cosine")
+            if entry.get("key") and cos is not None:
+                recorded[entry["key"]] = float(cos)
         title = f"latency: {path}"
     else:
         fm = load_model(path)
@@ -77,19 +93,29 @@ def bench(
         chosen, missing = registry.available(backends or registry.DEFAULT)
         for m in missing:
             ui.note(f"error: {m}")
-        art = Artifact("onnxruntime", "onnx", path.parent, (path.name,), precision="float")
-        cands = []
-        for b in chosen:
-            if "onnx" not in b.formats:
-                raise BackendError(f"backend {b.name!r} cannot run an ONNX model directly")
-            cands.append(Candidate(b.name, b, art, cands[0].label if cands else None))
+        art = Artifact("", "onnx", path.parent, (path.name,), precision="float")
+        cands = float_candidates(art, chosen)
+        if not cands:
+            raise BackendError(
+                f"none of {', '.join(b.name for b in chosen)} can run a float model on this machine"
+            )
         title = f"latency: {path.name}"
     for name, shape in (input_shapes or {}).items():
         examples[name] = _checked_shape(inputs, name, shape)
     sample = open_data(data, inputs, role="benchmark").first() if data is not None else None
     shapes = {k: list(v.shape) for k, v in make_feeds(inputs, 1, sample, examples=examples).items()}
     stats = bench_candidates(cands, inputs, settings, sample=sample, examples=examples, ui=ui)
-    latency_table(ui, stats, title, {c.label: c.baseline for c in cands})
+    verdict = _verdict(cands, stats, recorded, settings.batches[0])
+    reference = next((c.label for c in cands if c.key == verdict.fastest_float), None)
+    if reference is None:  # no fidelity on record (a model file): the fastest float
+        floats = [s for s in stats if s.batch == settings.batches[0] and "(default)" in s.label]
+        ref_stats = min(floats or stats, key=lambda s: s.p50_ms)
+        reference = ref_stats.label
+    latency_table(ui, stats, f"{title}   (speedup against {reference})", reference)
+    if recorded:
+        ui.note(f"verdict (fidelity as recorded at export): {verdict.line}")
+        for w in verdict.warnings:
+            ui.note(f"warning: {w}")
     tput = throughput_candidates(
         cands, inputs, settings, throughput_seconds, sample=sample, examples=examples, ui=ui
     )
@@ -100,20 +126,40 @@ def bench(
             [[t.label, str(t.batch), f"{t.samples_per_s:.1f}", str(t.runs)] for t in tput],
         )
     if json_path is not None:
+        from quantship.bench.verdict import Budget
+
         write_json(
             Path(json_path),
             {
                 "target": str(path),
+                "machine": cpu_info(),
                 "settings": dict(settings.__dict__),
                 "input_shapes": shapes,  # at batch 1; --batch scales the first axis
                 "results": [s.to_json() for s in stats],
+                "keys": {c.label: c.key for c in cands},
+                "speedup_against": reference,
                 "throughput": [t.to_json() for t in tput],
-                "baselines": {c.label: c.baseline for c in cands},
+                "verdict": verdict.to_json(Budget()) if recorded else None,
             },
         )
     if plot_path is not None and not latency_plot(stats, Path(plot_path), title):
         ui.note("plot skipped: matplotlib is not installed (pip install 'quantship[plot]')")
     return stats
+
+
+def _verdict(
+    cands: Sequence[Candidate],
+    stats: Sequence[LatencyStats],
+    recorded: dict[str, float],
+    batch: int,
+) -> Verdict:
+    from quantship.bench.verdict import Budget, Option, decide
+
+    p50 = {s.label: s.p50_ms for s in stats if s.batch == batch}
+    return decide(
+        [Option(c.key, c.label, c.is_float, p50.get(c.label), recorded.get(c.key)) for c in cands],
+        Budget(),
+    )
 
 
 def _checked_shape(

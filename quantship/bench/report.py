@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from quantship.bench.timing import LatencyStats
@@ -25,14 +25,13 @@ def latency_table(
     ui: UI,
     stats: Sequence[LatencyStats],
     title: str,
-    baselines: Mapping[str, str | None] | None = None,
+    reference: str | None = None,
 ) -> None:
-    """``baselines`` maps a label to the label its speedup is measured against."""
+    """Every row's speedup is against ``reference`` (a label) at the same batch size."""
     by = {(s.label, s.batch): s for s in stats}
     rows = []
     for s in stats:
-        ref = (baselines or {}).get(s.label)
-        b = by.get((ref, s.batch)) if ref else None
+        b = by.get((reference, s.batch)) if reference else None
         speed = f"{b.p50_ms / s.p50_ms:.2f}x" if b is not None and s.p50_ms > 0 else "-"
         rows.append(
             [

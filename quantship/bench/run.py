@@ -6,12 +6,11 @@ machine that has only what deployment has.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from quantship.backends.base import Artifact, Backend, Session, SessionSettings
 from quantship.bench.timing import (
@@ -22,34 +21,60 @@ from quantship.bench.timing import (
 )
 from quantship.errors import QuantshipError
 from quantship.exporter.load import InputSpec
+from quantship.types import Feed, Precision
 from quantship.ui import SILENT, UI
-
-Feed = dict[str, npt.NDArray[Any]]
 
 
 @dataclass(frozen=True)
 class Candidate:
+    """One thing to time: an INT8 artifact, or the float model at a float precision, in
+    a backend. ``label`` names what actually runs (the backend's ``describe``)."""
+
     label: str
     backend: Backend
     artifact: Artifact
-    baseline: str | None = None  # label of the float model in the same runtime
+    precision: Precision | None = None  # the float model's (None: an INT8 artifact)
+    default: bool = False  # the runtime's own choice for the float model
+    variant: str = ""  # another build of the same artifact, timed beside it
+
+    @property
+    def is_float(self) -> bool:
+        return self.artifact.precision == "float"
+
+    @property
+    def key(self) -> str:
+        """Stable across machines: ``<backend>:float:<precision>`` or ``<backend>:int8``."""
+        if self.is_float:
+            return f"{self.backend.name}:float:{self.precision}"
+        key = f"{self.backend.name}:{self.artifact.precision}"
+        return f"{key}:{self.variant}" if self.variant else key
+
+    def settings(self, threads: int | None, mode: str = "latency") -> SessionSettings:
+        return SessionSettings(threads=threads, mode=mode, precision=self.precision)  # type: ignore[arg-type]
 
 
-def with_float_baselines(
-    float_art: Artifact, artifacts: Sequence[tuple[Artifact, Backend]]
-) -> list[Candidate]:
-    """The float model in each runtime that runs an artifact (where the runtime runs
-    ONNX), then the artifacts, each paired with the float model in its own runtime:
-    OpenVINO INT8 is compared with OpenVINO float, not with ONNX Runtime float."""
+def float_candidates(float_art: Artifact, backends: Sequence[Backend]) -> list[Candidate]:
+    """The float model in every runtime that can run it here, at each float precision
+    the runtime has on this machine: its default (bf16 where OpenVINO finds AVX-512 BF16
+    or AMX), its fastest, and fp32. These are what the user runs without us."""
     out: list[Candidate] = []
-    floats: dict[str, str] = {}
-    for _, b in artifacts:
-        if b.name not in floats and "onnx" in b.formats:
-            floats[b.name] = f"float ({b.name})"
-            out.append(Candidate(floats[b.name], b, float_art))
-    for a, b in artifacts:
-        out.append(Candidate(f"{a.backend} {a.precision}", b, a, floats.get(b.name)))
+    seen: set[str] = set()
+    for b in backends:
+        caps = b.capabilities()
+        if b.name in seen or not caps.float_precisions:
+            continue
+        seen.add(b.name)
+        for prec in caps.float_precisions:
+            default = prec == caps.default_precision
+            label = b.describe(float_art, SessionSettings(precision=prec))
+            out.append(
+                Candidate(label + (" (default)" if default else ""), b, float_art, prec, default)
+            )
     return out
+
+
+def artifact_candidates(pairs: Sequence[tuple[Artifact, Backend]]) -> list[Candidate]:
+    return [Candidate(b.describe(a, SessionSettings()), b, a) for a, b in pairs]
 
 
 @dataclass(frozen=True)
@@ -131,9 +156,27 @@ def bench_candidates(
     """Latency of every candidate at every batch size, interleaved per batch size."""
     for b in settings.batches:
         make_feeds(inputs, b, sample, examples=examples)  # fail before loading anything
-    sessions: dict[str, Session] = {}
-    for c in candidates:
-        sessions[c.label] = c.backend.session(c.artifact, SessionSettings(threads=settings.threads))
+    with contextlib.ExitStack() as stack:
+        sessions: dict[str, Session] = {
+            c.label: stack.enter_context(
+                c.backend.session(c.artifact, c.settings(settings.threads))
+            )
+            for c in candidates
+        }
+        timed = {c.label: c.backend.capabilities().device_timing for c in candidates}
+        return _time_all(candidates, sessions, timed, inputs, settings, sample, examples, ui)
+
+
+def _time_all(
+    candidates: Sequence[Candidate],
+    sessions: Mapping[str, Session],
+    device_timed: Mapping[str, bool],
+    inputs: Sequence[InputSpec],
+    settings: BenchSettings,
+    sample: Feed | None,
+    examples: Mapping[str, Sequence[int]] | None,
+    ui: UI,
+) -> list[LatencyStats]:
     out: list[LatencyStats] = []
     for b in settings.batches:
         feeds = make_feeds(inputs, b, sample, examples=examples)
@@ -146,7 +189,7 @@ def bench_candidates(
                 ) from None
         # GPU sessions time themselves with CUDA events (device time, no host copies);
         # the rest share the CPU and are timed interleaved.
-        gpu = {label: s for label, s in sessions.items() if hasattr(s, "device_latency_ms")}
+        gpu = {label: s for label, s in sessions.items() if device_timed[label]}
         runners = {
             label: (lambda s=s, f=feeds: s.run(f))
             for label, s in sessions.items()
@@ -184,13 +227,27 @@ def throughput_candidates(
     """Throughput mode for the candidates whose session offers it, in two interleaved
     rounds of ``seconds / 2`` each."""
     out: list[Throughput] = []
-    capable = []
-    for c in candidates:
-        s = c.backend.session(c.artifact, SessionSettings(threads=settings.threads))
-        if hasattr(s, "throughput"):
-            capable.append((c, s))
+    capable = [c for c in candidates if c.backend.capabilities().throughput]
     if not capable or seconds <= 0:
         return out
+    with contextlib.ExitStack() as stack:
+        sessions = [
+            (c, stack.enter_context(c.backend.session(c.artifact, c.settings(settings.threads))))
+            for c in capable
+        ]
+        return _throughput(sessions, inputs, settings, seconds, sample, examples, ui)
+
+
+def _throughput(
+    capable: Sequence[tuple[Candidate, Session]],
+    inputs: Sequence[InputSpec],
+    settings: BenchSettings,
+    seconds: float,
+    sample: Feed | None,
+    examples: Mapping[str, Sequence[int]] | None,
+    ui: UI,
+) -> list[Throughput]:
+    out: list[Throughput] = []
     with ui.progress("throughput mode", len(capable) * len(settings.batches) * 2) as advance:
         for b in settings.batches:
             feeds = make_feeds(inputs, b, sample, examples=examples)

@@ -1,6 +1,7 @@
 """Sample data for calibration and fidelity: where it comes from, and its fit to the model.
 
-Three sources, one interface (an iterator of one-sample feeds, batch axis kept):
+Three sources, one interface (an iterator of one-sample feeds, batch axis kept); the
+image folder lives in ``images.py`` and ``sources.open_data`` picks the reader:
 
 - ``.npz``: one array per model input, keyed by input name, first axis the sample
   axis. Uncompressed archives (``np.savez``) are read a sample at a time, so a
@@ -20,43 +21,15 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from quantship.errors import DataError
 from quantship.exporter.load import InputSpec
-from quantship.specs import is_callable_spec, resolve
-
-Feed = dict[str, npt.NDArray[Any]]
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-
-
-@dataclass(frozen=True)
-class ImageOptions:
-    """Preprocessing for a folder of images: pixel · scale, then (x − mean) / std, per
-    channel, in ``channel_order``, laid out as ``layout``. ``size`` is (height, width);
-    by default the model input's own."""
-
-    size: tuple[int, int] | None = None
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    scale: float = 1.0 / 255.0
-    channel_order: Literal["RGB", "BGR"] = "RGB"
-    layout: Literal["NCHW", "NHWC"] | None = None
-
-    def __post_init__(self) -> None:
-        if self.size is not None and (len(self.size) != 2 or min(self.size) <= 0):
-            raise ValueError(f"image size must be two positive integers, got {self.size}")
-        if len(self.mean) not in (1, 3) or len(self.std) not in (1, 3):
-            raise ValueError("mean and std take one value or three (one per channel)")
-        if any(s == 0 for s in self.std):
-            raise ValueError("std must not contain 0")
-        if self.channel_order not in ("RGB", "BGR"):
-            raise ValueError(f"channel order must be RGB or BGR, got {self.channel_order!r}")
-        if self.layout not in (None, "NCHW", "NHWC"):
-            raise ValueError(f"layout must be NCHW or NHWC, got {self.layout!r}")
+from quantship.specs import resolve
+from quantship.types import Feed
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,37 +115,6 @@ def _fmt(shape: Sequence[int | None]) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
-def open_data(
-    spec: str | Path,
-    inputs: Sequence[InputSpec],
-    *,
-    images: ImageOptions | None = None,
-    role: str = "calibration",
-) -> CalibrationData:
-    """Open ``spec`` (a file, a folder, or ``package.module:function``) for ``inputs``."""
-    text = str(spec)
-    path = Path(text)
-    if path.exists():
-        if path.is_dir():
-            from quantship.calibration.images import image_folder
-
-            return image_folder(path, inputs, images or ImageOptions(), role)
-        if path.suffix == ".npz":
-            return _npz(path, inputs, role)
-        if path.suffix == ".npy":
-            return _npy(path, inputs, role)
-        raise DataError(
-            f"{role} data '{path}' is neither .npz, .npy nor a folder of images; "
-            "see `quantship export --help` for the accepted forms"
-        )
-    if is_callable_spec(text):
-        return _callable(text, inputs, role)
-    raise DataError(
-        f"{role} data '{text}' not found (expected an .npz/.npy file, a folder of images, "
-        "or package.module:function)"
-    )
-
-
 # The key np.savez gives an array passed without a name.
 UNNAMED = "arr_0"
 # Arrays a held-out set may carry beside the inputs: labels for --metric.
@@ -247,7 +189,7 @@ def _read_header(raw: Any, path: Path, key: str) -> tuple[tuple[int, ...], bool,
     return tuple(shape), bool(fortran), dtype
 
 
-def _memmap_npz(path: Path) -> dict[str, Any]:
+def stored_npz(path: Path) -> dict[str, Any]:
     """Arrays of an .npz: stored (uncompressed) members are read sample by sample from
     the file; compressed members are loaded whole."""
     out: dict[str, Any] = {}
@@ -283,7 +225,7 @@ def _memmap_npz(path: Path) -> dict[str, Any]:
     return out
 
 
-def _stored_npy(path: Path) -> Any:
+def stored_npy(path: Path) -> Any:
     try:
         with path.open("rb") as f:
             shape, fortran, dtype = _read_header(f, path, path.name)
@@ -323,12 +265,12 @@ def _arrays_source(
     return CalibrationData(desc, role, tuple(inputs), n, gen, tuple(notes))
 
 
-def _npz(path: Path, inputs: Sequence[InputSpec], role: str) -> CalibrationData:
-    return _arrays_source(_memmap_npz(path), inputs, f"'{path}'", role)
+def npz_data(path: Path, inputs: Sequence[InputSpec], role: str) -> CalibrationData:
+    return _arrays_source(stored_npz(path), inputs, f"'{path}'", role)
 
 
-def _npy(path: Path, inputs: Sequence[InputSpec], role: str) -> CalibrationData:
-    arr = _stored_npy(path)
+def npy_data(path: Path, inputs: Sequence[InputSpec], role: str) -> CalibrationData:
+    arr = stored_npy(path)
     if len(inputs) != 1:
         raise DataError(
             f"{role} data '{path}' is one array, but the model has {len(inputs)} inputs; "
@@ -340,7 +282,7 @@ def _npy(path: Path, inputs: Sequence[InputSpec], role: str) -> CalibrationData:
 # --- package.module:function ----------------------------------------------------------
 
 
-def _callable(text: str, inputs: Sequence[InputSpec], role: str) -> CalibrationData:
+def callable_data(text: str, inputs: Sequence[InputSpec], role: str) -> CalibrationData:
     mod_name, _, fn_name = text.partition(":")
     try:
         _, _, fn = resolve(text)
@@ -385,26 +327,3 @@ def _callable(text: str, inputs: Sequence[InputSpec], role: str) -> CalibrationD
                 yield {n: a[i : i + 1] for n, a in arrays.items()}
 
     return CalibrationData(f"'{text}'", role, tuple(inputs), None, gen)
-
-
-def peek_shapes(spec: str | Path, images: ImageOptions | None = None) -> dict[str, tuple[int, ...]]:
-    """Per-sample shapes (batch axis of 1) of data not yet bound to a model: for
-    exporting a PyTorch model, whose input shapes come from its data."""
-    text = str(spec)
-    path = Path(text)
-    if path.is_dir():
-        opts = images or ImageOptions()
-        if opts.size is None:
-            raise DataError("a folder of images for a PyTorch model needs --image-size")
-        h, w = opts.size
-        return {"input": (1, 3, h, w) if opts.layout != "NHWC" else (1, h, w, 3)}
-    if path.suffix == ".npz" and path.exists():
-        return {k: (1, *a.shape[1:]) for k, a in _memmap_npz(path).items()}
-    if path.suffix == ".npy" and path.exists():
-        return {"input": (1, *_stored_npy(path).shape[1:])}
-    if is_callable_spec(text):
-        fake = [InputSpec("input", (None,), "float32")]
-        src = _callable(text, fake, "calibration")
-        for feed in src._open():
-            return {k: tuple(v.shape) for k, v in feed.items()}
-    raise DataError(f"calibration data '{text}' not found")

@@ -4,13 +4,44 @@ laid out as the model's input expects (see ``ImageOptions``)."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from quantship.calibration.data import IMAGE_SUFFIXES, CalibrationData, Feed, ImageOptions
+from quantship.calibration.data import CalibrationData
 from quantship.errors import DataError
 from quantship.exporter.load import InputSpec
+from quantship.types import Feed
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """Preprocessing for a folder of images: pixel · scale, then (x − mean) / std, per
+    channel, in ``channel_order``, laid out as ``layout``. ``size`` is (height, width);
+    by default the model input's own."""
+
+    size: tuple[int, int] | None = None
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    scale: float = 1.0 / 255.0
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    layout: Literal["NCHW", "NHWC"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.size is not None and (len(self.size) != 2 or min(self.size) <= 0):
+            raise ValueError(f"image size must be two positive integers, got {self.size}")
+        if len(self.mean) not in (1, 3) or len(self.std) not in (1, 3):
+            raise ValueError("mean and std take one value or three (one per channel)")
+        if any(s == 0 for s in self.std):
+            raise ValueError("std must not contain 0")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"channel order must be RGB or BGR, got {self.channel_order!r}")
+        if self.layout not in (None, "NCHW", "NHWC"):
+            raise ValueError(f"layout must be NCHW or NHWC, got {self.layout!r}")
 
 
 def image_folder(

@@ -32,11 +32,12 @@ import numpy.typing as npt
 import onnx
 from onnx import helper, numpy_helper
 
-from quantship.calibration.data import CalibrationData, Feed
+from quantship.calibration.data import CalibrationData
 from quantship.calibration.observers import HIST_VALUES_PER_SAMPLE, Observer
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import DataError, ModelError
 from quantship.exporter.load import FloatModel
+from quantship.types import Feed
 from quantship.ui import SILENT, UI
 
 ACTIVATION_BUDGET = 64 * 2**20

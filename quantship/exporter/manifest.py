@@ -25,7 +25,7 @@ FORMAT = "quantship-manifest/1"
 
 def versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
     out = {"quantship": __version__, "python": platform.python_version()}
-    for pkg in ("numpy", "onnx", "onnxruntime", *extra):
+    for pkg in ("numpy", "onnx", *extra):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -47,6 +47,7 @@ def artifact_entry(a: Artifact, figures: dict[str, Any]) -> dict[str, Any]:
         "size_bytes": a.size_bytes(),
         "files": files,
         "metadata": dict(a.metadata),
+        "notes": list(a.notes),
         **figures,
     }
 
@@ -84,9 +85,28 @@ def artifacts_in(folder: Path, manifest: dict[str, Any]) -> list[Artifact]:
                 files=files,
                 precision=e.get("precision", "int8"),
                 metadata=e.get("metadata", {}),
+                notes=tuple(e.get("notes", ())),
             )
         )
     return out
+
+
+def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
+    """Every file the manifest lists (the float model's and each artifact's) must have
+    the sha256 recorded for it: a changed or corrupt copy is named, before any timing."""
+    entries = [manifest["float_model"], *manifest.get("artifacts", [])]
+    for e in entries:
+        for f in e.get("files", []):
+            if not isinstance(f, dict) or "sha256" not in f:
+                continue
+            path = folder / f["path"]
+            if not path.is_file():
+                raise QuantshipError(f"'{folder}': {f['path']}, listed in {MANIFEST}, is missing")
+            if sha256_file(path) != f["sha256"]:
+                raise QuantshipError(
+                    f"'{path}' does not match the sha256 {MANIFEST} records for it "
+                    "(changed or corrupted since the export); export again or restore the file"
+                )
 
 
 def float_artifact(folder: Path, manifest: dict[str, Any]) -> Artifact:
@@ -97,9 +117,7 @@ def float_artifact(folder: Path, manifest: dict[str, Any]) -> Artifact:
         raise QuantshipError(
             f"'{folder}': the float model file {missing[0]} listed in {MANIFEST} is missing"
         )
-    return Artifact(
-        backend="onnxruntime", format="onnx", root=folder, files=files, precision="float"
-    )
+    return Artifact(backend="", format="onnx", root=folder, files=files, precision="float")
 
 
 def runtime_info() -> dict[str, Any]:

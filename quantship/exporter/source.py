@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quantship.calibration.data import CalibrationData, ImageOptions, open_data
+from quantship.calibration.data import CalibrationData
+from quantship.calibration.images import ImageOptions
+from quantship.calibration.sources import open_data
 from quantship.errors import QuantshipError
 from quantship.exporter.load import FloatModel
 
@@ -24,7 +26,7 @@ def load_float_model(
     user's model as given (a file, or the bytes a PyTorch export produced), against
     which the prepared model's outputs are checked. A dynamic dimension's example
     size comes from the first calibration sample, or held-out one (``--calib-cache``)."""
-    from quantship.calibration.data import peek_shapes
+    from quantship.calibration.sources import peek_shapes
     from quantship.exporter import load as loader
     from quantship.exporter.output import sha256_bytes
     from quantship.exporter.torch_export import export_spec, is_torch_spec

@@ -14,9 +14,9 @@ from onnx import numpy_helper
 
 from quantship.backends.base import PlanOptions
 from quantship.backends.onnxruntime import OnnxRuntimeBackend, fused_kernels
-from quantship.calibration.data import open_data
 from quantship.calibration.methods import MethodSpec
 from quantship.calibration.runner import calibrate
+from quantship.calibration.sources import open_data
 from quantship.exporter.load import FloatModel, load_model
 from quantship.exporter.qdq import write_qdq
 

@@ -70,8 +70,8 @@ def test_the_plugin_runs_convolutions_in_int8(exported: Path) -> None:
 
 
 def test_quantization_goes_on_inputs_only(tmp_path: Path, cnn_path: Path, calib_npz: Path) -> None:
-    from quantship.calibration.data import open_data
     from quantship.calibration.runner import calibrate
+    from quantship.calibration.sources import open_data
     from quantship.exporter.load import load_model
 
     fm = load_model(cnn_path, data_shapes={"images": (1, 3, 16, 16)})
@@ -90,8 +90,8 @@ def test_quantization_goes_on_inputs_only(tmp_path: Path, cnn_path: Path, calib_
 def test_quantization_moves_above_concat(tmp_path: Path, calib_npz: Path) -> None:
     from models import save, tiny_cnn
 
-    from quantship.calibration.data import open_data
     from quantship.calibration.runner import calibrate
+    from quantship.calibration.sources import open_data
     from quantship.exporter.load import load_model
 
     m = tiny_cnn()
@@ -157,3 +157,33 @@ def test_without_openvino_the_error_names_the_extra_and_others_complete(
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "quantship[openvino]" in p.stderr
     assert (tmp_path / "o/onnxruntime/model.int8.onnx").exists()
+
+
+def test_float_baselines_are_what_openvino_runs_by_default(
+    tmp_path: Path, cnn_path: Path, calib_npz: Path
+) -> None:
+    """The float model is timed at OpenVINO's own default precision (bf16 on CPUs with
+    AVX-512 BF16 or AMX), at every other float precision it has here, and the INT8
+    artifact is compiled with the plain defaults a user would pass."""
+    import openvino as ov
+
+    from quantship import api
+    from quantship.backends.base import SessionSettings
+    from quantship.backends.openvino import OpenVINOBackend, _config
+
+    res = api.export(cnn_path, calib_npz, tmp_path / "o", backends="openvino", bench=True,
+                     threads=1)  # fmt: skip
+    hint = str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")).lower()
+    caps = OpenVINOBackend().capabilities()
+    assert (caps.default_precision == "bf16") == ("bf16" in hint or "bfloat16" in hint)
+    ov_floats = {b["precision"]: b for b in res.manifest["baselines"] if b["backend"] == "openvino"}
+    assert set(ov_floats) == set(caps.float_precisions)
+    assert ov_floats[caps.default_precision]["default"] is True
+    assert all(b["p50_ms"] > 0 and b["cosine"] > 0.99 for b in ov_floats.values())
+    assert "INFERENCE_PRECISION_HINT" not in _config(SessionSettings(threads=1))
+    v = res.manifest["verdict"]
+    assert v["choice"] is not None and v["fastest_float"] is not None
+    chosen = [
+        e for e in [*res.manifest["baselines"], *res.manifest["artifacts"]] if e["recommended"]
+    ]
+    assert [e["key"] for e in chosen] == [v["choice"]]

@@ -180,7 +180,7 @@ def test_build_engine_without_tensorrt_is_one_clear_line(
         text=True,
     )
     assert p.returncode == 2 and "Traceback" not in p.stderr
-    assert "cannot build a TensorRT engine here" in p.stderr
+    assert "cannot build a tensorrt engine here" in p.stderr
     assert (tmp_path / "o/manifest.json").read_text() == before
 
 
@@ -229,7 +229,7 @@ def test_require_engine_fails_up_front_without_tensorrt(
         text=True,
     )
     assert p.returncode == 2 and "Traceback" not in p.stderr
-    assert "--require-engine: a TensorRT engine cannot be built here" in p.stderr
+    assert "--require-engine: a tensorrt engine cannot be built here" in p.stderr
     assert not (tmp_path / "o").exists()
 
 

@@ -21,15 +21,28 @@ def test_percentiles_and_throughput_from_known_samples() -> None:
 
 
 def test_interleaving_runs_each_candidate_equally() -> None:
+    """After warm-up, the candidates take turns in short blocks, the order rotating
+    each round: a harness that timed one candidate and then the other (one switch)
+    fails this, and so does one that never rotates the order."""
+    import time
+
     calls: list[str] = []
-    runners = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
-    stats = measure_interleaved(runners, BenchSettings(warmup=2, iterations=50), batch=1)
-    assert stats["a"].iterations == stats["b"].iterations == 50
-    # warm-up first, then blocks alternate between the candidates
-    after_warmup = calls[4:]
-    switches = sum(1 for x, y in itertools.pairwise(after_warmup) if x != y)
-    assert switches >= 1
-    assert calls.count("a") == calls.count("b")
+
+    def run(label: str) -> None:
+        calls.append(label)
+        time.sleep(0.0005)
+
+    runners = {"a": lambda: run("a"), "b": lambda: run("b")}
+    settings = BenchSettings(warmup=2, iterations=40, block_seconds=0.004)
+    stats = measure_interleaved(runners, settings, batch=1)
+    assert stats["a"].iterations == stats["b"].iterations == 40
+    timed = calls[4:]  # after two warm-up runs of each
+    assert timed.count("a") == timed.count("b")
+    runs = [len(list(g)) for _, g in itertools.groupby(timed)]
+    assert len(runs) >= 6  # blocks of a few runs each, not two long runs
+    # The order rotates every round, so the candidate that ends a round also starts the
+    # next: its blocks meet, and the second run of calls is longer than the first.
+    assert runs[1] > runs[0]
 
 
 def test_settings_validate() -> None:
@@ -50,11 +63,11 @@ def test_gpu_sessions_are_timed_by_their_own_device_clock() -> None:
 
     import numpy as np
 
-    from quantship.backends.base import Artifact, SessionSettings
+    from quantship.backends.base import Artifact, BaseSession, Capabilities, SessionSettings
     from quantship.bench.run import Candidate, bench_candidates
     from quantship.exporter.load import InputSpec
 
-    class CpuStub:
+    class CpuStub(BaseSession):
         def run(self, feeds: dict[str, Any]) -> list[Any]:
             return [feeds["x"] * 2]
 
@@ -69,16 +82,20 @@ def test_gpu_sessions_are_timed_by_their_own_device_clock() -> None:
         extra = "stub"
         formats = ("onnx",)
 
-        def __init__(self, session: Any) -> None:
-            self.s = session
+        def __init__(self, session: Any, device_timing: bool) -> None:
+            self.s, self.device_timing = session, device_timing
+
+        def capabilities(self) -> Capabilities:
+            return Capabilities("GPU" if self.device_timing else "CPU", ("fp32",), "fp32",
+                                device_timing=self.device_timing)  # fmt: skip
 
         def session(self, artifact: Artifact, settings: SessionSettings) -> Any:
             return self.s
 
     art = Artifact("stub", "onnx", Path(), ("m.onnx",))
     cands = [
-        Candidate("cpu", StubBackend(CpuStub()), art),  # type: ignore[arg-type]
-        Candidate("gpu", StubBackend(GpuStub()), art),  # type: ignore[arg-type]
+        Candidate("cpu", StubBackend(CpuStub(), False), art),  # type: ignore[arg-type]
+        Candidate("gpu", StubBackend(GpuStub(), True), art),  # type: ignore[arg-type]
     ]
     stats = bench_candidates(
         cands, [InputSpec("x", (None, 4), "float32")], BenchSettings(warmup=1, iterations=7)

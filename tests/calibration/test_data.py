@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantship.calibration.data import ImageOptions, open_data
+from quantship.calibration.images import ImageOptions
+from quantship.calibration.sources import open_data
 from quantship.errors import DataError
 from quantship.exporter.load import InputSpec
 
@@ -23,9 +24,9 @@ def test_uncompressed_npz_is_read_sample_by_sample(tmp_path: Path) -> None:
     feeds = list(data.samples())
     assert len(feeds) == 5 and feeds[3]["images"].shape == (1, 3, 8, 8)
     np.testing.assert_array_equal(feeds[3]["images"][0], x[3])
-    from quantship.calibration.data import StoredArray, _memmap_npz
+    from quantship.calibration.data import StoredArray, stored_npz
 
-    stored = _memmap_npz(tmp_path / "d.npz")["images"]
+    stored = stored_npz(tmp_path / "d.npz")["images"]
     assert isinstance(stored, StoredArray)  # nothing loaded until a slice is read
     np.testing.assert_array_equal(stored[1:3], x[1:3])
 

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from quantship.calibration.data import open_data
 from quantship.calibration.runner import calibrate, observed_tensors
+from quantship.calibration.sources import open_data
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import DataError
 from quantship.exporter.load import load_model

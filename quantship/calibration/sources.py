@@ -1,0 +1,73 @@
+"""Opening sample data by what the user passed: a ``.npz``/``.npy`` file, a folder of
+images, or ``package.module:function`` (the readers are in ``data.py`` and
+``images.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from quantship.calibration.data import (
+    CalibrationData,
+    callable_data,
+    npy_data,
+    npz_data,
+    stored_npy,
+    stored_npz,
+)
+from quantship.calibration.images import ImageOptions, image_folder
+from quantship.errors import DataError
+from quantship.exporter.load import InputSpec
+from quantship.specs import is_callable_spec
+
+
+def open_data(
+    spec: str | Path,
+    inputs: Sequence[InputSpec],
+    *,
+    images: ImageOptions | None = None,
+    role: str = "calibration",
+) -> CalibrationData:
+    """Open ``spec`` (a file, a folder, or ``package.module:function``) for ``inputs``."""
+    text = str(spec)
+    path = Path(text)
+    if path.exists():
+        if path.is_dir():
+            return image_folder(path, inputs, images or ImageOptions(), role)
+        if path.suffix == ".npz":
+            return npz_data(path, inputs, role)
+        if path.suffix == ".npy":
+            return npy_data(path, inputs, role)
+        raise DataError(
+            f"{role} data '{path}' is neither .npz, .npy nor a folder of images; "
+            "see `quantship export --help` for the accepted forms"
+        )
+    if is_callable_spec(text):
+        return callable_data(text, inputs, role)
+    raise DataError(
+        f"{role} data '{text}' not found (expected an .npz/.npy file, a folder of images, "
+        "or package.module:function)"
+    )
+
+
+def peek_shapes(spec: str | Path, images: ImageOptions | None = None) -> dict[str, tuple[int, ...]]:
+    """Per-sample shapes (batch axis of 1) of data not yet bound to a model: for
+    exporting a PyTorch model, whose input shapes come from its data."""
+    text = str(spec)
+    path = Path(text)
+    if path.is_dir():
+        opts = images or ImageOptions()
+        if opts.size is None:
+            raise DataError("a folder of images for a PyTorch model needs --image-size")
+        h, w = opts.size
+        return {"input": (1, 3, h, w) if opts.layout != "NHWC" else (1, h, w, 3)}
+    if path.suffix == ".npz" and path.exists():
+        return {k: (1, *a.shape[1:]) for k, a in stored_npz(path).items()}
+    if path.suffix == ".npy" and path.exists():
+        return {"input": (1, *stored_npy(path).shape[1:])}
+    if is_callable_spec(text):
+        fake = [InputSpec("input", (None,), "float32")]
+        src = callable_data(text, fake, "calibration")
+        for feed in src._open():
+            return {k: tuple(v.shape) for k, v in feed.items()}
+    raise DataError(f"calibration data '{text}' not found")

@@ -1,0 +1,412 @@
+"""``quantship export`` as named stages:
+
+    load → calibrate (or reuse a table) → per backend: guard, plan, write, compile →
+    measure every candidate (the float model at each precision each runtime has here,
+    and each INT8 artifact): fidelity against fp32, latency side by side → verdict →
+    manifest
+
+Everything is written into a staging folder that replaces ``out`` only when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quantship.backends import registry
+from quantship.backends.base import Artifact, Backend, PlanOptions
+from quantship.bench.run import (
+    Candidate,
+    artifact_candidates,
+    bench_candidates,
+    float_candidates,
+)
+from quantship.bench.timing import BenchSettings, LatencyStats
+from quantship.bench.verdict import Budget, Option, decide
+from quantship.calibration.data import CalibrationData
+from quantship.calibration.images import ImageOptions
+from quantship.calibration.methods import MethodSpec
+from quantship.calibration.table import CalibrationTable
+from quantship.errors import BackendError, DataError, QuantshipError
+from quantship.exporter.load import FloatModel
+from quantship.exporter.output import MANIFEST, check_output_dir, release_memory, staged_dir
+from quantship.exporter.report import Measured
+from quantship.exporter.split import HeldOut
+from quantship.types import Feed
+from quantship.ui import SILENT, UI
+
+# Held-out samples the prepared float model is compared on with the user's model.
+DRIFT_SAMPLES = 4
+EXPORT_BENCH = BenchSettings(warmup=5, duration=3.0, min_iterations=10)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What the user asked of an export, checked on construction (``QuantshipError``)."""
+
+    model: str | Path
+    calib: str | Path | None
+    out: Path
+    backends: str | Sequence[str] = registry.DEFAULT
+    method: MethodSpec = field(default_factory=MethodSpec)
+    samples: int | None = None
+    held_out: str | Path | None = None
+    calib_cache: str | Path | None = None
+    input_shapes: dict[str, tuple[int, ...]] | None = None
+    images: ImageOptions | None = None
+    weights: Path | None = None
+    float_nodes: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    exclude_ops: Sequence[str] = ()
+    max_drop: float | None = None
+    metric: str | None = None
+    require_engine: bool = False
+    bench: bool = True
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.samples is not None and self.samples < 1:
+            raise QuantshipError(f"--samples must be at least 1, got {self.samples}")
+        if self.max_drop is not None and not 0 < self.max_drop < 1:
+            raise QuantshipError(
+                f"--max-drop is a budget on 1 - cosine, in (0, 1); got {self.max_drop}"
+            )
+        if self.metric is not None and self.max_drop is None:
+            raise QuantshipError("--metric sets what --max-drop measures; give --max-drop too")
+        if self.metric is not None and self.held_out is None:
+            raise QuantshipError("--metric needs --held-out data with labels")
+        if self.calib is None and self.calib_cache is None:
+            raise DataError(
+                "give calibration data (--calib) or a calibration table (--calib-cache)"
+            )
+
+    @property
+    def budget(self) -> Budget:
+        """What the verdict holds every option to: --max-drop on 1 - cosine, unless it
+        is a task metric's drop (then the default cosine budget)."""
+        return Budget.from_max_drop(self.max_drop if self.metric is None else None)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out: Path
+    manifest: dict[str, Any]
+    artifacts: tuple[Artifact, ...]
+    failures: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The prepared model and the data around it."""
+
+    fm: FloatModel
+    data: CalibrationData | None
+    held: HeldOut
+    check_feeds: list[Feed]  # held-out feeds the prepared model is checked on
+    expected: list[dict[str, Any]]  # the user's model's outputs on them
+
+
+def run_export(opts: ExportOptions, ui: UI = SILENT) -> ExportResult:
+    check_output_dir(opts.out)
+    chosen, failures = choose_backends(opts)
+    loaded = load(opts, ui)
+    table = calibration(opts, loaded, ui)
+    options = plan_options(opts, loaded)
+    with staged_dir(opts.out) as stage:
+        float_art = write_float(stage, loaded.fm, table)
+        artifacts, figures, unguarded = build(opts, loaded, table, options, chosen, stage, ui)
+        measured, drift = measure(opts, loaded, float_art, artifacts, chosen, unguarded, ui)
+        shutil.rmtree(stage / ".unguarded", ignore_errors=True)
+        for c in measured.artifacts:
+            g = figures.get(c.backend.name, {}).get("accuracy_guard")
+            if g is not None and c.backend.name in unguarded:
+                add_guard_cost(g, c, measured.latency)
+        from quantship.exporter.output import write_json
+        from quantship.exporter.report import manifest_for
+
+        manifest = manifest_for(
+            loaded.fm,
+            table,
+            loaded.data,
+            loaded.held.note,
+            opts.method,
+            options,
+            float_art,
+            chosen,
+            measured,
+            figures,
+            failures,
+            opts.calib_cache,
+            drift,
+        )
+        write_json(stage / MANIFEST, manifest)
+    final = tuple(dataclasses.replace(c.artifact, root=opts.out) for c in measured.artifacts)
+    from quantship.exporter.report import export_table
+
+    export_table(ui, opts.out, manifest)
+    return ExportResult(opts.out, manifest, final, tuple(failures))
+
+
+def choose_backends(opts: ExportOptions) -> tuple[list[Backend], list[str]]:
+    chosen, missing = registry.available(opts.backends)
+    if opts.require_engine:
+        engines = [b for b in chosen if b.capabilities().engine]
+        if not engines:
+            raise BackendError(
+                "--require-engine applies to backends that build an engine ("
+                + ", ".join(n for n in registry.names() if registry.get(n).capabilities().engine)
+                + "), and none was asked for"
+            )
+        for b in engines:
+            reason = b.engine_unavailable()
+            if reason is not None:
+                raise BackendError(
+                    f"--require-engine: a {b.name} engine cannot be built here: {reason}"
+                )
+    return chosen, missing
+
+
+def load(opts: ExportOptions, ui: UI) -> Loaded:
+    """The prepared model, its data, the held-out split, and the user's model's outputs
+    on a few held-out samples (its session freed before anything else loads)."""
+    from quantship.calibration.sources import open_data
+    from quantship.exporter.prepare import reference_outputs
+    from quantship.exporter.source import load_float_model
+    from quantship.exporter.split import split_data
+    from quantship.guard import held_feeds
+
+    fm, data, reference = load_float_model(
+        opts.model,
+        opts.calib,
+        input_shapes=opts.input_shapes,
+        images=opts.images,
+        weights=opts.weights,
+        held_out=opts.held_out,
+    )
+    for n in fm.notes:
+        ui.note(f"model: {n}")
+    held = (
+        open_data(opts.held_out, fm.inputs, images=opts.images, role="held-out")
+        if opts.held_out is not None
+        else None
+    )
+    for d in (data, held):
+        for n in d.notes if d is not None else ():
+            ui.note(n)
+    split = split_data(data, opts.samples, held)
+    feeds = (
+        held_feeds(split.data, split.start, split.stop, DRIFT_SAMPLES, fm.fixed_batch)
+        if split.data is not None
+        else []
+    )
+    return Loaded(fm, data, split, feeds, reference_outputs(reference, feeds))
+
+
+def calibration(opts: ExportOptions, loaded: Loaded, ui: UI) -> CalibrationTable:
+    """One pass over the calibration data, or the table of an earlier one."""
+    from quantship.calibration.runner import calibrate
+
+    fm, mspec = loaded.fm, opts.method
+    if opts.calib_cache is None:
+        assert loaded.data is not None
+        return calibrate(
+            fm, loaded.data, samples=loaded.held.calib_stop, histograms=mspec.needs_histogram, ui=ui
+        )
+    table = CalibrationTable.load(Path(opts.calib_cache))
+    if table.model_sha256 != fm.sha256:
+        raise DataError(
+            f"calibration cache '{opts.calib_cache}' was made for a different model or input "
+            f"shape (model sha256 {table.model_sha256[:12]}…, this one {fm.sha256[:12]}…); "
+            "drop --calib-cache"
+        )
+    if mspec.needs_histogram and not table.histograms:
+        raise DataError(
+            f"calibration cache '{opts.calib_cache}' has no histograms (made with --method "
+            f"minmax); --method {mspec.method} needs them: drop --calib-cache to recalibrate"
+        )
+    ui.note(f"calibration: reusing {opts.calib_cache} ({table.samples} samples)")
+    return table
+
+
+def plan_options(opts: ExportOptions, loaded: Loaded) -> PlanOptions:
+    from quantship.guard import resolve_exclusions
+
+    excluded = resolve_exclusions(loaded.fm, opts.exclude, opts.exclude_ops)
+    return PlanOptions(method=opts.method, float_nodes=frozenset(opts.float_nodes) | excluded)
+
+
+def write_float(stage: Path, fm: FloatModel, table: CalibrationTable) -> Artifact:
+    """The prepared float model (the fp32 reference, and every float baseline) and the
+    calibration table, into the staging folder."""
+    rel = "float/model.onnx"
+    data = fm.save(stage / rel)
+    table.save(stage / "calibration.json")
+    files = (rel,) + ((f"float/{data.name}",) if data is not None else ())
+    return Artifact("", "onnx", stage, files, precision="float")
+
+
+def build(
+    opts: ExportOptions,
+    loaded: Loaded,
+    table: CalibrationTable,
+    options: PlanOptions,
+    chosen: Sequence[Backend],
+    stage: Path,
+    ui: UI,
+) -> tuple[list[Artifact], dict[str, dict[str, Any]], dict[str, Artifact]]:
+    """Per backend: the accuracy guard (with --max-drop), then the artifact. Returns the
+    artifacts, each backend's figures, and (guarded, benchmarked) the all-INT8 artifacts
+    to time beside the guarded ones."""
+    from quantship.exporter.pipeline import build_artifact
+    from quantship.guard import Evaluator, guard, held_feeds, held_labels, load_metric
+
+    fm, held = loaded.fm, loaded.held
+    metric_fn = load_metric(opts.metric) if opts.metric is not None else None
+    guard_feeds: list[Feed] = []
+    labels = None
+    if opts.max_drop is not None and held.data is not None:
+        # A task metric needs more samples than a cosine does to resolve a small drop.
+        limit = 32 if metric_fn is None else 1000
+        guard_feeds = held_feeds(held.data, held.start, held.stop, limit, fm.fixed_batch)
+    if metric_fn is not None:
+        assert opts.held_out is not None
+        count = sum(next(iter(f.values())).shape[0] for f in guard_feeds)
+        labels = held_labels(opts.held_out, held.start, count)
+    artifacts: list[Artifact] = []
+    figures: dict[str, dict[str, Any]] = {}
+    unguarded: dict[str, Artifact] = {}
+    for b in chosen:
+        b_options, guarded = options, None
+        if opts.max_drop is not None:
+            evaluator = Evaluator(fm, table, b, guard_feeds, metric_fn, labels, opts.threads)
+            res = guard(evaluator, options, opts.max_drop, ui)
+            b_options = PlanOptions(
+                options.method, options.float_nodes | frozenset(res.float_nodes)
+            )
+            guarded = res.to_json()
+            ui.note(
+                f"{b.name}: accuracy guard kept {len(res.float_nodes)} node(s) in float; "
+                f"1 - cosine {res.before:.4g} -> {res.after:.4g} ({res.evaluations} evaluations, "
+                f"{res.seconds:.1f} s)"
+            )
+        art, plan_summary = build_artifact(b, fm, table, b_options, stage, ui)
+        release_memory()
+        artifacts.append(art)
+        figures[b.name] = {"plan": plan_summary}
+        if guarded is not None:
+            figures[b.name]["accuracy_guard"] = guarded
+            if guarded["float_nodes"] and opts.bench:
+                # The guard's latency cost: the all-INT8 artifact, timed beside the
+                # guarded one, built inside the staging folder and deleted afterwards.
+                unguarded[b.name], _ = build_artifact(
+                    b, fm, table, options, stage / ".unguarded", SILENT
+                )
+    return artifacts, figures, unguarded
+
+
+def measure(
+    opts: ExportOptions,
+    loaded: Loaded,
+    float_art: Artifact,
+    artifacts: Sequence[Artifact],
+    chosen: Sequence[Backend],
+    unguarded: dict[str, Artifact],
+    ui: UI,
+) -> tuple[Measured, dict[str, float | None]]:
+    """Fidelity of every float option and artifact against fp32 in its own runtime, the
+    float layers' precision each artifact needs, latency side by side, the verdict."""
+    from quantship.exporter.pipeline import measure_fidelity
+
+    budget = opts.budget
+    runtimes = list(chosen)
+    default = registry.get(registry.DEFAULT)
+    if default.name not in {b.name for b in runtimes} and default.available() is None:
+        runtimes.insert(0, default)  # the float model as most users first run it
+    floats = float_candidates(float_art, runtimes)
+    arts = artifact_candidates(list(zip(artifacts, chosen, strict=True)))
+    fidelity, drift = measure_fidelity(
+        loaded.fm, float_art, [*floats, *arts], loaded.held, opts.threads, ui,
+        (loaded.check_feeds, loaded.expected),
+    )  # fmt: skip
+    arts = [float_layers(c, fidelity, budget, loaded, float_art, opts.threads, ui) for c in arts]
+    latency: list[LatencyStats] = []
+    if opts.bench:
+        extra = [
+            Candidate(f"{c.label}, all INT8 (no guard)", c.backend, unguarded[c.backend.name],
+                      variant="no-guard")
+            for c in arts
+            if c.backend.name in unguarded
+        ]  # fmt: skip
+        latency = bench_candidates(
+            [*floats, *arts, *extra],
+            loaded.fm.inputs,
+            dataclasses.replace(EXPORT_BENCH, threads=opts.threads),
+            sample=loaded.check_feeds[0] if loaded.check_feeds else None,
+            examples=loaded.fm.example_shapes,
+            ui=ui,
+        )
+    p50 = {s.label: s.p50_ms for s in latency if s.batch == EXPORT_BENCH.batches[0]}
+    verdict = decide(
+        [
+            Option(c.key, c.label, c.is_float, p50.get(c.label),
+                   (fidelity.get(c.key) or {}).get("cosine"))
+            for c in [*floats, *arts]
+        ],
+        budget,
+    )  # fmt: skip
+    return Measured(floats, arts, fidelity, latency, verdict, budget), drift
+
+
+def float_layers(
+    c: Candidate,
+    fidelity: dict[str, dict[str, Any] | None],
+    budget: Budget,
+    loaded: Loaded,
+    float_art: Artifact,
+    threads: int | None,
+    ui: UI,
+) -> Candidate:
+    """An INT8 artifact's float layers run in the precision its runtime picks (bf16 on
+    such CPUs) unless that misses the budget and fp32 keeps it: then the artifact says
+    it needs fp32, and why."""
+    from quantship.exporter.pipeline import measure_fidelity
+
+    caps = c.backend.capabilities()
+    cos = (fidelity.get(c.key) or {}).get("cosine")
+    if (
+        cos is None
+        or budget.meets(cos)
+        or caps.default_precision == "fp32"
+        or "fp32" not in caps.float_precisions
+    ):
+        return c
+    meta = {**c.artifact.metadata, "float_precision": "fp32"}
+    trial = dataclasses.replace(c.artifact, metadata=meta)
+    probe = Candidate(c.backend.describe(trial, c.settings(threads)), c.backend, trial)
+    again, _ = measure_fidelity(loaded.fm, float_art, [probe], loaded.held, threads, SILENT)
+    cos32 = (again.get(probe.key) or {}).get("cosine")
+    if not budget.meets(cos32):
+        return c
+    why = (
+        f"float layers in {caps.default_precision} (the runtime's default) give cosine "
+        f"{cos:.4f}, under the budget; in fp32 {cos32:.4f}: compile it with fp32 "
+        "inference precision"
+    )
+    ui.note(f"{c.backend.name}: {why}")
+    fidelity[probe.key] = again[probe.key]
+    art = dataclasses.replace(trial, notes=(*trial.notes, why))
+    return Candidate(c.backend.describe(art, c.settings(threads)), c.backend, art)
+
+
+def add_guard_cost(g: dict[str, Any], c: Candidate, latency: Sequence[LatencyStats]) -> None:
+    """The accuracy guard's latency cost: the guarded artifact against the all-INT8 one."""
+    p50 = {s.label: s.p50_ms for s in latency}
+    guarded, plain = p50.get(c.label), p50.get(f"{c.label}, all INT8 (no guard)")
+    if guarded is not None and plain is not None:
+        g["p50_ms_guarded"] = guarded
+        g["p50_ms_all_int8"] = plain
+        g["latency_cost"] = guarded / plain
