@@ -26,7 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
-WORK = Path(os.environ.get("QUANTSHIP_BENCH_WORK", "/tmp/quantship-bench"))
+WORK = Path(os.environ.get("QUANTSHIP_BENCH_WORK", "/tmp/quantship-bench")).resolve()
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,26 @@ def run_watched(
     args: list[str], limit_mb: float, timeout_s: float, command: list[str] | None = None
 ) -> Watched:
     """Run ``python benchmarks/worker.py *args`` (or ``command``); kill it past
-    ``limit_mb`` of RSS."""
+    ``limit_mb`` of RSS.
+
+    The job runs in a fresh temporary working directory, removed afterwards: some
+    tools leave files in the current directory (ONNX Runtime's quantizer writes
+    ``<uuid>.data`` there when it is killed mid-way), and they must not land in
+    the checkout."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="quantship-job-") as cwd:
+        return _run_watched(args, limit_mb, timeout_s, command, cwd)
+
+
+def _run_watched(
+    args: list[str], limit_mb: float, timeout_s: float, command: list[str] | None, cwd: str
+) -> Watched:
     import psutil
 
     cmd = command or [sys.executable, str(ROOT / "worker.py"), *args]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
     ps = psutil.Process(proc.pid)
     peak = 0.0
     peak_anon = 0.0
@@ -207,12 +221,15 @@ def latency(
         Candidate(
             "float",
             ort_backend,
-            Artifact("onnxruntime", "onnx", float_model.parent, (float_model.name,), "float"),
+            Artifact("", "onnx", float_model.parent, (float_model.name,), "float"),
+            precision="fp32",
         )
     ]
     for k, p in models.items():
         cands.append(
-            Candidate(k, ort_backend, Artifact("onnxruntime", "onnx", p.parent, (p.name,)))
+            Candidate(
+                k, ort_backend, Artifact("onnxruntime", "onnx-qdq", p.parent, (p.name,)), variant=k
+            )
         )
     settings = BenchSettings(warmup=5, duration=duration, min_iterations=20, threads=threads)
     return [s.to_json() for s in bench_candidates(cands, [spec], settings)]

@@ -9,85 +9,51 @@ Variants (each changes one thing in the shipped plan):
 - openvino: quantization not moved above Concat; symmetric int8 activations; SiLU's Mul
   quantized (both inputs, as ONNX Runtime's plan does).
 
-The variants are made by swapping the backend module's ``RULES`` for the duration of
-one plan: the same planner, one rule changed. Results: benchmarks/results/plan_choices.{json,md}.
+Each variant is a backend instance made with the rules changed in one place: the same
+planner, one rule changed. Every runtime's float options (its default precision and
+every other one it has here) are timed beside them. Results:
+benchmarks/results/plan_choices.{json,md}.
 """
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import sys
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import WORK, machine, md_table, parser, prepare, write_results
+from common import WORK, machine, machine_line, md_table, parser, prepare, write_results
 
 THREADS = 2
 
 
-@contextlib.contextmanager
-def rules_of(module: Any, rules: Any) -> Iterator[None]:
-    saved = module.RULES
-    module.RULES = rules
-    try:
-        yield
-    finally:
-        module.RULES = saved
-
-
-def variants() -> list[tuple[str, str, Any, Any]]:
-    """(label, backend, backend module, rules)."""
+def variants() -> list[tuple[str, Any]]:
+    """(label, a backend instance with its rules)."""
     from quantship.backends import onnxruntime as qort
     from quantship.backends import openvino as qov
     from quantship.backends.op_rules import binary_check
     from quantship.backends.planning import OpRule
 
+    ort, ov = qort.OnnxRuntimeBackend, qov.OpenVINOBackend
+    mul = OpRule("compute", act_inputs=(0, 1), check=binary_check)
     return [
-        ("ort plan", "onnxruntime", qort, qort.RULES),
-        (
-            "ort: graph outputs float",
-            "onnxruntime",
-            qort,
-            replace(qort.RULES, quantize_graph_outputs=False),
-        ),
-        ("ov plan", "openvino", qov, qov.RULES),
-        (
-            "ov: not above Concat",
-            "openvino",
-            qov,
-            replace(qov.RULES, hoist=qov.RULES.hoist - {"Concat"}),
-        ),
-        (
-            "ov: symmetric int8",
-            "openvino",
-            qov,
-            replace(qov.RULES, act_dtype="int8", symmetric=True),
-        ),
-        (
-            "ov: Mul quantized",
-            "openvino",
-            qov,
-            replace(
-                qov.RULES,
-                ops={
-                    **qov.RULES.ops,
-                    "Mul": OpRule("compute", act_inputs=(0, 1), check=binary_check),
-                },
-            ),
-        ),
+        ("ort plan", ort()),
+        ("ort: graph outputs float", ort(replace(qort.RULES, quantize_graph_outputs=False))),
+        ("ov plan", ov()),
+        ("ov: not above Concat", ov(replace(qov.RULES, hoist=qov.RULES.hoist - {"Concat"}))),
+        ("ov: symmetric int8", ov(replace(qov.RULES, act_dtype="int8", symmetric=True))),
+        ("ov: Mul quantized", ov(replace(qov.RULES, ops={**qov.RULES.ops, "Mul": mul}))),
     ]
 
 
 def main() -> int:
-    from quantship.backends import registry
     from quantship.backends.base import Artifact, PlanOptions, SessionSettings
+    from quantship.backends.onnxruntime import OrtSession
     from quantship.bench.fidelity import FidelityMeter
-    from quantship.bench.run import Candidate, bench_candidates
+    from quantship.bench.run import Candidate, bench_candidates, float_candidates
     from quantship.bench.timing import BenchSettings
     from quantship.calibration.runner import calibrate
     from quantship.calibration.sources import open_data
@@ -111,49 +77,46 @@ def main() -> int:
         assert data is not None
         table = calibrate(fm, data, samples=args.samples, histograms=True)
         held = list(open_data(paths["held"], fm.inputs, role="held-out").samples())
-        ref_b = registry.available("onnxruntime")[0][0]
-        float_art = Artifact(
-            "onnxruntime", "onnx", paths["model"].parent, (paths["model"].name,), "float"
-        )
-        ref = ref_b.session(float_art, settings)
-        ref_out = [ref.run(f) for f in held]
+        float_art = Artifact("", "onnx", paths["model"].parent, (paths["model"].name,), "float")
+        with OrtSession(paths["model"], settings) as ref:  # the fp32 reference
+            ref_out = [ref.run(f) for f in held]
         root = WORK / "plan-choices" / name
         shutil.rmtree(root, ignore_errors=True)
         cands: list[Candidate] = []
         fid: dict[str, float] = {}
-        backends: dict[str, Any] = {}
-        for label, bname, module, rules in chosen:
-            b = registry.available(bname)[0][0]
-            backends[bname] = b
-            with rules_of(module, rules):
-                art, _ = build_artifact(
-                    b, fm, table, PlanOptions(), root / label.replace(" ", "_"), SILENT
-                )
-            s = b.session(art, settings)
+        runtimes: dict[str, Any] = {}
+        for label, b in chosen:
+            runtimes.setdefault(b.name, b)
+            art, _ = build_artifact(
+                b, fm, table, PlanOptions(), root / label.replace(" ", "_"), SILENT
+            )
             meter = FidelityMeter(fm.outputs)
-            for f, out in zip(held, ref_out, strict=True):
-                meter.update(out, s.run(f))
+            with b.session(art, settings) as s:
+                for f, out in zip(held, ref_out, strict=True):
+                    meter.update(out, s.run(f))
             fid[label] = 1.0 - meter.result(str(paths["held"])).cosine
-            cands.append(Candidate(label, b, art))
+            cands.append(Candidate(label, b, art, variant=label))
             print(f"[{name}] {label}: 1 - cosine {fid[label]:.5f}", flush=True)
-        for bname, b in backends.items():
-            # The float model in each runtime, as every INT8 figure is compared in its own.
-            cands.insert(0, Candidate(f"float ({bname})", b, float_art))
+        floats = float_candidates(float_art, list(runtimes.values()))
+        cands = floats + cands
         print(f"[{name}] timing {len(cands)} candidates, interleaved ...", flush=True)
         stats = bench_candidates(
             cands, fm.inputs, BenchSettings(duration=args.duration, threads=THREADS)
         )
         p50 = {st.label: st.p50_ms for st in stats}
-        for label, bname, _, _ in chosen:
-            plan = "ort plan" if bname == "onnxruntime" else "ov plan"
+        for label, b in chosen:
+            plan = "ort plan" if b.name == "onnxruntime" else "ov plan"
+            own = [c.label for c in floats if c.backend.name == b.name]
+            fastest = min(own, key=lambda k: p50[k])
             r = {
                 "model": name,
                 "variant": label,
-                "backend": bname,
+                "backend": b.name,
                 "one_minus_cosine": fid[label],
                 "p50_ms": p50[label],
                 "p50_vs_plan": p50[label] / p50[plan],
-                "p50_float_ms": p50[f"float ({bname})"],
+                "fastest_float": fastest,
+                "p50_float_ms": p50[fastest],
             }
             results.append(r)
             rows.append(
@@ -170,11 +133,14 @@ def main() -> int:
     md = (
         "# Plan choices, each against its alternative\n\n"
         f"Command: `python benchmarks/plan_choices.py --models {args.models} --samples {args.samples}`\n\n"
-        f"Machine: {machine()}, {THREADS} threads, batch 1. Fidelity: 1 − cosine to float on "
-        f"{args.held} held-out images, in the backend's own runtime. p50 vs plan: the variant's "
-        "p50 over the shipped plan's, timed interleaved in the same run (> 1: the variant is slower).\n\n"
+        f"Machine: {machine_line(machine())}, {THREADS} threads, batch 1. Fidelity: 1 − cosine "
+        f"to the fp32 model on {args.held} held-out images, each variant in its backend's own "
+        "runtime as a user compiles it. p50 vs plan: the variant's p50 over the shipped plan's, "
+        "timed interleaved in the same run (> 1: the variant is slower). Fastest float: the "
+        "runtime's fastest float precision here, timed in the same run.\n\n"
         + md_table(
-            ["model", "variant", "1 − cosine", "p50 ms", "p50 vs plan", "float p50 ms"], rows
+            ["model", "variant", "1 − cosine", "p50 ms", "p50 vs plan", "fastest float p50 ms"],
+            rows,
         )
     )
     write_results(

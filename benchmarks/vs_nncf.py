@@ -1,27 +1,42 @@
-"""quantship's OpenVINO backend vs NNCF's ``nncf.quantize`` (default preset), same
-float model and calibration data, compiled and run the same way in OpenVINO.
+"""quantship's OpenVINO backend vs NNCF's ``nncf.quantize`` at its default preset and
+its ``MIXED`` preset, same float model and calibration data, all compiled and run the
+way a user runs them in OpenVINO: ``compile_model(model, "CPU")`` with the latency hint
+and 2 threads, float layers in the plugin's default precision (bf16 on CPUs with
+AVX-512 BF16 or AMX).
 
     python benchmarks/vs_nncf.py                       # the three CNNs, 256 samples
     python benchmarks/vs_nncf.py --models resnet18 --samples 64
 
 Per model: quantship (``--backend openvino``, default method) and NNCF each quantize
 in their own memory-watched process from the same .npz (NNCF reads it lazily, as we
-do); quantship's ONNX Runtime artifact is also run in OpenVINO, to show what a QDQ
-model laid out for another runtime does there. All run in OpenVINO's CPU plugin with
-the same settings (latency hint, f32 for float layers, 2 threads, static batch 1),
-timed interleaved in one run; throughput mode uses OpenVINO's async queue.
+do), the whole call timed; quantship's ONNX Runtime artifact is also run in OpenVINO,
+to show what a QDQ model laid out for another runtime does there. The float model is
+timed at every float precision the plugin has here (its default and fp32), beside
+every INT8 model, interleaved in one run; every figure is given against the default
+float and the fastest float. Fidelity: cosine to the fp32 model on the held-out
+images. Throughput mode uses OpenVINO's async queue.
 Results: benchmarks/results/vs_nncf.{json,md}.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import job_summary, machine, md_table, parser, prepare, run_watched, write_results
+from common import (
+    job_summary,
+    machine,
+    machine_line,
+    md_table,
+    parser,
+    prepare,
+    run_watched,
+    write_results,
+)
 
 
 def run_model(
@@ -51,12 +66,14 @@ def run_model(
     jobs["quantship openvino"] = job_summary(w)
     if w.ok:
         files["quantship openvino"] = (Path(out.with_suffix(".path").read_text()), "openvino-ir")
-    print(f"[{name}] nncf ...", flush=True)
-    out = d / "nncf.xml"
-    w = run_watched(["nncf", model, calib, str(out), str(samples)], limit_mb, 3600)
-    jobs["nncf"] = job_summary(w)
-    if w.ok:
-        files["nncf"] = (out, "openvino-ir")
+    for preset in ("default", "mixed"):
+        label = f"nncf {preset}"
+        print(f"[{name}] {label} ...", flush=True)
+        out = d / f"nncf-{preset}.xml"
+        w = run_watched(["nncf", model, calib, str(out), str(samples), preset], limit_mb, 3600)
+        jobs[label] = job_summary(w)
+        if w.ok:
+            files[label] = (out, "openvino-ir")
     print(f"[{name}] quantship onnxruntime layout, run in OpenVINO ...", flush=True)
     out = d / "qs-ort-layout.onnx"
     w = run_watched(
@@ -69,25 +86,33 @@ def run_model(
     ov = registry.get("openvino")
     import onnx
 
+    from quantship.backends.onnxruntime import OrtSession
+    from quantship.bench.run import float_candidates
+
     inp = onnx.load(model, load_external_data=False).graph.input[0]
     spec = InputSpec(
         inp.name, (None, *[x.dim_value for x in inp.type.tensor_type.shape.dim[1:]]), "float32"
     )
-    float_art = Artifact("openvino", "onnx", paths["model"].parent, (paths["model"].name,), "float")
-    cands = [Candidate("float (openvino)", ov, float_art)] + [
-        Candidate(k, ov, Artifact("openvino", fmt, p.parent, (p.name,)))
+    float_art = Artifact("", "onnx", paths["model"].parent, (paths["model"].name,), "float")
+    floats = float_candidates(float_art, [ov])
+    cands = floats + [
+        Candidate(k, ov, Artifact("openvino", fmt, p.parent, (p.name,)), variant=k)
         for k, (p, fmt) in files.items()
     ]
-    print(f"[{name}] fidelity ...", flush=True)
+    print(f"[{name}] fidelity against fp32 ...", flush=True)
     settings = SessionSettings(threads=threads)
-    ref_s = ov.session(float_art, settings)
-    sessions = {c.label: ov.session(c.artifact, settings) for c in cands[1:]}
     outs = [o.name for o in onnx.load(model, load_external_data=False).graph.output]
-    meters = {k: FidelityMeter(outs) for k in sessions}
-    for feed in open_data(paths["held"], [spec], role="held-out").samples():
-        r = ref_s.run(feed)
-        for k, s in sessions.items():
-            meters[k].update(r, s.run(feed))
+    meters = {c.label: FidelityMeter(outs) for c in cands}
+    with contextlib.ExitStack() as stack:
+        ref = stack.enter_context(OrtSession(paths["model"], settings))
+        sessions = {
+            c.label: stack.enter_context(c.backend.session(c.artifact, c.settings(threads)))
+            for c in cands
+        }
+        for feed in open_data(paths["held"], [spec], role="held-out").samples():
+            r = ref.run(feed)
+            for k, sess in sessions.items():
+                meters[k].update(r, sess.run(feed))
     fid = {k: m.result(str(paths["held"])).to_json() for k, m in meters.items()}
     print(f"[{name}] latency, interleaved ...", flush=True)
     bs = BenchSettings(warmup=5, duration=duration, min_iterations=20, threads=threads)
@@ -101,6 +126,9 @@ def run_model(
     return {
         "model": name,
         "float_bytes": paths["model"].stat().st_size,
+        "floats": [
+            {"label": c.label, "precision": c.precision, "default": c.default} for c in floats
+        ],
         "jobs": jobs,
         "fidelity": fid,
         "latency": lat,
@@ -112,8 +140,11 @@ def run_model(
 def summarize(res: dict[str, Any]) -> tuple[list[list[str]], dict[str, Any]]:
     p50 = {r["label"]: r["p50_ms"] for r in res["latency"]}
     tp = {r["label"]: r["samples_per_s"] for r in res["throughput"]}
+    floats = [f["label"] for f in res["floats"]]
+    default = next(f["label"] for f in res["floats"] if f["default"])
+    fastest = min(floats, key=lambda k: p50[k])
     rows = []
-    for lab in ["float (openvino)", *res["jobs"]]:
+    for lab in [*floats, *res["jobs"]]:
         job = res["jobs"].get(lab, {})
         fid = res["fidelity"].get(lab)
         rep = job.get("report", {})
@@ -121,28 +152,32 @@ def summarize(res: dict[str, Any]) -> tuple[list[list[str]], dict[str, Any]]:
             [
                 lab,
                 f"{p50[lab]:.2f}" if lab in p50 else "-",
-                f"{p50['float (openvino)'] / p50[lab]:.2f}x" if lab in p50 else "-",
+                f"{p50[default] / p50[lab]:.2f}x" if lab in p50 else "-",
+                f"{p50[fastest] / p50[lab]:.2f}x" if lab in p50 else "-",
                 f"{tp[lab]:.1f}" if lab in tp else "-",
-                f"{fid['cosine']:.4f}" if fid else ("1" if lab.startswith("float") else "-"),
-                f"{res['sizes'][lab] / res['float_bytes']:.3f}" if lab in res["sizes"] else "-",
+                f"{fid['cosine']:.4f}" if fid else "-",
+                f"{res['sizes'][lab] / res['float_bytes']:.3f}" if lab in res["sizes"] else "1",
                 f"{rep['quantize_s']:.1f}" if "quantize_s" in rep else "-",
                 f"{job['peak_anon_mb'] / 1024:.2f}" if job else "-",
                 job.get("killed") or ("" if job.get("ok", True) else "failed"),
             ]
         )
-    checks: dict[str, Any] = {}
-    q, n = "quantship openvino", "nncf"
-    if q in p50 and n in p50:
-        checks["p50_ratio_vs_nncf"] = p50[q] / p50[n]
-        checks["cosine_quantship_vs_nncf"] = (
-            res["fidelity"][q]["cosine"],
-            res["fidelity"][n]["cosine"],
-        )
-        checks["quantize_s_quantship_vs_nncf"] = (
-            res["jobs"][q]["report"]["quantize_s"],
-            res["jobs"][n]["report"]["quantize_s"],
-        )
-        checks["throughput_ratio_vs_nncf"] = tp.get(q, 0) / tp[n] if tp.get(n) else None
+    checks: dict[str, Any] = {"default_float": default, "fastest_float": fastest}
+    q = "quantship openvino"
+    if q in p50:
+        checks["quantship_vs_fastest_float"] = p50[fastest] / p50[q]
+        checks["int8_beats_fastest_float"] = p50[q] < p50[fastest]
+        checks["quantship_cosine"] = res["fidelity"][q]["cosine"]
+        for n in ("nncf default", "nncf mixed"):
+            if n in p50:
+                key = n.replace(" ", "_")
+                checks[f"p50_ratio_vs_{key}"] = p50[q] / p50[n]
+                checks[f"{key}_cosine"] = res["fidelity"][n]["cosine"]
+                checks[f"{key}_vs_fastest_float"] = p50[fastest] / p50[n]
+                checks[f"quantize_s_vs_{key}"] = (
+                    res["jobs"][q]["report"]["quantize_s"],
+                    res["jobs"][n]["report"]["quantize_s"],
+                )
     return rows, checks
 
 
@@ -158,12 +193,15 @@ def main() -> int:
     md = [
         "# quantship (OpenVINO backend) vs NNCF\n",
         f"Command: `python benchmarks/vs_nncf.py --models {args.models} --samples {args.samples}`\n",
-        f"Machine: {machine()}, OpenVINO {openvino.get_version()}, NNCF {nncf.__version__}\n",
-        "All variants run in OpenVINO's CPU plugin (latency hint, f32 for float layers, "
-        f"{args.threads} threads, static batch 1), timed interleaved in one run. Throughput: "
-        "OpenVINO's async queue with the THROUGHPUT hint, samples/s. Fidelity: cosine to the "
-        f"float model (in OpenVINO) on {args.held} held-out images. Quantize: the whole call "
-        "(calibration and writing the IR), own process; memory is anonymous memory.\n",
+        f"Machine: {machine_line(machine())}, OpenVINO {openvino.get_version()}, "
+        f"NNCF {nncf.__version__}\n",
+        "All variants run in OpenVINO's CPU plugin as a user compiles them (latency hint, "
+        f"{args.threads} threads, static batch 1, float layers in the plugin's default "
+        "precision); the float model at each precision the plugin has here. All timed "
+        "interleaved in one run; speedups against the default float and the fastest float. "
+        "Throughput: OpenVINO's async queue with the THROUGHPUT hint, samples/s. Fidelity: "
+        f"cosine to the fp32 model on {args.held} held-out images. Quantize: the whole call "
+        "(model in, IR written), own process; memory is anonymous memory.\n",
     ]
     results = []
     for name in args.models.split(","):
@@ -177,7 +215,8 @@ def main() -> int:
             [
                 "variant",
                 "p50 ms",
-                "vs float",
+                "vs default float",
+                "vs fastest float",
                 "samples/s (tput)",
                 "cosine",
                 "size",

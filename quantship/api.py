@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from quantship.backends import registry
+from quantship.backends.base import SessionSettings
 from quantship.calibration.images import ImageOptions
 from quantship.calibration.methods import MethodSpec
 from quantship.errors import BackendError, QuantshipError
@@ -102,12 +103,23 @@ def build_engine(folder: str | Path, *, max_batch: int = 32, ui: UI = SILENT) ->
         ui.note(f"building the {backend.name} engine in {root} ...")
         built = backend.build(art, max_batch)
         old = manifest["artifacts"][i]
-        kept = {
-            k: v
-            for k, v in old.items()
-            if k not in ("files", "metadata", "notes", "size_bytes", "sha256", "path")
-        }
+        # What was measured at export ran elsewhere (the QDQ model on a CPU): latency
+        # and the verdict go; fidelity stays, saying where it was measured.
+        stale = ("files", "metadata", "notes", "size_bytes", "sha256", "path", "label",
+                 "p50_ms", "latency", "speedup", "recommended")  # fmt: skip
+        kept = {k: v for k, v in old.items() if k not in stale}
+        kept["label"] = backend.describe(built, SessionSettings())
+        if kept.get("fidelity"):
+            kept["fidelity"] = {**kept["fidelity"], "measured_on": old.get("label")}
         manifest["artifacts"][i] = artifact_entry(built, kept)
+        for entry in manifest.get("baselines", []):
+            entry["recommended"] = False
+        if manifest.get("verdict"):
+            manifest["verdict"]["choice"] = None
+            manifest["verdict"]["line"] = (
+                f"the {backend.name} engine was built after the export's measurements; "
+                f"time it here: quantship bench {root}"
+            )
         info[backend.name] = dict(built.metadata.get("engine", {}))
         for note in built.notes:
             ui.note(f"{backend.name}: {note}")

@@ -217,13 +217,24 @@ def run_demo(
     teacher_art = Artifact("", "onnx", teacher_onnx.parent, (teacher_onnx.name,), "float")
     student_art = Artifact("", "onnx", build, ("float/model.onnx",), "float")
     cands = [
-        Candidate(f"teacher ({ref.describe(teacher_art, SessionSettings())})", ref, teacher_art),
-        Candidate(f"student ({ref.describe(student_art, SessionSettings())})", ref, student_art),
+        Candidate(
+            f"teacher ({ref.describe(teacher_art, SessionSettings())})",
+            ref,
+            teacher_art,
+            variant="teacher",
+        ),
+        Candidate(
+            f"student ({ref.describe(student_art, SessionSettings())})",
+            ref,
+            student_art,
+            variant="student",
+        ),
     ] + [
         Candidate(
             f"student ({registry.get(a.backend).describe(a, SessionSettings())})",
             registry.get(a.backend),
             a,
+            variant="student",
         )
         for a in result.artifacts
     ]

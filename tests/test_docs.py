@@ -33,3 +33,15 @@ def test_the_makefile_states_the_python_pyproject_requires() -> None:
 def test_readme_does_not_say_npz_files_are_memory_mapped() -> None:
     """They are read a sample at a time (a memory map keeps every page it touched)."""
     assert "memory-mapped" not in (ROOT / "README.md").read_text()
+
+
+def test_readme_layout_names_every_module() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Layout") :]
+    layout = layout[: layout.index("```", layout.index("```") + 3)]
+    words = set(re.findall(r"[a-z_]+", layout))
+    modules = {
+        p.stem for p in (ROOT / "quantship").rglob("*.py") if p.stem not in {"__init__", "__main__"}
+    }
+    missing = sorted(modules - words)
+    assert not missing, f"README's Layout omits {missing}"

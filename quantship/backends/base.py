@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 import numpy.typing as npt
 import onnx
@@ -223,7 +223,11 @@ class Finding:
 class Session(Protocol):
     """A loaded artifact, ready to run feeds of the model's inputs. A context manager:
     leaving it frees what the runtime holds (device buffers, streams, compiled models).
-    ``throughput`` and ``device_latency_ms`` work where the backend's capabilities say."""
+    ``throughput`` works where the backend's capabilities say; ``device_latency_ms``
+    where the session has a ``device_clock`` (a GPU engine; a TensorRT artifact without
+    its engine runs in ONNX Runtime on the CPU and has none)."""
+
+    device_clock: bool
 
     def run(self, feeds: Feed) -> list[npt.NDArray[Any]]: ...
 
@@ -241,13 +245,15 @@ class Session(Protocol):
 class BaseSession:
     """Defaults for a ``Session``: nothing to free, no optional modes."""
 
+    device_clock = False
+
     def run(self, feeds: Feed) -> list[npt.NDArray[Any]]:
         raise NotImplementedError
 
     def close(self) -> None:
         return None
 
-    def __enter__(self) -> BaseSession:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -250,10 +250,10 @@ class OnnxRuntimeBackend(BaseBackend):
         return make_plan(model, table, options, self.rules)
 
     def compile(self, qdq: onnx.ModelProto, out_dir: Path, model: FloatModel) -> Artifact:
-        rel = "onnxruntime/model.int8.onnx"
+        rel = f"{self.name}/model.int8.onnx"
         path = out_dir / rel
         data = save_model(qdq, path, model.weights_dir)
-        files = [rel] + ([f"onnxruntime/{data.name}"] if data is not None else [])
+        files = [rel] + ([f"{self.name}/{data.name}"] if data is not None else [])
         kernels = fused_kernels(path)
         return Artifact(
             backend=self.name,
@@ -272,8 +272,8 @@ class OnnxRuntimeBackend(BaseBackend):
 
     def describe(self, artifact: Artifact, settings: SessionSettings) -> str:
         if artifact.precision == "float":
-            return "onnxruntime CPU fp32"
-        return "onnxruntime CPU int8"
+            return f"{self.name} CPU fp32"
+        return f"{self.name} CPU int8"
 
     def session(self, artifact: Artifact, settings: SessionSettings) -> OrtSession:
         if artifact.format not in self.formats:

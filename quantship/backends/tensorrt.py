@@ -62,8 +62,6 @@ RULES = Rules(
     absorb=frozenset(),
     dedicated_dq=True,
 )
-QDQ_FILE = "tensorrt/model.qdq.onnx"
-ENGINE_FILE = "tensorrt/model.engine"
 
 
 def _cudart() -> Any:
@@ -182,6 +180,9 @@ def build_engine(
     config = builder.create_builder_config()
     if float_precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
+    elif float_precision == "fp32":
+        # TF32 is on by default on Ampere and later; an fp32 baseline must be fp32.
+        config.clear_flag(trt.BuilderFlag.TF32)
     cache_path = engine_path.with_suffix(".timing-cache")
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
@@ -210,6 +211,8 @@ class TensorRTSession(BaseSession):
     """An engine on the GPU: buffers allocated once per input shape, runs on one stream;
     ``device_latency_ms`` times ``execute_async_v3`` with CUDA events. ``close`` frees
     the device buffers, the stream, the events and the engine."""
+
+    device_clock = True
 
     def __init__(self, engine_path: Path, settings: SessionSettings) -> None:
         reason = engine_unavailable()
@@ -345,6 +348,8 @@ class FloatEngineSession(BaseSession):
     temporary folder at the first run, for the feeds' shapes (a dynamic batch spans
     1 … 32)."""
 
+    device_clock = True
+
     def __init__(self, model_path: Path, precision: Precision, settings: SessionSettings) -> None:
         import tempfile
 
@@ -422,16 +427,23 @@ class TensorRTBackend(BaseBackend):
     def validate(self, qdq: onnx.ModelProto) -> list[Finding]:
         return check_tensorrt(qdq)
 
+    @property
+    def _files(self) -> tuple[str, str]:
+        """The QDQ model and the engine, in the backend's folder of an export."""
+        return f"{self.name}/model.qdq.onnx", f"{self.name}/model.engine"
+
     def build(self, artifact: Artifact, max_batch: int) -> Artifact:
+        _, engine_file = self._files
         info = build_engine(
-            artifact.path, artifact.root / ENGINE_FILE, artifact.metadata["inputs"],
+            artifact.path, artifact.root / engine_file, artifact.metadata["inputs"],
             max_batch=max_batch,
         )  # fmt: skip
-        engine_files = (ENGINE_FILE, str(Path(ENGINE_FILE).with_suffix(".json")))
+        engine_files = (engine_file, str(Path(engine_file).with_suffix(".json")))
         files = tuple(f for f in artifact.files if f not in engine_files) + engine_files
-        meta = {**artifact.metadata, "engine": {"built": True, "path": ENGINE_FILE, **info}}
+        meta = {**artifact.metadata, "engine": {"built": True, "path": engine_file, **info}}
         note = f"engine built for {info['gpu']} with TensorRT {info['tensorrt']}"
-        return replace(artifact, files=files, metadata=meta, notes=(note,))
+        kept = tuple(n for n in artifact.notes if not n.startswith("engine not built here"))
+        return replace(artifact, files=files, metadata=meta, notes=(*kept, note))
 
     def plan(self, model: FloatModel, table: CalibrationTable, options: PlanOptions) -> QuantPlan:
         return make_plan(model, table, options, self.rules)
@@ -442,16 +454,17 @@ class TensorRTBackend(BaseBackend):
             raise BackendError(
                 f"the TensorRT plan broke a TensorRT rule (a quantship bug): {errors[0]}"
             )
-        path = out_dir / QDQ_FILE
+        qdq_file, engine_file = self._files
+        path = out_dir / qdq_file
         data = save_model(qdq, path, model.weights_dir)
         inputs = engine_inputs(model)
-        files = [QDQ_FILE] + ([f"tensorrt/{data.name}"] if data is not None else [])
+        files = [qdq_file] + ([f"{self.name}/{data.name}"] if data is not None else [])
         reason = engine_unavailable()
         engine: dict[str, Any]
         if reason is None:
-            info = build_engine(path, out_dir / ENGINE_FILE, inputs)
-            engine = {"built": True, "path": ENGINE_FILE, **info}
-            files += [ENGINE_FILE, str(Path(ENGINE_FILE).with_suffix(".json"))]
+            info = build_engine(path, out_dir / engine_file, inputs)
+            engine = {"built": True, "path": engine_file, **info}
+            files += [engine_file, str(Path(engine_file).with_suffix(".json"))]
         else:
             engine = {
                 "built": False,
@@ -485,10 +498,10 @@ class TensorRTBackend(BaseBackend):
 
     def describe(self, artifact: Artifact, settings: SessionSettings) -> str:
         if artifact.precision == "float":
-            return f"tensorrt GPU {settings.precision or 'fp32'} engine"
+            return f"{self.name} GPU {settings.precision or 'fp32'} engine"
         if self._engine(artifact) is not None:
-            return "tensorrt GPU int8 engine"
-        return "tensorrt QDQ on onnxruntime CPU (no engine)"
+            return f"{self.name} GPU int8 engine"
+        return f"{self.name} QDQ on onnxruntime CPU (no engine)"
 
     def session(self, artifact: Artifact, settings: SessionSettings) -> BaseSession:
         if artifact.precision == "float":

@@ -11,9 +11,9 @@ from pathlib import Path
 from quantship.backends import registry
 from quantship.backends.base import Artifact, Backend
 from quantship.bench.machine import cpu_info
-from quantship.bench.run import Candidate, bench_candidates, make_feeds
-from quantship.bench.timing import BenchSettings, LatencyStats
-from quantship.bench.verdict import Verdict
+from quantship.bench.run import bench_candidates, make_feeds
+from quantship.bench.timing import BenchSettings, LatencyStats, p50_by_key
+from quantship.bench.verdict import Budget, Option, decide
 from quantship.calibration.sources import open_data
 from quantship.errors import BackendError, QuantshipError
 from quantship.exporter.load import InputSpec
@@ -49,6 +49,7 @@ def bench(
     settings = settings or BenchSettings()
     path = Path(target)
     recorded: dict[str, float] = {}  # cosine to fp32 per candidate key, from the export
+    budget = Budget()
     if path.is_dir():
         manifest = read_manifest(path)
         verify_files(path, manifest)
@@ -81,6 +82,9 @@ def bench(
             runtimes.insert(0, default)
         cands = float_candidates(float_artifact(path, manifest), runtimes)
         cands += artifact_candidates(pairs)
+        v = manifest.get("verdict") or {}
+        if "min_cosine" in v:  # the budget the export was judged by
+            budget = Budget(float(v["min_cosine"]), str(v.get("budget", "")))
         for entry in [*manifest.get("baselines", []), *manifest["artifacts"]]:
             cos = (entry.get("fidelity") or {}).get("cosine")
             if entry.get("key") and cos is not None:
@@ -105,12 +109,16 @@ def bench(
     sample = open_data(data, inputs, role="benchmark").first() if data is not None else None
     shapes = {k: list(v.shape) for k, v in make_feeds(inputs, 1, sample, examples=examples).items()}
     stats = bench_candidates(cands, inputs, settings, sample=sample, examples=examples, ui=ui)
-    verdict = _verdict(cands, stats, recorded, settings.batches[0])
-    reference = next((c.label for c in cands if c.key == verdict.fastest_float), None)
-    if reference is None:  # no fidelity on record (a model file): the fastest float
-        floats = [s for s in stats if s.batch == settings.batches[0] and "(default)" in s.label]
-        ref_stats = min(floats or stats, key=lambda s: s.p50_ms)
-        reference = ref_stats.label
+    p50 = p50_by_key(stats, settings.batches[0])
+    verdict = decide(
+        [Option(c.key, c.label, c.is_float, p50.get(c.key), recorded.get(c.key)) for c in cands],
+        budget,
+    )
+    # Speedups against the fastest float option within the budget (the fastest float
+    # option at all where no fidelity is on record, as for a model file).
+    floats = sorted((c for c in cands if c.is_float), key=lambda c: p50.get(c.key, 0.0))
+    ref_key = verdict.fastest_float or floats[0].key
+    reference = next(c.label for c in cands if c.key == ref_key)
     latency_table(ui, stats, f"{title}   (speedup against {reference})", reference)
     if recorded:
         ui.note(f"verdict (fidelity as recorded at export): {verdict.line}")
@@ -126,8 +134,6 @@ def bench(
             [[t.label, str(t.batch), f"{t.samples_per_s:.1f}", str(t.runs)] for t in tput],
         )
     if json_path is not None:
-        from quantship.bench.verdict import Budget
-
         write_json(
             Path(json_path),
             {
@@ -139,27 +145,12 @@ def bench(
                 "keys": {c.label: c.key for c in cands},
                 "speedup_against": reference,
                 "throughput": [t.to_json() for t in tput],
-                "verdict": verdict.to_json(Budget()) if recorded else None,
+                "verdict": verdict.to_json(budget) if recorded else None,
             },
         )
     if plot_path is not None and not latency_plot(stats, Path(plot_path), title):
         ui.note("plot skipped: matplotlib is not installed (pip install 'quantship[plot]')")
     return stats
-
-
-def _verdict(
-    cands: Sequence[Candidate],
-    stats: Sequence[LatencyStats],
-    recorded: dict[str, float],
-    batch: int,
-) -> Verdict:
-    from quantship.bench.verdict import Budget, Option, decide
-
-    p50 = {s.label: s.p50_ms for s in stats if s.batch == batch}
-    return decide(
-        [Option(c.key, c.label, c.is_float, p50.get(c.label), recorded.get(c.key)) for c in cands],
-        Budget(),
-    )
 
 
 def _checked_shape(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -43,10 +43,11 @@ class Candidate:
 
     @property
     def key(self) -> str:
-        """Stable across machines: ``<backend>:float:<precision>`` or ``<backend>:int8``."""
-        if self.is_float:
-            return f"{self.backend.name}:float:{self.precision}"
+        """Stable across machines: ``<backend>:float:<precision>`` or ``<backend>:int8``,
+        then ``:<variant>`` where there is one."""
         key = f"{self.backend.name}:{self.artifact.precision}"
+        if self.is_float:
+            key += f":{self.precision or 'default'}"
         return f"{key}:{self.variant}" if self.variant else key
 
     def settings(self, threads: int | None, mode: str = "latency") -> SessionSettings:
@@ -153,24 +154,30 @@ def bench_candidates(
     examples: Mapping[str, Sequence[int]] | None = None,
     ui: UI = SILENT,
 ) -> list[LatencyStats]:
-    """Latency of every candidate at every batch size, interleaved per batch size."""
+    """Latency of every candidate at every batch size, interleaved per batch size, on
+    the wall clock: a run from host inputs to host outputs, copies to and from a device
+    included, so every row measures the same thing. Sessions with a device clock (a
+    TensorRT engine) also get a row of device time alone, named so."""
     for b in settings.batches:
         make_feeds(inputs, b, sample, examples=examples)  # fail before loading anything
+    for attr in ("key", "label"):
+        seen: set[str] = set()
+        for c in candidates:
+            value = getattr(c, attr)
+            if value in seen:
+                raise QuantshipError(f"two candidates to time are both {value!r}; name them apart")
+            seen.add(value)
     with contextlib.ExitStack() as stack:
         sessions: dict[str, Session] = {
-            c.label: stack.enter_context(
-                c.backend.session(c.artifact, c.settings(settings.threads))
-            )
+            c.key: stack.enter_context(c.backend.session(c.artifact, c.settings(settings.threads)))
             for c in candidates
         }
-        timed = {c.label: c.backend.capabilities().device_timing for c in candidates}
-        return _time_all(candidates, sessions, timed, inputs, settings, sample, examples, ui)
+        return _time_all(candidates, sessions, inputs, settings, sample, examples, ui)
 
 
 def _time_all(
     candidates: Sequence[Candidate],
     sessions: Mapping[str, Session],
-    device_timed: Mapping[str, bool],
     inputs: Sequence[InputSpec],
     settings: BenchSettings,
     sample: Feed | None,
@@ -180,37 +187,34 @@ def _time_all(
     out: list[LatencyStats] = []
     for b in settings.batches:
         feeds = make_feeds(inputs, b, sample, examples=examples)
-        for label, s in sessions.items():
+        for c in candidates:
             try:
-                s.run(feeds)
+                sessions[c.key].run(feeds)
             except Exception as e:
                 raise QuantshipError(
-                    f"{label} fails at batch {b}: {str(e).splitlines()[0]}"
+                    f"{c.label} fails at batch {b}: {str(e).splitlines()[0]}"
                 ) from None
-        # GPU sessions time themselves with CUDA events (device time, no host copies);
-        # the rest share the CPU and are timed interleaved.
-        gpu = {label: s for label, s in sessions.items() if device_timed[label]}
-        runners = {
-            label: (lambda s=s, f=feeds: s.run(f))
-            for label, s in sessions.items()
-            if label not in gpu
-        }
-        rounds = settings.iterations
-        stats: dict[str, LatencyStats] = {}
-        if runners:
-            with ui.progress(f"benchmarking batch {b}", rounds) as advance:
-                stats = measure_interleaved(runners, settings, b, progress=advance)
-        for label, s in gpu.items():
+        runners = {key: (lambda s=s, f=feeds: s.run(f)) for key, s in sessions.items()}
+        with ui.progress(f"benchmarking batch {b}", settings.iterations) as advance:
+            stats = measure_interleaved(runners, settings, b, progress=advance)
+        for c in candidates:
+            out.append(replace(stats[c.key], label=c.label, key=c.key))
+        for c in candidates:
+            s = sessions[c.key]
+            if not s.device_clock:
+                continue
             ms = s.device_latency_ms(feeds, max(settings.warmup, 1), settings.iterations or 200)
-            stats[label] = stats_from_samples(
-                label,
-                b,
-                [int(m * 1e6) for m in ms],
-                threads=None,
-                warmup=settings.warmup,
-                mode="gpu",
+            out.append(
+                stats_from_samples(
+                    f"{c.label} (device time, no copies)",
+                    b,
+                    [int(m * 1e6) for m in ms],
+                    threads=None,
+                    warmup=settings.warmup,
+                    mode="device",
+                    key=f"{c.key}:device",
+                )
             )
-        out.extend(stats[c.label] for c in candidates)
     return out
 
 

@@ -10,7 +10,7 @@ from the caches, and a deployed model that runs continuously does not pay that.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,11 +61,13 @@ class LatencyStats:
     min_ms: float
     max_ms: float
     throughput: float  # samples per second: batch · runs / time spent running
-    mode: str = "latency"
+    mode: str = "latency"  # "latency": wall clock, host to host; "device": device time only
+    key: str = ""  # the candidate's stable key, where there is one
 
     def to_json(self) -> dict[str, Any]:
         return {
             "label": self.label,
+            "key": self.key,
             "batch": self.batch,
             "threads": self.threads,
             "mode": self.mode,
@@ -90,6 +92,7 @@ def stats_from_samples(
     threads: int | None,
     warmup: int,
     mode: str = "latency",
+    key: str = "",
 ) -> LatencyStats:
     if not samples_ns:
         raise ValueError(f"{label}: no timing samples")
@@ -110,7 +113,14 @@ def stats_from_samples(
         max_ms=float(ms.max()),
         throughput=float(batch * ms.size / (ms.sum() / 1e3)),
         mode=mode,
+        key=key,
     )
+
+
+def p50_by_key(stats: Sequence[LatencyStats], batch: int) -> dict[str, float]:
+    """Wall-clock p50 at ``batch`` by candidate key (rows of device time left out):
+    the figure verdicts and speedups compare."""
+    return {s.key: s.p50_ms for s in stats if s.batch == batch and s.mode == "latency"}
 
 
 def measure_interleaved(

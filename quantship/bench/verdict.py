@@ -68,57 +68,100 @@ class Verdict:
 
 def decide(options: Sequence[Option], budget: Budget) -> Verdict:
     """The fastest option within the budget, and a warning for every INT8 artifact that
-    is slower than a float option the user already has."""
-    by = {o.key: o for o in options}
+    is slower than the fastest float option within it or misses it.
+
+    Without any fidelity measured (no held-out data) there is no verdict: speedups are
+    against the fastest float option, and the line says what is missing."""
     timed = [o for o in options if o.p50_ms is not None]
+    if not timed:
+        return Verdict(None, None, {}, (), "latency not measured: no verdict")
+    if all(o.cosine is None for o in options if not _is_reference(o)):
+        return _unmeasured(timed)
     ok = [o for o in timed if budget.meets(o.cosine)]
-    floats = sorted((o for o in ok if o.is_float), key=lambda o: o.p50_ms or 0.0)
-    best_float = floats[0] if floats else None
-    speedup = {
-        o.key: best_float.p50_ms / o.p50_ms
-        for o in timed
-        if best_float is not None and best_float.p50_ms and o.p50_ms
-    }
+    best_float = min((o for o in ok if o.is_float), key=_p50, default=None)
+    speedup = _speedups(timed, best_float)
     warnings: list[str] = []
-    fastest_float_any = min(
-        (o for o in timed if o.is_float), key=lambda o: o.p50_ms or 0.0, default=None
-    )
     for o in timed:
-        if o.is_float or fastest_float_any is None:
+        if o.is_float:
             continue
-        assert o.p50_ms is not None and fastest_float_any.p50_ms is not None
-        if o.p50_ms > fastest_float_any.p50_ms:
+        if best_float is not None and _p50(o) > _p50(best_float):
             warnings.append(
-                f"{o.label} ({o.p50_ms:.3g} ms) is slower than the float model in "
-                f"{fastest_float_any.label} ({fastest_float_any.p50_ms:.3g} ms)"
+                f"{o.label} ({_p50(o):.3g} ms) is slower than the float model in "
+                f"{best_float.label} ({_p50(best_float):.3g} ms)"
             )
         if not budget.meets(o.cosine):
             warnings.append(
                 f"{o.label} misses the budget ({budget.source}): cosine "
                 + ("not measured" if o.cosine is None else f"{o.cosine:.4f}")
             )
-    if not timed:
-        return Verdict(None, None, {}, tuple(warnings), "latency not measured: no verdict")
-    best = min(ok, key=lambda o: o.p50_ms or 0.0, default=None)
+    best = min(ok, key=_p50, default=None)
     if best is None:
         line = f"nothing measured here keeps the budget ({budget.source})"
     elif best.is_float:
         line = (
-            f"fastest within the budget: {best.label}, the float model ({best.p50_ms:.3g} ms); "
-            "no INT8 artifact beats it on this machine"
+            f"fastest within the budget: {best.label}, the float model ({_p50(best):.3g} ms); "
+            "no INT8 artifact within the budget beats it on this machine"
         )
     else:
-        assert best.p50_ms is not None
         versus = (
-            f", {speedup[best.key]:.2f}x the fastest float ({by[best_float.key].label})"
+            f", {speedup[best.key]:.2f}x the fastest float ({best_float.label})"
             if best_float is not None
             else ""
         )
-        line = f"fastest within the budget: {best.label} ({best.p50_ms:.3g} ms{versus})"
+        line = f"fastest within the budget: {best.label} ({_p50(best):.3g} ms{versus})"
+    faster = [o for o in timed if o not in ok and (best is None or _p50(o) < _p50(best))]
+    if best is not None and faster:
+        f = min(faster, key=_p50)
+        cos = "not measured" if f.cosine is None else f"{f.cosine:.4f}"
+        line += f"; {f.label} is faster ({_p50(f):.3g} ms) but misses the budget (cosine {cos})"
     return Verdict(
         best.key if best else None,
         best_float.key if best_float else None,
         speedup,
+        tuple(warnings),
+        line,
+    )
+
+
+REFERENCE_PRECISION = "fp32"
+
+
+def _is_reference(o: Option) -> bool:
+    """A float option in fp32: the reference itself (its cosine is 1 by definition
+    where it is the fp32 model that every option is compared with)."""
+    return o.is_float and o.key.endswith(f":float:{REFERENCE_PRECISION}")
+
+
+def _p50(o: Option) -> float:
+    assert o.p50_ms is not None
+    return o.p50_ms
+
+
+def _speedups(timed: Sequence[Option], against: Option | None) -> dict[str, float]:
+    if against is None:
+        return {}
+    return {o.key: _p50(against) / _p50(o) for o in timed}
+
+
+def _unmeasured(timed: Sequence[Option]) -> Verdict:
+    floats = [o for o in timed if o.is_float]
+    best_float = min(floats, key=_p50, default=None)
+    warnings = [
+        f"{o.label} ({_p50(o):.3g} ms) is slower than the float model in "
+        f"{best_float.label} ({_p50(best_float):.3g} ms)"
+        for o in timed
+        if not o.is_float and best_float is not None and _p50(o) > _p50(best_float)
+    ]
+    fastest = min(timed, key=_p50)
+    line = (
+        f"fidelity not measured (no held-out data), so no option is known to keep a "
+        f"budget; the fastest here is {fastest.label} ({_p50(fastest):.3g} ms); give "
+        "--held-out data for a verdict"
+    )
+    return Verdict(
+        None,
+        best_float.key if best_float else None,
+        _speedups(timed, best_float),
         tuple(warnings),
         line,
     )

@@ -25,7 +25,7 @@ from quantship.bench.run import (
     bench_candidates,
     float_candidates,
 )
-from quantship.bench.timing import BenchSettings, LatencyStats
+from quantship.bench.timing import BenchSettings, LatencyStats, p50_by_key
 from quantship.bench.verdict import Budget, Option, decide
 from quantship.calibration.data import CalibrationData
 from quantship.calibration.images import ImageOptions
@@ -88,7 +88,15 @@ class ExportOptions:
     def budget(self) -> Budget:
         """What the verdict holds every option to: --max-drop on 1 - cosine, unless it
         is a task metric's drop (then the default cosine budget)."""
-        return Budget.from_max_drop(self.max_drop if self.metric is None else None)
+        if self.metric is None:
+            return Budget.from_max_drop(self.max_drop)
+        return Budget(
+            source=(
+                f"cosine to fp32 >= {Budget().min_cosine} (the default; --max-drop "
+                f"{self.max_drop} bounds the drop of {self.metric} in the accuracy guard, "
+                "not in this verdict)"
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -335,12 +343,8 @@ def measure(
     arts = [float_layers(c, fidelity, budget, loaded, float_art, opts.threads, ui) for c in arts]
     latency: list[LatencyStats] = []
     if opts.bench:
-        extra = [
-            Candidate(f"{c.label}, all INT8 (no guard)", c.backend, unguarded[c.backend.name],
-                      variant="no-guard")
-            for c in arts
-            if c.backend.name in unguarded
-        ]  # fmt: skip
+        extra = [no_guard(c, unguarded[c.backend.name], opts.threads)
+                 for c in arts if c.backend.name in unguarded]  # fmt: skip
         latency = bench_candidates(
             [*floats, *arts, *extra],
             loaded.fm.inputs,
@@ -349,10 +353,10 @@ def measure(
             examples=loaded.fm.example_shapes,
             ui=ui,
         )
-    p50 = {s.label: s.p50_ms for s in latency if s.batch == EXPORT_BENCH.batches[0]}
+    p50 = p50_by_key(latency, EXPORT_BENCH.batches[0])
     verdict = decide(
         [
-            Option(c.key, c.label, c.is_float, p50.get(c.label),
+            Option(c.key, c.label, c.is_float, p50.get(c.key),
                    (fidelity.get(c.key) or {}).get("cosine"))
             for c in [*floats, *arts]
         ],
@@ -402,10 +406,21 @@ def float_layers(
     return Candidate(c.backend.describe(art, c.settings(threads)), c.backend, art)
 
 
+def no_guard(c: Candidate, plain: Artifact, threads: int | None) -> Candidate:
+    """The all-INT8 build of a guarded artifact, run as the guarded one runs (the same
+    float-layer precision), to time the guard's cost."""
+    meta = dict(plain.metadata)
+    if "float_precision" in c.artifact.metadata:
+        meta["float_precision"] = c.artifact.metadata["float_precision"]
+    art = dataclasses.replace(plain, metadata=meta)
+    label = c.backend.describe(art, c.settings(threads)) + ", all INT8 (no guard)"
+    return Candidate(label, c.backend, art, variant="no-guard")
+
+
 def add_guard_cost(g: dict[str, Any], c: Candidate, latency: Sequence[LatencyStats]) -> None:
     """The accuracy guard's latency cost: the guarded artifact against the all-INT8 one."""
-    p50 = {s.label: s.p50_ms for s in latency}
-    guarded, plain = p50.get(c.label), p50.get(f"{c.label}, all INT8 (no guard)")
+    p50 = p50_by_key(latency, EXPORT_BENCH.batches[0])
+    guarded, plain = p50.get(c.key), p50.get(f"{c.key}:no-guard")
     if guarded is not None and plain is not None:
         g["p50_ms_guarded"] = guarded
         g["p50_ms_all_int8"] = plain

@@ -96,9 +96,14 @@ def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
     the sha256 recorded for it: a changed or corrupt copy is named, before any timing."""
     entries = [manifest["float_model"], *manifest.get("artifacts", [])]
     for e in entries:
-        for f in e.get("files", []):
-            if not isinstance(f, dict) or "sha256" not in f:
-                continue
+        listed = e.get("files") or [e.get("path")]
+        for f in listed:
+            if not isinstance(f, dict) or "sha256" not in f or "path" not in f:
+                name = f.get("path") if isinstance(f, dict) else f
+                raise QuantshipError(
+                    f"'{folder / MANIFEST}' lists {name} without a sha256, so the file "
+                    "cannot be checked; export again with this version of quantship"
+                )
             path = folder / f["path"]
             if not path.is_file():
                 raise QuantshipError(f"'{folder}': {f['path']}, listed in {MANIFEST}, is missing")

@@ -4,13 +4,13 @@ held-out samples."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy.typing as npt
 
-from quantship.backends.base import Artifact, Backend, PlanOptions, SessionSettings
+from quantship.backends.base import Artifact, Backend, PlanOptions, Session, SessionSettings
 from quantship.bench.fidelity import FidelityMeter
 from quantship.bench.run import Candidate
 from quantship.calibration.runner import batches
@@ -58,49 +58,71 @@ def measure_fidelity(
     drift_check: tuple[list[Feed], Outputs] = ([], []),
 ) -> tuple[dict[str, dict[str, Any] | None], dict[str, float | None]]:
     """Fidelity of every candidate (float options and INT8 artifacts) against the fp32
-    model in ONNX Runtime, on the held-out samples, by candidate key. Also returns how
+    model in the default runtime, on the held-out samples, by candidate key. Also returns how
     far the prepared float model's outputs are from the user's model's (``drift_check``:
     feeds and the user's model's outputs on them).
 
     Memory: the fp32 model runs first and its outputs are kept, unless they would take
     more memory than the model itself; then it is freed before each candidate runs, one
     at a time. A model of several GB is so never in memory twice."""
-    from quantship.backends.onnxruntime import OrtSession
+    import contextlib
+
+    from quantship.backends import registry
     from quantship.exporter.prepare import max_abs_diff
 
     data = held.data
-    settings = SessionSettings(threads=threads)
-    ref: OrtSession | None = OrtSession(float_art.path, settings)
-    assert ref is not None
-    feeds, theirs = drift_check
-    ours = [dict(zip(ref.output_names, ref.run(f), strict=True)) for f in feeds]
-    drift = max_abs_diff(theirs, ours)
-    if data is None:
-        return {}, drift
-    fixed = fm.fixed_batch
+    names = list(fm.outputs)
+    with contextlib.ExitStack() as stack:
+        # The reference: fp32 in the default runtime, the float model as exported.
+        reference = registry.get(registry.DEFAULT)
+        ref: Session | None = stack.enter_context(
+            reference.session(float_art, SessionSettings(threads=threads, precision="fp32"))
+        )
+        assert ref is not None
+        feeds, theirs = drift_check
+        ours = [dict(zip(names, ref.run(f), strict=True)) for f in feeds]
+        drift = max_abs_diff(theirs, ours)
+        if data is None:
+            return {}, drift
+        fixed = fm.fixed_batch
 
-    def samples() -> Iterator[tuple[Feed, int]]:
-        assert data is not None
-        feeds = data.samples(held.start, held.stop)
-        yield from batches(feeds, fixed or FIDELITY_BATCH, full_only=fixed is not None)
+        def samples() -> Iterator[tuple[Feed, int]]:
+            assert data is not None
+            feeds = data.samples(held.start, held.stop)
+            yield from batches(feeds, fixed or FIDELITY_BATCH, full_only=fixed is not None)
 
-    total = None
-    if data.num_samples is not None and held.stop is not None:
-        total = max(0, min(held.stop, data.num_samples) - held.start)
+        total = None
+        if data.num_samples is not None and held.stop is not None:
+            total = max(0, min(held.stop, data.num_samples) - held.start)
 
-    budget = float_art.size_bytes()
-    kept: list[list[npt.NDArray[Any]]] | None = []
-    with ui.progress("measuring fidelity: fp32 reference", total) as advance:
-        for feed, n in samples():
-            out = ref.run(feed)
-            assert kept is not None
-            kept.append(out)
-            advance(n)
-            if sum(a.nbytes for o in kept for a in o) > budget:
-                kept = None  # outputs outgrow the model: run it beside each candidate
-                break
-    if kept is not None:
-        ref = None
+        budget = float_art.size_bytes()
+        kept: list[list[npt.NDArray[Any]]] | None = []
+        with ui.progress("measuring fidelity: fp32 reference", total) as advance:
+            for feed, n in samples():
+                out = ref.run(feed)
+                assert kept is not None
+                kept.append(out)
+                advance(n)
+                if sum(a.nbytes for o in kept for a in o) > budget:
+                    kept = None  # outputs outgrow the model: run it beside each candidate
+                    break
+        if kept is not None:
+            stack.close()  # the reference is no longer needed: free it
+            ref = None
+        return _compare(fm, candidates, held, threads, ui, samples, total, kept, ref), drift
+
+
+def _compare(
+    fm: FloatModel,
+    candidates: Sequence[Candidate],
+    held: HeldOut,
+    threads: int | None,
+    ui: UI,
+    samples: Callable[[], Iterator[tuple[Feed, int]]],
+    total: int | None,
+    kept: list[list[npt.NDArray[Any]]] | None,
+    ref: Session | None,
+) -> dict[str, dict[str, Any] | None]:
     result: dict[str, dict[str, Any] | None] = {}
     for c in candidates:
         meter = FidelityMeter(fm.outputs)
@@ -113,4 +135,4 @@ def measure_fidelity(
                 meter.update(expected, session.run(feed))
                 advance(n)
         result[c.key] = meter.result(held.note).to_json() if meter.samples else None
-    return result, drift
+    return result

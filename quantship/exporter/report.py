@@ -12,7 +12,7 @@ from typing import Any
 from quantship.backends.base import Artifact, Backend, PlanOptions
 from quantship.bench.report import fmt_mb, fmt_ms, fmt_num
 from quantship.bench.run import Candidate
-from quantship.bench.timing import LatencyStats
+from quantship.bench.timing import LatencyStats, p50_by_key
 from quantship.bench.verdict import Budget, Verdict
 from quantship.calibration.data import CalibrationData
 from quantship.calibration.methods import MethodSpec
@@ -36,7 +36,14 @@ class Measured:
     budget: Budget
 
     def latency_of(self, c: Candidate) -> list[dict[str, Any]]:
-        return [s.to_json() for s in self.latency if s.label == c.label]
+        """Its rows: wall clock at each batch size, and device time where there is one."""
+        return [s.to_json() for s in self.latency if s.key in (c.key, f"{c.key}:device")]
+
+    def p50(self, c: Candidate) -> float | None:
+        """Wall-clock p50 at the first batch size measured."""
+        if not self.latency:
+            return None
+        return p50_by_key(self.latency, self.latency[0].batch).get(c.key)
 
 
 def manifest_for(
@@ -62,7 +69,7 @@ def manifest_for(
             "backend": c.backend.name,
             "precision": c.precision,
             "default": c.default,
-            "p50_ms": next((s.p50_ms for s in measured.latency if s.label == c.label), None),
+            "p50_ms": measured.p50(c),
             "cosine": (measured.fidelity.get(c.key) or {}).get("cosine"),
             "latency": measured.latency_of(c),
             "fidelity": measured.fidelity.get(c.key),
@@ -80,6 +87,7 @@ def manifest_for(
                     "key": c.key,
                     "label": c.label,
                     "fidelity": measured.fidelity.get(c.key),
+                    "p50_ms": measured.p50(c),
                     "latency": measured.latency_of(c),
                     "speedup": v.speedup.get(c.key),
                     "recommended": v.choice == c.key,
@@ -152,11 +160,10 @@ def export_table(ui: UI, out: Path, manifest: dict[str, Any]) -> None:
         fid = b.get("fidelity") or {}
         rows.append(_row(b["label"], fl["size_bytes"], fl["size_bytes"], b["p50_ms"], b, fid))
     for a in manifest["artifacts"]:
-        lat = a.get("latency") or []
-        p50 = lat[0]["p50_ms"] if lat else None
         rows.append(
-            _row(a["label"], a["size_bytes"], fl["size_bytes"], p50, a, a.get("fidelity") or {})
-        )
+            _row(a["label"], a["size_bytes"], fl["size_bytes"], a.get("p50_ms"), a,
+                 a.get("fidelity") or {})
+        )  # fmt: skip
     headers = [
         "model", "size MB", "size ratio", "p50 ms", "speedup", "cosine", "SQNR dB", "top-1 agree"
     ]  # fmt: skip

@@ -45,7 +45,9 @@ def contract(name: str, tmp_path: Path) -> None:
     model = save(tiny_cnn(), tmp_path / "cnn.onnx")
     np.savez(tmp_path / "calib.npz", images=images(48))
     out = tmp_path / "build"
-    result = api.export(model, tmp_path / "calib.npz", out, backends=name, samples=32, bench=False)
+    # bench=True: the float options and the artifact are timed side by side, under
+    # names and keys of their own (a plugin beside the runtime it wraps included)
+    result = api.export(model, tmp_path / "calib.npz", out, backends=name, samples=32, threads=1)
 
     manifest = json.loads((out / "manifest.json").read_text())
     (entry,) = [a for a in manifest["artifacts"] if a["backend"] == name]
@@ -53,6 +55,19 @@ def contract(name: str, tmp_path: Path) -> None:
         assert sha256_file(out / f["path"]) == f["sha256"]
     assert entry["size_bytes"] == sum((out / f["path"]).stat().st_size for f in entry["files"])
     assert entry["label"] == backend.describe(result.artifacts[0], SessionSettings())
+    assert all(f["path"].startswith(f"{name}/") for f in entry["files"])
+    assert entry["p50_ms"] > 0 and {r["key"] for r in entry["latency"]} <= {
+        entry["key"],
+        f"{entry['key']}:device",
+    }
+    keys = [b["key"] for b in manifest["baselines"]] + [entry["key"]]
+    labels = [b["label"] for b in manifest["baselines"]] + [entry["label"]]
+    assert len(set(keys)) == len(keys) and len(set(labels)) == len(labels)
+    assert {b["backend"] for b in manifest["baselines"]} >= (
+        {name} if caps.float_precisions else set()
+    )
+    assert all(b["p50_ms"] > 0 for b in manifest["baselines"])
+    assert manifest["verdict"]["choice"] is not None
 
     # fidelity was measured on the 16 held-out samples, and is good on this model
     fid = entry["fidelity"]

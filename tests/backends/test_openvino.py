@@ -176,6 +176,11 @@ def test_float_baselines_are_what_openvino_runs_by_default(
     hint = str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")).lower()
     caps = OpenVINOBackend().capabilities()
     assert (caps.default_precision == "bf16") == ("bf16" in hint or "bfloat16" in hint)
+    # ... and what the CPU's ISA predicts: bf16 where the CPU computes in bf16.
+    from quantship.bench.machine import cpu_info
+
+    isa = set(cpu_info()["isa"])
+    assert (caps.default_precision == "bf16") == bool(isa & {"avx512_bf16", "amx_bf16"})
     ov_floats = {b["precision"]: b for b in res.manifest["baselines"] if b["backend"] == "openvino"}
     assert set(ov_floats) == set(caps.float_precisions)
     assert ov_floats[caps.default_precision]["default"] is True
