@@ -131,9 +131,9 @@ def session_options(settings: SessionSettings, optimized_path: str | None = None
         so.intra_op_num_threads = settings.threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Spinning worker threads of an idle session steal cores from the session being
-    # timed: measured side by side on 2 cores, float ResNet-18 went from 8 ms to 14 ms.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Worker threads spin between runs, as ONNX Runtime's defaults have them: turning
+    # spinning off made float MobileNetV2 15 % slower, alone on 2 AMD EPYC cores (p50
+    # 4.73 vs 4.09 ms): a baseline slower than the user's.
     if optimized_path:
         so.optimized_model_filepath = optimized_path
     return so
