@@ -33,8 +33,8 @@ def main() -> int:
     import onnx
 
     from quantship import api
-    from quantship.backends.tensorrt import engine_unavailable
     from quantship.backends.tensorrt_check import check_tensorrt
+    from quantship.backends.tensorrt_engine import engine_unavailable
     from quantship.ui import UI
 
     ap = parser(__doc__)

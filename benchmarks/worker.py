@@ -44,7 +44,7 @@ def quantship_job(
     from quantship.backends.onnxruntime import OnnxRuntimeBackend
     from quantship.calibration.methods import MethodSpec
     from quantship.calibration.runner import calibrate
-    from quantship.exporter.load import save_model
+    from quantship.exporter.onnx_file import save_model
     from quantship.exporter.qdq import write_qdq
     from quantship.exporter.source import load_float_model
 

@@ -55,7 +55,8 @@ from quantship.backends.op_rules import (
 from quantship.backends.planning import OpRule, Rules, make_plan
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError
-from quantship.exporter.load import FloatModel, save_model
+from quantship.exporter.load import FloatModel
+from quantship.exporter.onnx_file import save_model
 from quantship.types import Feed
 
 _TRANSPARENT = OpRule("transparent")

@@ -34,26 +34,31 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import onnx
 
 from quantship.backends.base import (
     Artifact,
     BaseBackend,
-    BaseSession,
     Capabilities,
     PlanOptions,
     QuantPlan,
     SessionSettings,
 )
 from quantship.backends.op_rules import input_side_ops
+from quantship.backends.openvino_session import (
+    OVSession,
+    compile_config,
+    openvino_module,
+    precision_name,
+)
 from quantship.backends.planning import OpRule, Rules, make_plan
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError
-from quantship.exporter.load import FloatModel, save_model
+from quantship.exporter.load import FloatModel
+from quantship.exporter.onnx_file import save_model
 from quantship.types import Feed, Precision
 
 OV_OPS: dict[str, OpRule] = {
@@ -73,41 +78,6 @@ RULES = Rules(
 )
 
 
-def _ov() -> Any:
-    try:
-        import openvino as ov
-    except ImportError:
-        raise BackendError(
-            "backend 'openvino' needs OpenVINO: pip install 'quantship[openvino]'"
-        ) from None
-    return ov
-
-
-# quantship's precision names → OpenVINO's element types, and back.
-_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
-_FROM_OV = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "float32": "fp32",
-            "bfloat16": "bf16", "float16": "fp16"}  # fmt: skip
-
-
-def _config(
-    settings: SessionSettings, overrides: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """What a user's plain ``compile_model(model, "CPU", ...)`` would pass: the latency
-    (or throughput) hint and a thread count; a float precision only when one is asked
-    for (otherwise the plugin's default: bf16 on CPUs with AVX-512 BF16 or AMX)."""
-    cfg: dict[str, Any] = {
-        "PERFORMANCE_HINT": "THROUGHPUT" if settings.mode == "throughput" else "LATENCY",
-    }
-    if settings.precision is not None:
-        cfg["INFERENCE_PRECISION_HINT"] = _OV_PRECISION[settings.precision]
-    if settings.threads:
-        cfg["INFERENCE_NUM_THREADS"] = settings.threads
-    if settings.mode == "throughput" and settings.streams:
-        cfg["NUM_STREAMS"] = settings.streams
-    cfg.update(overrides or {})
-    return cfg
-
-
 # What to turn off when a static-shape compile disagrees with the dynamic one. Seen with
 # OpenVINO 2026.4 on AVX-512 CPUs: at a static batch of 4 or more, the CPU plugin fuses
 # a chain of INT8 fully connected layers into one snippets Subgraph that computes wrong
@@ -120,7 +90,7 @@ def static_shape_check(xml: Path, model: FloatModel) -> tuple[dict[str, str], st
     """Compile the IR at static shapes (batch 1 and 8) and compare its outputs with the
     dynamic-shape compile on the same random inputs. Returns the plugin settings under
     which they agree (none needed, normally) and, if any were needed, why."""
-    ov = _ov()
+    ov = openvino_module()
     rng = np.random.default_rng(0)
     batches = (1, 8) if model.dynamic_batch else (None,)
     for fallback in ({}, *_FALLBACKS):
@@ -152,11 +122,6 @@ def static_shape_check(xml: Path, model: FloatModel) -> tuple[dict[str, str], st
         "OpenVINO computes this model differently at static and dynamic shapes, whatever "
         "the plugin settings; this is an OpenVINO bug: try another OpenVINO version"
     )
-
-
-def _precision_name(hint: str) -> Precision:
-    name = _FROM_OV.get(hint.lower().replace("<type: '", "").rstrip("'>"), "fp32")
-    return cast(Precision, name)
 
 
 def convert_onnx(src: Path, proto: onnx.ModelProto) -> Any:
@@ -226,101 +191,6 @@ def _kernels_note(counts: Mapping[str, Any]) -> str:
     return "integer kernels after OpenVINO's CPU plugin's fusion: " + (", ".join(parts) or "none")
 
 
-class OVSession(BaseSession):
-    """A compiled model per input shape: the model is reshaped to the static shape of
-    the first feed of each batch size (static shapes compile to faster kernels).
-    ``overrides`` are plugin settings the artifact needs (see ``static_shape_check``)."""
-
-    def __init__(
-        self,
-        source: Path | Any,
-        settings: SessionSettings,
-        overrides: Mapping[str, str] | None = None,
-        *,
-        static: bool = True,
-    ) -> None:
-        ov = _ov()
-        self.core = ov.Core()
-        self.path = source if isinstance(source, Path) else Path("model")
-        self.settings = settings
-        self.overrides = dict(overrides or {})
-        self.static = static
-        try:
-            self.model = self.core.read_model(str(source)) if isinstance(source, Path) else source
-        except Exception as e:
-            raise BackendError(
-                f"OpenVINO cannot read '{source}': {str(e).splitlines()[0]}"
-            ) from None
-        self._compiled: dict[tuple[Any, ...], Any] = {}
-        self._requests: dict[tuple[Any, ...], Any] = {}
-
-    def close(self) -> None:
-        self._requests.clear()
-        self._compiled.clear()
-
-    def compiled_for(self, feeds: Feed) -> Any:
-        key = tuple(sorted((k, v.shape) for k, v in feeds.items()))
-        if key not in self._compiled:
-            model = self.model.clone()
-            shapes = {}
-            for inp in model.inputs:
-                name = inp.get_any_name()
-                if name in feeds:
-                    shapes[name] = list(feeds[name].shape)
-            if shapes and self.static:
-                model.reshape(shapes)
-            try:
-                self._compiled[key] = self.core.compile_model(
-                    model, "CPU", _config(self.settings, self.overrides)
-                )
-            except Exception as e:
-                raise BackendError(
-                    f"OpenVINO cannot compile the model: {str(e).splitlines()[0]}"
-                ) from None
-            self._requests[key] = self._compiled[key].create_infer_request()
-        return self._compiled[key]
-
-    def run(self, feeds: Feed) -> list[npt.NDArray[Any]]:
-        compiled = self.compiled_for(feeds)
-        key = tuple(sorted((k, v.shape) for k, v in feeds.items()))
-        req = self._requests[key]
-        try:
-            req.infer(feeds)
-        except Exception as e:
-            raise BackendError(
-                f"OpenVINO failed to run '{self.path.name}': {str(e).splitlines()[0]}"
-            ) from None
-        return [np.array(req.get_output_tensor(i).data) for i in range(len(compiled.outputs))]
-
-    def throughput(self, feeds: Feed, seconds: float) -> tuple[int, float]:
-        """Runs completed and seconds spent with OpenVINO's own async queue: as many
-        parallel infer requests as the plugin finds optimal (THROUGHPUT hint)."""
-        import time
-
-        ov = _ov()
-        # The same model at the same precision, compiled with the THROUGHPUT hint.
-        with OVSession(
-            self.model,
-            replace(self.settings, mode="throughput"),
-            self.overrides,
-            static=self.static,
-        ) as tp:
-            compiled = tp.compiled_for(feeds)
-            n = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
-            queue = ov.AsyncInferQueue(compiled, n)
-            for _ in range(n):  # warm-up
-                queue.start_async(feeds)
-            queue.wait_all()
-            done = 0
-            t0 = time.perf_counter()
-            while time.perf_counter() - t0 < seconds:
-                for _ in range(n):
-                    queue.start_async(feeds)
-                queue.wait_all()
-                done += n
-            return done, time.perf_counter() - t0
-
-
 class OpenVINOBackend(BaseBackend):
     name = "openvino"
     extra = "openvino"
@@ -338,13 +208,13 @@ class OpenVINOBackend(BaseBackend):
         return None
 
     def version(self) -> str:
-        return str(_ov().get_version())
+        return str(openvino_module().get_version())
 
     def capabilities(self) -> Capabilities:
         """The CPU plugin's float precisions on this CPU and its default: bf16 where the
         CPU has AVX-512 BF16 or AMX (OPTIMIZATION_CAPABILITIES), else f32."""
         if self._caps is None:
-            core = _ov().Core()
+            core = openvino_module().Core()
             found = set(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
             precisions: list[Precision] = ["fp32"]
             if "BF16" in found:
@@ -352,7 +222,7 @@ class OpenVINOBackend(BaseBackend):
             if "FP16" in found:
                 precisions.append("fp16")
             hint = str(core.get_property("CPU", "INFERENCE_PRECISION_HINT"))
-            default = _precision_name(hint)
+            default = precision_name(hint)
             self._caps = Capabilities(
                 "CPU",
                 tuple(precisions),
@@ -365,7 +235,7 @@ class OpenVINOBackend(BaseBackend):
         return make_plan(model, table, options, self.rules)
 
     def compile(self, qdq: onnx.ModelProto, out_dir: Path, model: FloatModel) -> Artifact:
-        ov = _ov()
+        ov = openvino_module()
         rel = f"{self.name}/model.int8.xml"
         xml = out_dir / rel
         xml.parent.mkdir(parents=True, exist_ok=True)
@@ -383,7 +253,9 @@ class OpenVINOBackend(BaseBackend):
         text = xml.read_text(encoding="utf-8")
         consts = Counter(re.findall(r'type="Const"[^>]*>\s*<data element_type="(\w+)"', text))
         overrides, why = static_shape_check(xml, model)
-        compiled = ov.Core().compile_model(str(xml), "CPU", _config(SessionSettings(), overrides))
+        compiled = ov.Core().compile_model(
+            str(xml), "CPU", compile_config(SessionSettings(), overrides)
+        )
         kernels = int8_layers(compiled)
         del compiled
         notes = [_kernels_note(kernels)] + ([why] if why else [])

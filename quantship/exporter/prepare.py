@@ -43,7 +43,8 @@ from quantship.exporter.graph import (
     is_external,
     opset_version,
 )
-from quantship.exporter.load import MIN_OPSET, FloatModel, Shape, model_bytes, raw_inputs
+from quantship.exporter.load import MIN_OPSET, FloatModel, Shape, raw_inputs
+from quantship.exporter.onnx_file import model_bytes
 
 _WIDENING = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE}
 _NARROW_FLOAT = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}

@@ -28,6 +28,7 @@ def load_float_model(
     size comes from the first calibration sample, or held-out one (``--calib-cache``)."""
     from quantship.calibration.sources import peek_shapes
     from quantship.exporter import load as loader
+    from quantship.exporter.onnx_file import Source, read_onnx
     from quantship.exporter.output import sha256_bytes
     from quantship.exporter.torch_export import export_spec, is_torch_spec
 
@@ -43,7 +44,7 @@ def load_float_model(
             )
         proto = export_spec(spec, weights, torch_shapes)
         exported = proto.SerializeToString()
-        src = loader.Source(proto, spec, sha256_bytes(exported), len(exported))
+        src = Source(proto, spec, sha256_bytes(exported), len(exported))
         reference = exported
     else:
         if weights is not None:
@@ -51,7 +52,7 @@ def load_float_model(
                 "--weights applies to a PyTorch model (package.module:factory), not an ONNX file"
             )
         reference = Path(spec)
-        src = loader.read_onnx(reference)
+        src = read_onnx(reference)
     raw = loader.raw_inputs(src.proto)
     shape_data = calib if calib is not None else held_out
     data = open_data(shape_data, raw, images=images) if shape_data is not None else None

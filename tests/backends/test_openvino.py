@@ -169,7 +169,7 @@ def test_float_baselines_are_what_openvino_runs_by_default(
 
     from quantship import api
     from quantship.backends.base import SessionSettings
-    from quantship.backends.openvino import OpenVINOBackend, _config
+    from quantship.backends.openvino import OpenVINOBackend, compile_config
 
     res = api.export(cnn_path, calib_npz, tmp_path / "o", backends="openvino", bench=True,
                      threads=1)  # fmt: skip
@@ -185,7 +185,7 @@ def test_float_baselines_are_what_openvino_runs_by_default(
     assert set(ov_floats) == set(caps.float_precisions)
     assert ov_floats[caps.default_precision]["default"] is True
     assert all(b["p50_ms"] > 0 and b["cosine"] > 0.99 for b in ov_floats.values())
-    assert "INFERENCE_PRECISION_HINT" not in _config(SessionSettings(threads=1))
+    assert "INFERENCE_PRECISION_HINT" not in compile_config(SessionSettings(threads=1))
     v = res.manifest["verdict"]
     assert v["choice"] is not None and v["fastest_float"] is not None
     chosen = [

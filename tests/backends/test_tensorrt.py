@@ -16,8 +16,8 @@ from models import images, run_ort, save, tiny_cnn
 from onnx import TensorProto, helper, numpy_helper
 
 from quantship import api
-from quantship.backends.tensorrt import engine_unavailable
 from quantship.backends.tensorrt_check import check_tensorrt
+from quantship.backends.tensorrt_engine import engine_unavailable
 
 
 def qdq_conv(
@@ -190,7 +190,7 @@ def test_engine_builds_runs_and_agrees(tmp_path: Path, cnn_path: Path, calib_npz
     if reason is not None:
         pytest.skip(f"needs TensorRT and an NVIDIA GPU: {reason}")
     from quantship.backends.base import SessionSettings
-    from quantship.backends.tensorrt import TensorRTSession
+    from quantship.backends.tensorrt_engine import TensorRTSession
 
     res = api.export(cnn_path, calib_npz, tmp_path / "o", backends="tensorrt", bench=False)
     engine = res.manifest["artifacts"][0]["metadata"]["engine"]
@@ -237,7 +237,7 @@ def test_engine_profile_bounds_every_dynamic_dimension() -> None:
     """TensorRT needs a profile for any input with a dynamic dimension: a dynamic batch
     spans 1 … max_batch; a fixed batch stays fixed; a sequence length is bounded at the
     calibration sample's size."""
-    from quantship.backends.tensorrt import profile_shapes
+    from quantship.backends.tensorrt_engine import profile_shapes
 
     seq = {"name": "ids", "shape": [None, None], "profile": [None, 16]}
     assert profile_shapes(seq, 8) == ([1, 16], [1, 16], [8, 16])

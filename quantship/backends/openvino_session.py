@@ -1,0 +1,152 @@
+"""OpenVINO's CPU plugin as a user drives it: ``compile_model(model, "CPU")`` with the
+latency (or throughput) hint and a thread count, a compiled model per input shape, and
+the plugin's async queue for throughput mode."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from quantship.backends.base import BaseSession, SessionSettings
+from quantship.errors import BackendError
+from quantship.types import Feed, Precision
+
+
+def openvino_module() -> Any:
+    try:
+        import openvino as ov
+    except ImportError:
+        raise BackendError(
+            "backend 'openvino' needs OpenVINO: pip install 'quantship[openvino]'"
+        ) from None
+    return ov
+
+
+# quantship's precision names → OpenVINO's element types, and back.
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+_FROM_OV = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "float32": "fp32",
+            "bfloat16": "bf16", "float16": "fp16"}  # fmt: skip
+
+
+def compile_config(
+    settings: SessionSettings, overrides: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """What a user's plain ``compile_model(model, "CPU", ...)`` would pass: the latency
+    (or throughput) hint and a thread count; a float precision only when one is asked
+    for (otherwise the plugin's default: bf16 on CPUs with AVX-512 BF16 or AMX)."""
+    cfg: dict[str, Any] = {
+        "PERFORMANCE_HINT": "THROUGHPUT" if settings.mode == "throughput" else "LATENCY",
+    }
+    if settings.precision is not None:
+        cfg["INFERENCE_PRECISION_HINT"] = _OV_PRECISION[settings.precision]
+    if settings.threads:
+        cfg["INFERENCE_NUM_THREADS"] = settings.threads
+    if settings.mode == "throughput" and settings.streams:
+        cfg["NUM_STREAMS"] = settings.streams
+    cfg.update(overrides or {})
+    return cfg
+
+
+def precision_name(hint: str) -> Precision:
+    name = _FROM_OV.get(hint.lower().replace("<type: '", "").rstrip("'>"), "fp32")
+    return cast(Precision, name)
+
+
+class OVSession(BaseSession):
+    """A compiled model per input shape: the model is reshaped to the static shape of
+    the first feed of each batch size (static shapes compile to faster kernels).
+    ``overrides`` are plugin settings the artifact needs (see ``static_shape_check``)."""
+
+    def __init__(
+        self,
+        source: Path | Any,
+        settings: SessionSettings,
+        overrides: Mapping[str, str] | None = None,
+        *,
+        static: bool = True,
+    ) -> None:
+        ov = openvino_module()
+        self.core = ov.Core()
+        self.path = source if isinstance(source, Path) else Path("model")
+        self.settings = settings
+        self.overrides = dict(overrides or {})
+        self.static = static
+        try:
+            self.model = self.core.read_model(str(source)) if isinstance(source, Path) else source
+        except Exception as e:
+            raise BackendError(
+                f"OpenVINO cannot read '{source}': {str(e).splitlines()[0]}"
+            ) from None
+        self._compiled: dict[tuple[Any, ...], Any] = {}
+        self._requests: dict[tuple[Any, ...], Any] = {}
+
+    def close(self) -> None:
+        self._requests.clear()
+        self._compiled.clear()
+
+    def compiled_for(self, feeds: Feed) -> Any:
+        key = tuple(sorted((k, v.shape) for k, v in feeds.items()))
+        if key not in self._compiled:
+            model = self.model.clone()
+            shapes = {}
+            for inp in model.inputs:
+                name = inp.get_any_name()
+                if name in feeds:
+                    shapes[name] = list(feeds[name].shape)
+            if shapes and self.static:
+                model.reshape(shapes)
+            try:
+                self._compiled[key] = self.core.compile_model(
+                    model, "CPU", compile_config(self.settings, self.overrides)
+                )
+            except Exception as e:
+                raise BackendError(
+                    f"OpenVINO cannot compile the model: {str(e).splitlines()[0]}"
+                ) from None
+            self._requests[key] = self._compiled[key].create_infer_request()
+        return self._compiled[key]
+
+    def run(self, feeds: Feed) -> list[npt.NDArray[Any]]:
+        compiled = self.compiled_for(feeds)
+        key = tuple(sorted((k, v.shape) for k, v in feeds.items()))
+        req = self._requests[key]
+        try:
+            req.infer(feeds)
+        except Exception as e:
+            raise BackendError(
+                f"OpenVINO failed to run '{self.path.name}': {str(e).splitlines()[0]}"
+            ) from None
+        return [np.array(req.get_output_tensor(i).data) for i in range(len(compiled.outputs))]
+
+    def throughput(self, feeds: Feed, seconds: float) -> tuple[int, float]:
+        """Runs completed and seconds spent with OpenVINO's own async queue: as many
+        parallel infer requests as the plugin finds optimal (THROUGHPUT hint)."""
+        import time
+
+        ov = openvino_module()
+        # The same model at the same precision, compiled with the THROUGHPUT hint.
+        with OVSession(
+            self.model,
+            replace(self.settings, mode="throughput"),
+            self.overrides,
+            static=self.static,
+        ) as tp:
+            compiled = tp.compiled_for(feeds)
+            n = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+            queue = ov.AsyncInferQueue(compiled, n)
+            for _ in range(n):  # warm-up
+                queue.start_async(feeds)
+            queue.wait_all()
+            done = 0
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                for _ in range(n):
+                    queue.start_async(feeds)
+                queue.wait_all()
+                done += n
+            return done, time.perf_counter() - t0

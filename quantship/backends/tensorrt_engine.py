@@ -1,0 +1,345 @@
+"""TensorRT on the GPU: building an engine from a QDQ (or float) ONNX model with
+TensorRT's Python API, and running one, with device buffers, a stream and CUDA events.
+Everything here needs ``tensorrt`` and ``cuda-python``; ``engine_unavailable`` says
+why not where they or a GPU are missing."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+
+from quantship.backends.base import BaseSession, SessionSettings
+from quantship.errors import BackendError
+from quantship.exporter.load import FloatModel
+from quantship.types import Feed, Precision
+
+
+def _cudart() -> Any:
+    """cuda-python's runtime bindings: ``cuda.bindings.runtime`` from 12.6 on,
+    ``cuda.cudart`` before."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        from cuda import cudart as runtime
+    return runtime
+
+
+def engine_unavailable() -> str | None:
+    """None when an engine can be built and run here, else why not."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "TensorRT is not installed (pip install 'quantship[tensorrt]' on a machine with an NVIDIA GPU)"
+    try:
+        cudart = _cudart()
+    except ImportError:
+        return "cuda-python is not installed (pip install 'quantship[tensorrt]')"
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) != 0 or count == 0:
+        return "no NVIDIA GPU is visible"
+    return None
+
+
+def _gpu() -> dict[str, str]:
+    cudart = _cudart()
+    _, prop = cudart.cudaGetDeviceProperties(0)
+    name = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
+    return {"gpu": name.strip("\x00 "), "compute_capability": f"{prop.major}.{prop.minor}"}
+
+
+def engine_inputs(model: FloatModel) -> list[dict[str, Any]]:
+    """Each input's shape and the shape its engine profile is built for: TensorRT needs
+    bounds on every dynamic dimension. The batch axis spans 1 … max_batch; another
+    dynamic dimension (a sequence length) is fixed at the calibration sample's size,
+    and the entry says so."""
+    out: list[dict[str, Any]] = []
+    for spec in model.inputs:
+        example = model.example_shape(spec)
+        profile: list[int | None] = [
+            None if spec.shape and spec.shape[0] is None else spec.shape[0]
+        ]
+        fixed = []
+        for axis in range(1, len(spec.shape)):
+            profile.append(example[axis])
+            if spec.shape[axis] is None:
+                fixed.append(axis)
+        entry: dict[str, Any] = {"name": spec.name, "shape": list(spec.shape), "profile": profile}
+        if fixed:
+            entry["fixed_for_engine"] = {
+                "axes": fixed,
+                "why": "a TensorRT profile needs bounds on dynamic dimensions; fixed at the "
+                "calibration sample's size",
+            }
+        out.append(entry)
+    return out
+
+
+Dims = list[int]
+
+
+def profile_shapes(spec: dict[str, Any], max_batch: int) -> tuple[Dims, Dims, Dims] | None:
+    """An input's (min, opt, max) shapes for TensorRT's optimization profile, or None
+    for a fully static input: a dynamic batch spans 1 … ``max_batch`` (tuned for 1, the
+    latency case); another dynamic dimension is fixed at its ``profile`` size."""
+    shape = list(spec["shape"])
+    if None not in shape:
+        return None
+    example = list(spec.get("profile", shape))
+    lo, opt, hi = [], [], []
+    for axis, d in enumerate(shape):
+        if d is not None:
+            a, b, c = int(d), int(d), int(d)
+        elif axis == 0:
+            a, b, c = 1, 1, max_batch
+        else:
+            a = b = c = int(example[axis] or 1)
+        lo.append(a)
+        opt.append(b)
+        hi.append(c)
+    return lo, opt, hi
+
+
+def build_engine(
+    qdq_path: Path,
+    engine_path: Path,
+    inputs: list[dict[str, Any]],
+    *,
+    float_precision: Precision | None = None,
+    max_batch: int = 32,
+) -> dict[str, Any]:
+    """Build a serialized engine with TensorRT's Python API (ONNX parser, builder
+    config, timing cache beside the engine so a rebuild is fast and repeatable).
+    ``float_precision`` None: an INT8 QDQ model, strongly typed; "fp32"/"fp16": a float
+    model's engine at that precision (a baseline)."""
+    reason = engine_unavailable()
+    if reason is not None:
+        raise BackendError(f"cannot build a TensorRT engine here: {reason}")
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # Explicit quantization wants a strongly typed network: precisions come from the
+    # Q/DQ nodes and the model's types, and precision flags must not be set. A float
+    # baseline in fp16 is the builder's FP16 flag on a weakly typed network.
+    flags = 0 if float_precision else 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(qdq_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BackendError(f"TensorRT's ONNX parser rejected '{qdq_path}': {errors}")
+    config = builder.create_builder_config()
+    if float_precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif float_precision == "fp32":
+        # TF32 is on by default on Ampere and later; an fp32 baseline must be fp32.
+        config.clear_flag(trt.BuilderFlag.TF32)
+    cache_path = engine_path.with_suffix(".timing-cache")
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    # A dynamic batch axis needs an optimization profile (batch 1 to max_batch, tuned
+    # for 1: the latency case); a static model must not get an empty one.
+    profile = builder.create_optimization_profile()
+    dynamic = False
+    for spec in inputs:
+        bounds = profile_shapes(spec, max_batch)
+        if bounds is not None:
+            profile.set_shape(spec["name"], *bounds)
+            dynamic = True
+    if dynamic:
+        config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BackendError("TensorRT failed to build the engine (see its log above)")
+    engine_path.write_bytes(bytes(serialized))
+    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    info = {"tensorrt": trt.__version__, **_gpu(), "host": platform.node(), "max_batch": max_batch}
+    engine_path.with_suffix(".json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return info
+
+
+class TensorRTSession(BaseSession):
+    """An engine on the GPU: buffers allocated once per input shape, runs on one stream;
+    ``device_latency_ms`` times ``execute_async_v3`` with CUDA events. ``close`` frees
+    the device buffers, the stream, the events and the engine."""
+
+    device_clock = True
+
+    def __init__(self, engine_path: Path, settings: SessionSettings) -> None:
+        reason = engine_unavailable()
+        if reason is not None:
+            raise BackendError(f"cannot run the TensorRT engine here: {reason}")
+        import tensorrt as trt
+
+        cudart = _cudart()
+        self.trt, self.cudart = trt, cudart
+        meta_path = engine_path.with_suffix(".json")
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        here = {"tensorrt": trt.__version__, **_gpu()}
+        for key in ("tensorrt", "gpu", "compute_capability"):
+            if key in meta and meta[key] != here[key]:
+                raise BackendError(
+                    f"'{engine_path}' was built for {key} {meta[key]!r}; this machine has {here[key]!r}. "
+                    "Engines are specific to the TensorRT version and GPU: rebuild it here with "
+                    "`quantship build-engine`"
+                )
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        if self.engine is None:
+            raise BackendError(
+                f"TensorRT cannot deserialize '{engine_path}'; rebuild it with `quantship build-engine`"
+            )
+        self.context = self.engine.create_execution_context()
+        _, self.stream = cudart.cudaStreamCreate()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        self._shape_key: tuple[Any, ...] | None = None
+        self._buffers: dict[str, tuple[int, npt.NDArray[Any]]] = {}
+        self._events: list[Any] = []
+        self._graphs: list[Any] = []
+
+    def close(self) -> None:
+        cudart = self.cudart
+        for ptr, _ in self._buffers.values():
+            cudart.cudaFree(ptr)
+        self._buffers = {}
+        for g in self._graphs:
+            cudart.cudaGraphExecDestroy(g)
+        self._graphs = []
+        for e in self._events:
+            cudart.cudaEventDestroy(e)
+        self._events = []
+        if getattr(self, "stream", None) is not None:
+            cudart.cudaStreamDestroy(self.stream)
+            self.stream = None
+        self.context = None
+        self.engine = None
+
+    def _prepare(self, feeds: Feed) -> None:
+        key = tuple((n, feeds[n].shape) for n in self.inputs)
+        if key == self._shape_key:
+            return
+        for ptr, _ in self._buffers.values():
+            self.cudart.cudaFree(ptr)
+        self._buffers = {}
+        for n in self.inputs:
+            self.context.set_input_shape(n, feeds[n].shape)
+        for n in self.inputs + self.outputs:
+            shape = tuple(self.context.get_tensor_shape(n))
+            dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(n)))
+            host = np.empty(shape, dtype)
+            _, ptr = self.cudart.cudaMalloc(max(host.nbytes, 1))
+            self.context.set_tensor_address(n, ptr)
+            self._buffers[n] = (ptr, host)
+        self._shape_key = key
+
+    def run(self, feeds: Feed) -> list[npt.NDArray[Any]]:
+        cudart = self.cudart
+        self._prepare(feeds)
+        h2d, d2h = (
+            cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+            cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+        )
+        for n in self.inputs:
+            ptr, host = self._buffers[n]
+            src = np.ascontiguousarray(feeds[n], dtype=host.dtype)
+            cudart.cudaMemcpyAsync(ptr, src.ctypes.data, src.nbytes, h2d, self.stream)
+        self.context.execute_async_v3(self.stream)
+        for n in self.outputs:
+            ptr, host = self._buffers[n]
+            cudart.cudaMemcpyAsync(host.ctypes.data, ptr, host.nbytes, d2h, self.stream)
+        cudart.cudaStreamSynchronize(self.stream)
+        return [self._buffers[n][1].copy() for n in self.outputs]
+
+    def device_latency_ms(
+        self, feeds: Feed, warmup: int, iterations: int, cuda_graph: bool = False
+    ) -> list[float]:
+        """GPU time of each inference, between CUDA events on the stream (inputs stay on
+        the device; copies are not timed). With ``cuda_graph`` the enqueue is captured
+        once and replayed, removing launch overhead."""
+        cudart = self.cudart
+        self.run(feeds)  # uploads the inputs, sizes the buffers
+        graph_exec = None
+        if cuda_graph:
+            cudart.cudaStreamBeginCapture(
+                self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
+            )
+            self.context.execute_async_v3(self.stream)
+            _, graph = cudart.cudaStreamEndCapture(self.stream)
+            _, graph_exec = cudart.cudaGraphInstantiate(graph, 0)
+            cudart.cudaGraphDestroy(graph)
+            self._graphs.append(graph_exec)
+
+        def launch() -> None:
+            if graph_exec is not None:
+                cudart.cudaGraphLaunch(graph_exec, self.stream)
+            else:
+                self.context.execute_async_v3(self.stream)
+
+        for _ in range(warmup):
+            launch()
+        cudart.cudaStreamSynchronize(self.stream)
+        _, start = cudart.cudaEventCreate()
+        _, end = cudart.cudaEventCreate()
+        self._events += [start, end]
+        out = []
+        for _ in range(iterations):
+            cudart.cudaEventRecord(start, self.stream)
+            launch()
+            cudart.cudaEventRecord(end, self.stream)
+            cudart.cudaEventSynchronize(end)
+            _, ms = cudart.cudaEventElapsedTime(start, end)
+            out.append(float(ms))
+        return out
+
+
+class FloatEngineSession(BaseSession):
+    """The float model as a TensorRT engine at fp32 or fp16 (a baseline), built in a
+    temporary folder at the first run, for the feeds' shapes (a dynamic batch spans
+    1 … 32)."""
+
+    device_clock = True
+
+    def __init__(self, model_path: Path, precision: Precision, settings: SessionSettings) -> None:
+        import tempfile
+
+        self.model_path, self.precision, self.settings = model_path, precision, settings
+        self._tmp = tempfile.TemporaryDirectory()
+        self._inner: TensorRTSession | None = None
+
+    def _session(self, feeds: Feed) -> TensorRTSession:
+        if self._inner is None:
+            proto = onnx.load(str(self.model_path), load_external_data=False)
+            inputs = []
+            for vi in proto.graph.input:
+                if vi.name not in feeds:
+                    continue
+                dims = [
+                    d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                    for d in vi.type.tensor_type.shape.dim
+                ]
+                inputs.append(
+                    {"name": vi.name, "shape": dims, "profile": list(feeds[vi.name].shape)}
+                )
+            engine = Path(self._tmp.name) / "float.engine"
+            build_engine(self.model_path, engine, inputs, float_precision=self.precision)
+            self._inner = TensorRTSession(engine, self.settings)
+        return self._inner
+
+    def run(self, feeds: Feed) -> list[npt.NDArray[Any]]:
+        return self._session(feeds).run(feeds)
+
+    def device_latency_ms(self, feeds: Feed, warmup: int, iterations: int) -> list[float]:
+        return self._session(feeds).device_latency_ms(feeds, warmup, iterations)
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
+            self._inner = None
+        self._tmp.cleanup()

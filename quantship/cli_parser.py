@@ -1,0 +1,296 @@
+"""The command line's grammar: every subcommand, its options, and the parsers that
+turn option text into values (one clear line for each malformed value)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from quantship import __version__
+from quantship.backends import DEFAULT_BACKEND
+
+EPILOG_EXPORT = """\
+calibration data (--calib, --held-out):
+  file.npz                one array per model input, keyed by input name, first axis = samples
+  file.npy                one array, for a one-input model
+  folder/                 images (jpg, png, ...), resized and normalised (see image options)
+  package.module:function returns an iterable of feeds: dicts of arrays (or arrays)
+
+examples:
+  quantship export model.onnx --calib calib.npz --out build/
+  quantship export model.onnx --calib images/ --image-size 320 --method entropy --samples 256 --out build/
+  quantship export mypkg.nets:resnet --weights net.pt --calib calib.npz --out build/
+"""
+
+
+def _shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
+    name, sep, dims = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=1x3x224x224, got {text!r}")
+    try:
+        shape = tuple(int(d) for d in dims.replace(",", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"dimensions must be integers: {text!r}") from None
+    if not shape or any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(f"dimensions must be positive integers: {text!r}")
+    return name, shape
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"values must be >= 1, got {text!r}")
+    return vals
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(v) for v in text.lower().replace(",", "x").split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}")
+    return parts[0], parts[1]
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="quantship",
+        description="Take a trained network to INT8 for real inference runtimes, and measure it there.",
+    )
+    p.add_argument("--version", action="version", version=f"quantship {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    e = sub.add_parser(
+        "export",
+        help="calibrate once and write INT8 artifacts for each backend",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_EXPORT,
+    )
+    e.add_argument(
+        "model", nargs="?", help="model.onnx, package.module:factory, or a torch.export .pt2 file"
+    )
+    e.add_argument(
+        "--config", type=Path, metavar="TOML", help="a pipeline file: [distill] and [export]"
+    )
+    e.add_argument("--calib", metavar="DATA", help="calibration data (see below)")
+    e.add_argument(
+        "--out", metavar="DIR", type=Path, help="output folder (required without --config)"
+    )
+    e.add_argument(
+        "--backend",
+        default=DEFAULT_BACKEND,
+        help="backend(s), comma-separated (default: onnxruntime)",
+    )
+    e.add_argument(
+        "--method",
+        default="percentile",
+        choices=["minmax", "percentile", "entropy", "mse"],
+        help="activation range method (default: percentile)",
+    )
+    e.add_argument(
+        "--percentile", type=float, default=99.99, help="for --method percentile (default: 99.99)"
+    )
+    e.add_argument(
+        "--samples",
+        type=_positive,
+        metavar="N",
+        help="use at most N calibration samples (default: 256)",
+    )
+    e.add_argument(
+        "--held-out",
+        metavar="DATA",
+        help="data for fidelity (default: calibration samples not used)",
+    )
+    e.add_argument(
+        "--calib-cache", metavar="FILE", help="reuse a calibration.json instead of a data pass"
+    )
+    e.add_argument(
+        "--input-shape",
+        action="append",
+        type=_shape_arg,
+        default=[],
+        metavar="NAME=1x3x224x224",
+        help="fix an input's shape (repeatable)",
+    )
+    e.add_argument(
+        "--weights", metavar="FILE", help="state dict for a package.module:factory model"
+    )
+    e.add_argument(
+        "--keep-float",
+        action="append",
+        default=[],
+        metavar="NODE",
+        help="leave this node in float (repeatable)",
+    )
+    e.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="keep nodes whose whole name matches in float (repeatable)",
+    )
+    e.add_argument(
+        "--exclude-op",
+        action="append",
+        default=[],
+        metavar="OP",
+        help="keep every node of this op type in float (repeatable)",
+    )
+    e.add_argument(
+        "--max-drop",
+        type=float,
+        metavar="X",
+        help="accuracy budget on 1 - cosine: return the most sensitive layers to float until it holds",
+    )
+    e.add_argument(
+        "--metric",
+        metavar="PKG.MOD:FN",
+        help="with --max-drop: a task metric fn(outputs, labels) -> score; labels: 'labels' in --held-out",
+    )
+    e.add_argument("--threads", type=_positive, help="CPU threads for fidelity and latency runs")
+    e.add_argument("--no-bench", action="store_true", help="skip the closing latency measurement")
+    e.add_argument(
+        "--require-engine",
+        action="store_true",
+        help="with --backend tensorrt: fail unless the TensorRT engine can be built here",
+    )
+    e.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+    img = e.add_argument_group("image options (when DATA is a folder of images)")
+    img.add_argument(
+        "--image-size", type=_size, metavar="N|HxW", help="resize to (default: the model's)"
+    )
+    img.add_argument(
+        "--mean", type=_floats, default=(0.0,), help="per-channel mean, after --scale (default 0)"
+    )
+    img.add_argument(
+        "--std", type=_floats, default=(1.0,), help="per-channel std, after --scale (default 1)"
+    )
+    img.add_argument(
+        "--scale", type=float, default=1 / 255, help="pixel multiplier (default 1/255)"
+    )
+    img.add_argument("--channel-order", choices=["RGB", "BGR"], default="RGB")
+    img.add_argument(
+        "--layout", choices=["NCHW", "NHWC"], help="default: from the model's input shape"
+    )
+
+    b = sub.add_parser(
+        "bench", help="measure latency: an export folder (float vs INT8) or one model"
+    )
+    b.add_argument("target", help="an export output folder, or a model.onnx")
+    b.add_argument(
+        "--backend", help="for a folder: only these backends; for a model: run it in these"
+    )
+    b.add_argument(
+        "--batch", type=_ints, default=(1,), metavar="1,8", help="batch sizes (default: 1)"
+    )
+    b.add_argument("--threads", type=_positive, help="CPU threads (default: the runtime's)")
+    b.add_argument("--warmup", type=int, default=10, help="warm-up runs per model (default: 10)")
+    b.add_argument("--warmup-seconds", type=float, default=0.0, help="warm up at least this long")
+    b.add_argument(
+        "--iterations", type=_positive, help="measured runs per model (default: by --duration)"
+    )
+    b.add_argument(
+        "--duration", type=float, default=10.0, help="seconds of measurement per batch size"
+    )
+    b.add_argument(
+        "--throughput-seconds",
+        type=float,
+        default=4.0,
+        help="seconds of throughput mode for runtimes that have one (0: skip)",
+    )
+    b.add_argument("--data", metavar="DATA", help="feed a real sample instead of random inputs")
+    b.add_argument(
+        "--input-shape",
+        action="append",
+        type=_shape_arg,
+        default=[],
+        metavar="NAME=1x128",
+        help="sizes of an input's dynamic dimensions, e.g. a sequence length (repeatable; "
+        "default: the calibration sample's)",
+    )
+    b.add_argument("--json", type=Path, metavar="FILE", help="write results as JSON")
+    b.add_argument("--plot", type=Path, metavar="FILE.png", help="write a latency plot")
+    b.add_argument("--quiet", "-q", action="store_true")
+
+    c = sub.add_parser("check", help="check a QDQ model against a runtime's quantization rules")
+    c.add_argument("runtime", help="whose rules: a backend with a validator (tensorrt)")
+    c.add_argument("model", type=Path, help="a QDQ .onnx model")
+    c.add_argument("--quiet", "-q", action="store_true")
+
+    be = sub.add_parser(
+        "build-engine", help="build the TensorRT engine of an export folder, on the target GPU"
+    )
+    be.add_argument("folder", type=Path, help="an export output folder with a tensorrt artifact")
+    be.add_argument("--max-batch", type=_positive, default=32, help="largest batch of the profile")
+    be.add_argument("--quiet", "-q", action="store_true")
+
+    ds = sub.add_parser("distill", help="train a smaller student from a teacher (torch)")
+    ds.add_argument("--teacher", required=True, metavar="PKG.MOD:FACTORY")
+    ds.add_argument("--teacher-weights", metavar="FILE", help="state dict of the trained teacher")
+    ds.add_argument("--student", required=True, metavar="PKG.MOD:FACTORY")
+    ds.add_argument(
+        "--data", required=True, help=".npz with x and y, or package.module:function -> Dataset"
+    )
+    ds.add_argument("--val", help="validation data, same forms")
+    ds.add_argument("--epochs", type=_positive, default=20)
+    ds.add_argument("--temperature", type=float, default=4.0)
+    ds.add_argument(
+        "--alpha", type=float, default=0.7, help="weight of the teacher term (1: no labels)"
+    )
+    ds.add_argument("--lr", type=float, default=1e-3)
+    ds.add_argument("--batch-size", type=_positive, default=64)
+    ds.add_argument("--seed", type=int, default=0)
+    ds.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    ds.add_argument("--out", type=Path, required=True)
+    ds.add_argument("--quiet", "-q", action="store_true")
+
+    se = sub.add_parser("sensitivity", help="per-layer sensitivity to INT8, ranked")
+    se.add_argument("model")
+    se.add_argument("--calib", required=True, metavar="DATA")
+    se.add_argument("--held-out", metavar="DATA")
+    se.add_argument("--out", type=Path, required=True)
+    se.add_argument("--backend", default=DEFAULT_BACKEND)
+    se.add_argument(
+        "--method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"]
+    )
+    se.add_argument("--samples", type=_positive)
+    se.add_argument("--quiet", "-q", action="store_true")
+
+    d = sub.add_parser(
+        "demo", help="train a digits CNN, export INT8 for every installed backend, benchmark"
+    )
+    d.add_argument(
+        "--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)"
+    )
+    d.add_argument("--epochs", type=_positive, default=8)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=_positive, help="CPU threads (default: all)")
+    d.add_argument("--quiet", "-q", action="store_true")
+    return p
