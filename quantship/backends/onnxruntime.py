@@ -134,7 +134,8 @@ def session_options(settings: SessionSettings, optimized_path: str | None = None
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # Worker threads spin between runs, as ONNX Runtime's defaults have them: turning
     # spinning off made float MobileNetV2 15 % slower, alone on 2 AMD EPYC cores (p50
-    # 4.73 vs 4.09 ms): a baseline slower than the user's.
+    # 4.73 vs 4.09 ms): a baseline slower than the user's. The spinning goes on for
+    # about 46 ms after a run; the timing harness waits it out between candidates.
     if optimized_path:
         so.optimized_model_filepath = optimized_path
     return so

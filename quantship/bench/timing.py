@@ -5,6 +5,9 @@ order rotating every round, so that a noisy neighbour or a frequency change hits
 candidate alike and the ratio between them holds even where absolute numbers drift.
 Each block starts with one untimed run: alternating models evict each other's weights
 from the caches, and a deployed model that runs continuously does not pay that.
+Before a block starts, the harness waits until the process is idle: runtimes keep
+worker threads spinning for a while after a run (ONNX Runtime's do, by default), and a
+block that started at once would share the cores with the previous candidate's threads.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class BenchSettings:
     duration: float = 10.0
     min_iterations: int = 10
     block_seconds: float = 0.2
+    settle_max_seconds: float = 1.0
     batches: tuple[int, ...] = (1,)
     threads: int | None = None
 
@@ -42,6 +46,8 @@ class BenchSettings:
             raise ValueError(f"batch sizes must be >= 1, got {self.batches}")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be >= 1")
+        if self.settle_max_seconds < 0:
+            raise ValueError("settle_max_seconds must be non-negative")
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,20 @@ def p50_by_key(stats: Sequence[LatencyStats], batch: int) -> dict[str, float]:
     return {s.key: s.p50_ms for s in stats if s.batch == batch and s.mode == "latency"}
 
 
+def settle(max_seconds: float, window: float = 0.005, busy: float = 0.1) -> float:
+    """Wait until this process's threads have been idle (CPU time below ``busy`` of one
+    core) for one ``window``, at most ``max_seconds``; return the seconds waited."""
+    start = time.perf_counter()
+    if max_seconds <= 0:
+        return 0.0
+    while True:
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        time.sleep(window)
+        cpu1, t1 = time.process_time(), time.perf_counter()
+        if cpu1 - cpu0 < busy * (t1 - t0) or t1 - start >= max_seconds:
+            return t1 - start
+
+
 def measure_interleaved(
     runners: Mapping[str, Callable[[], object]],
     settings: BenchSettings,
@@ -132,8 +152,10 @@ def measure_interleaved(
     """Time each runner (one inference per call), interleaved block by block."""
     labels = list(runners)
     block: dict[str, int] = {}
+    settle_max = settings.settle_max_seconds if len(labels) > 1 else 0.0
     for label in labels:
         fn = runners[label]
+        settle(settle_max)  # the previous candidate's threads stop before this one runs
         t_end = time.perf_counter() + settings.warmup_seconds
         k = 0
         t0 = time.perf_counter()
@@ -159,6 +181,7 @@ def measure_interleaved(
             if done(label) and settings.iterations is not None:
                 continue
             fn = runners[label]
+            settle(settle_max)
             fn()  # untimed: refills the caches the previous block evicted
             want = block[label]
             if settings.iterations is not None:

@@ -47,6 +47,48 @@ def test_interleaving_runs_each_candidate_equally() -> None:
     assert runs[1] > runs[0]
 
 
+def test_a_block_waits_until_the_previous_candidates_threads_are_idle() -> None:
+    """Runtimes keep worker threads spinning after a run (ONNX Runtime's, for tens of
+    milliseconds by default); a block that started at once would share the cores with
+    them. Here one candidate leaves a busy thread behind after every call, as such a
+    pool does, and the other candidate must never run while it is still busy."""
+    import threading
+    import time
+
+    state: dict[str, object] = {"until": 0.0, "thread": None}
+    overlaps: list[bool] = []
+
+    def spin_for_a_while() -> None:
+        while time.perf_counter() < float(state["until"]):  # type: ignore[arg-type]
+            pass
+
+    def spinning_runtime() -> None:
+        state["until"] = time.perf_counter() + 0.03
+        t = state["thread"]
+        if not (isinstance(t, threading.Thread) and t.is_alive()):
+            t = threading.Thread(target=spin_for_a_while, daemon=True)
+            state["thread"] = t
+            t.start()
+
+    def quiet_runtime() -> None:
+        t = state["thread"]
+        overlaps.append(isinstance(t, threading.Thread) and t.is_alive())
+
+    runners = {"spinning": spinning_runtime, "quiet": quiet_runtime}
+    stats = measure_interleaved(runners, BenchSettings(warmup=2, iterations=20), batch=1)
+    assert stats["quiet"].iterations == 20 and len(overlaps) > 20
+    assert not any(overlaps)
+    # Without the wait (settle_max_seconds=0) the same pair does overlap: the test can fail.
+    overlaps.clear()
+    measure_interleaved(
+        runners, BenchSettings(warmup=2, iterations=20, settle_max_seconds=0), batch=1
+    )
+    assert any(overlaps)
+    t = state["thread"]
+    if isinstance(t, threading.Thread):
+        t.join()
+
+
 def test_settings_validate() -> None:
     with pytest.raises(ValueError):
         BenchSettings(batches=(0,))
