@@ -10,16 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["QuantshipError", "__version__", "bench", "export"]
+__all__ = ["QuantshipError", "__version__", "bench", "export", "profile"]
 
 from quantship.errors import QuantshipError
 
 if TYPE_CHECKING:
-    from quantship.api import bench, export
+    from quantship.api import bench, export, profile
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("export", "bench"):
+    if name in ("export", "bench", "profile"):
         from quantship import api
 
         return getattr(api, name)

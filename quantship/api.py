@@ -171,6 +171,7 @@ def distill(
 
 # Implemented beside what they orchestrate; part of this API.
 from quantship.bench.command import bench  # noqa: E402
+from quantship.bench.profile import profile  # noqa: E402
 from quantship.guard_command import sensitivity  # noqa: E402
 
 __all__ = [
@@ -179,5 +180,6 @@ __all__ = [
     "build_engine",
     "distill",
     "export",
+    "profile",
     "sensitivity",
 ]

@@ -101,6 +101,20 @@ def _run(args: argparse.Namespace) -> int:
             ui=ui,
         )
         return 0
+    if args.command == "profile":
+        api.profile(
+            args.target,
+            backends=args.backend,
+            batch=args.batch,
+            runs=args.runs,
+            threads=args.threads,
+            data=args.data,
+            input_shapes=dict(args.input_shape) or None,
+            top=args.top,
+            json_path=args.json,
+            ui=ui,
+        )
+        return 0
     if args.command == "check":
         from quantship.backends import registry
         from quantship.exporter.onnx_file import read_onnx

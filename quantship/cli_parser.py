@@ -239,6 +239,35 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", type=Path, metavar="FILE.png", help="write a latency plot")
     b.add_argument("--quiet", "-q", action="store_true")
 
+    pr = sub.add_parser(
+        "profile",
+        help="per-layer kernels and times (the runtime's own profiler): float beside INT8",
+    )
+    pr.add_argument("target", help="an export output folder, or a model.onnx")
+    pr.add_argument(
+        "--backend", help="for a folder: only these backends; for a model: run it in these"
+    )
+    pr.add_argument("--batch", type=_positive, default=1, help="batch size (default: 1)")
+    pr.add_argument(
+        "--runs", type=_positive, default=50, help="profiled runs, averaged (default: 50)"
+    )
+    pr.add_argument("--threads", type=_positive, help="CPU threads (default: the runtime's)")
+    pr.add_argument("--data", metavar="DATA", help="feed a real sample instead of random inputs")
+    pr.add_argument(
+        "--input-shape",
+        action="append",
+        type=_shape_arg,
+        default=[],
+        metavar="NAME=1x128",
+        help="sizes of an input's dynamic dimensions (repeatable; default: the calibration "
+        "sample's)",
+    )
+    pr.add_argument(
+        "--top", type=int, default=10, help="slowest layers listed per model (default: 10; 0: none)"
+    )
+    pr.add_argument("--json", type=Path, metavar="FILE", help="write every layer as JSON")
+    pr.add_argument("--quiet", "-q", action="store_true")
+
     c = sub.add_parser("check", help="check a QDQ model against a runtime's quantization rules")
     c.add_argument("runtime", help="whose rules: a backend with a validator (tensorrt)")
     c.add_argument("model", type=Path, help="a QDQ .onnx model")

@@ -193,6 +193,7 @@ class Capabilities:
     runs_here: bool = True  # its INT8 artifacts run natively on this machine
     throughput: bool = False  # sessions offer throughput(feeds, seconds)
     device_timing: bool = False  # sessions time themselves on the device
+    profile: bool = False  # sessions report per-layer kernels and times (profile())
     engine: bool = False  # build(artifact) makes a runtime engine
     validator: bool = False  # validate(qdq) checks the runtime's QDQ rules
 
@@ -219,13 +220,41 @@ class Finding:
         return f"{self.severity}: [{self.rule}] {self.node}: {self.message}"
 
 
+@dataclass(frozen=True)
+class LayerTime:
+    """One layer as the runtime ran it: its name (a runtime layer may fuse several ONNX
+    nodes; ``fused`` names the others where the runtime says), its op type, the kernel
+    the runtime chose and that kernel's precision as the runtime names it (empty where
+    the runtime does not say), and the mean time per run."""
+
+    name: str
+    op_type: str
+    kernel: str
+    precision: str
+    ms: float
+    fused: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "op_type": self.op_type,
+            "kernel": self.kernel,
+            "precision": self.precision,
+            "ms": round(self.ms, 5),
+        }
+        if self.fused:
+            out["fused"] = list(self.fused)
+        return out
+
+
 @runtime_checkable
 class Session(Protocol):
     """A loaded artifact, ready to run feeds of the model's inputs. A context manager:
     leaving it frees what the runtime holds (device buffers, streams, compiled models).
-    ``throughput`` works where the backend's capabilities say; ``device_latency_ms``
-    where the session has a ``device_clock`` (a GPU engine; a TensorRT artifact without
-    its engine runs in ONNX Runtime on the CPU and has none)."""
+    ``throughput`` and ``profile`` (per-layer kernels and times, from a separate
+    profiling load of the same artifact) work where the backend's capabilities say;
+    ``device_latency_ms`` where the session has a ``device_clock`` (a GPU engine; a
+    TensorRT artifact without its engine runs in ONNX Runtime on the CPU and has none)."""
 
     device_clock: bool
 
@@ -240,6 +269,8 @@ class Session(Protocol):
     def throughput(self, feeds: Feed, seconds: float) -> tuple[int, float]: ...
 
     def device_latency_ms(self, feeds: Feed, warmup: int, iterations: int) -> list[float]: ...
+
+    def profile(self, feeds: Feed, runs: int) -> list[LayerTime]: ...
 
 
 class BaseSession:
@@ -264,6 +295,9 @@ class BaseSession:
 
     def device_latency_ms(self, feeds: Feed, warmup: int, iterations: int) -> list[float]:
         raise BackendError("this session has no device clock (see the backend's capabilities)")
+
+    def profile(self, feeds: Feed, runs: int) -> list[LayerTime]:
+        raise BackendError("this session has no per-layer profile (see the backend's capabilities)")
 
 
 class Backend(Protocol):

@@ -25,6 +25,7 @@ Plan, in ORT's terms:
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections import Counter
 from collections.abc import Mapping
@@ -40,6 +41,7 @@ from quantship.backends.base import (
     BaseBackend,
     BaseSession,
     Capabilities,
+    LayerTime,
     PlanOptions,
     QuantPlan,
     SessionSettings,
@@ -182,6 +184,51 @@ def _kernels_note(counts: Mapping[str, Any]) -> str:
     return "integer kernels after ONNX Runtime's fusion: " + (", ".join(parts) or "none")
 
 
+# Kernels that compute in integers (their inputs are 8-bit, accumulation 32-bit).
+_INTEGER_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+                "MatMulIntegerToFloat", "QGemm", "DynamicQuantizeMatMul", "QAttention",
+                "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu",
+                "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearConcat",
+                "QLinearSoftmax", "QLinearWhere", "MaxPool_int8"}  # fmt: skip
+
+
+def _node_times(events: list[dict[str, Any]], runs: int) -> list[LayerTime]:
+    """Per-node mean times from ORT's profile (its ``Node`` events, one per node and
+    run, ``<node>_kernel_time``); the first ``run`` of the warm-up is not in ``runs``."""
+    per_node: dict[str, list[float]] = {}
+    args: dict[str, dict[str, Any]] = {}
+    for e in events:
+        name = str(e.get("name", ""))
+        if e.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        node = name[: -len("_kernel_time")]
+        per_node.setdefault(node, []).append(float(e.get("dur", 0)) / 1e3)
+        args[node] = dict(e.get("args") or {})
+    out = []
+    for node, ms in per_node.items():
+        a = args[node]
+        op = str(a.get("op_name", ""))
+        kept = ms[-runs:]  # the warm-up run's events come first
+        out.append(
+            LayerTime(
+                name=node,
+                op_type=op,
+                kernel=f"{op} ({str(a.get('provider', '')).replace('ExecutionProvider', '')})",
+                precision="int8" if op in _INTEGER_OPS else _output_type(a),
+                ms=sum(kept) / len(kept),
+            )
+        )
+    return out
+
+
+def _output_type(args: Mapping[str, Any]) -> str:
+    """The element type of a node's first output, as ORT's profile records it."""
+    shapes = args.get("output_type_shape") or []
+    if shapes and isinstance(shapes[0], dict) and shapes[0]:
+        return str(next(iter(shapes[0])))
+    return ""
+
+
 class OrtSession(BaseSession):
     """An ONNX Runtime CPU session on a model file, or on a model in memory (its
     external tensors read from ``weights_dir``)."""
@@ -200,6 +247,7 @@ class OrtSession(BaseSession):
             )
         self.name = source.name if isinstance(source, Path) else "the QDQ model"
         src: str | bytes = str(source) if isinstance(source, Path) else source.SerializeToString()
+        self._load = (src, settings, weights_dir)
         try:
             self._s: Any = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
         except Exception as e:
@@ -224,6 +272,30 @@ class OrtSession(BaseSession):
     def close(self) -> None:
         self._s = None
 
+    def profile(self, feeds: Feed, runs: int) -> list[LayerTime]:
+        """ONNX Runtime's own profiler over ``runs`` runs, from a second session on the
+        same model with the same options and profiling on: each node's kernel (the op
+        the optimized graph runs it as: ``QLinearConv``, ``FusedConv``, ``NchwcConv``…,
+        and the provider), its precision (integer for quantized kernels, else the
+        output's element type) and its mean time."""
+        ort = _ort()
+        src, settings, weights_dir = self._load
+        with tempfile.TemporaryDirectory() as tmp:
+            so = session_options(settings)
+            if weights_dir is not None:
+                so.add_session_config_entry(
+                    "session.model_external_initializers_file_folder_path", str(weights_dir)
+                )
+            so.enable_profiling = True
+            so.profile_file_prefix = str(Path(tmp) / "profile")
+            s = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+            s.run(self.output_names, feeds)  # warm-up, left out below
+            runs = max(runs, 1)
+            for _ in range(runs):
+                s.run(self.output_names, feeds)
+            events = json.loads(Path(s.end_profiling()).read_text())
+        return _node_times(events, runs)
+
 
 class OnnxRuntimeBackend(BaseBackend):
     name = "onnxruntime"
@@ -246,7 +318,7 @@ class OnnxRuntimeBackend(BaseBackend):
     def capabilities(self) -> Capabilities:
         # The CPU execution provider computes float models in float32 (its bf16/fp16
         # kernels cover a few ops only; it has no bf16 mode for a float32 model).
-        return Capabilities("CPU", ("fp32",), "fp32")
+        return Capabilities("CPU", ("fp32",), "fp32", profile=True)
 
     def plan(self, model: FloatModel, table: CalibrationTable, options: PlanOptions) -> QuantPlan:
         return make_plan(model, table, options, self.rules)

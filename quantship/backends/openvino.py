@@ -228,6 +228,7 @@ class OpenVINOBackend(BaseBackend):
                 tuple(precisions),
                 default if default in precisions else "fp32",
                 throughput=True,
+                profile=True,
             )
         return self._caps
 

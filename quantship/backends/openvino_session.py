@@ -12,7 +12,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from quantship.backends.base import BaseSession, SessionSettings
+from quantship.backends.base import BaseSession, LayerTime, SessionSettings
 from quantship.errors import BackendError
 from quantship.types import Feed, Precision
 
@@ -150,3 +150,60 @@ class OVSession(BaseSession):
                 queue.wait_all()
                 done += n
             return done, time.perf_counter() - t0
+
+    def profile(self, feeds: Feed, runs: int) -> list[LayerTime]:
+        """The plugin's per-layer counters (``PERF_COUNT``) over ``runs`` runs, from a
+        compilation of the same model with the same settings and counters on: each
+        executed layer's kernel (``exec_type``), the precision the runtime model says
+        it ran in, the original layers fused into it, and its mean ``real_time``."""
+        with OVSession(
+            self.model, self.settings, {**self.overrides, "PERF_COUNT": "YES"}, static=self.static
+        ) as prof:
+            compiled = prof.compiled_for(feeds)
+            key = tuple(sorted((k, v.shape) for k, v in feeds.items()))
+            req = prof._requests[key]
+            req.infer(feeds)  # warm-up: first-run allocations are not the model's cost
+            total: dict[str, float] = {}
+            info: dict[str, Any] = {}
+            for _ in range(max(runs, 1)):
+                req.infer(feeds)
+                for p in req.get_profiling_info():
+                    if str(p.status).endswith("EXECUTED"):
+                        total[p.node_name] = (
+                            total.get(p.node_name, 0.0) + p.real_time.total_seconds()
+                        )
+                        info[p.node_name] = p
+            runtime = _runtime_layers(compiled)
+        out = []
+        for name, seconds in total.items():
+            p = info[name]
+            precision, fused = runtime.get(name, ("", ()))
+            out.append(
+                LayerTime(
+                    name=name,
+                    op_type=str(p.node_type),
+                    kernel=str(p.exec_type),
+                    precision=precision,
+                    ms=1e3 * seconds / max(runs, 1),
+                    fused=tuple(f for f in fused if f != name),
+                )
+            )
+        return out
+
+
+def _runtime_layers(compiled: Any) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Runtime layer name → (its runtime precision, the original layers fused into it),
+    from the compiled model's execution graph."""
+    out: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+
+        def get(key: str, rt: Any = rt) -> str:
+            try:
+                return str(rt[key].astype(str)) if key in rt else ""
+            except Exception:  # a value of another type: read it as text
+                return str(rt[key])
+
+        names = tuple(n for n in get("originalLayersNames").split(",") if n)
+        out[op.get_friendly_name()] = (get("runtimePrecision"), names)
+    return out

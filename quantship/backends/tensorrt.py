@@ -95,6 +95,7 @@ class TensorRTBackend(BaseBackend):
             "fp32",
             runs_here=here,
             device_timing=here,
+            profile=True,  # the engine's layer timings; without one, ONNX Runtime's profile
             engine=True,
             validator=True,
         )

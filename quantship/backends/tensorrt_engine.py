@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
-from quantship.backends.base import BaseSession, SessionSettings
+from quantship.backends.base import BaseSession, LayerTime, SessionSettings
 from quantship.errors import BackendError
 from quantship.exporter.load import FloatModel
 from quantship.types import Feed, Precision
@@ -134,6 +134,8 @@ def build_engine(
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BackendError(f"TensorRT's ONNX parser rejected '{qdq_path}': {errors}")
     config = builder.create_builder_config()
+    # Layer names, tactics and formats stay readable to the engine inspector (profile).
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if float_precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
     elif float_precision == "fp32":
@@ -257,6 +259,11 @@ class TensorRTSession(BaseSession):
         cudart.cudaStreamSynchronize(self.stream)
         return [self._buffers[n][1].copy() for n in self.outputs]
 
+    def profile(self, feeds: Feed, runs: int) -> list[LayerTime]:
+        from quantship.backends.tensorrt_profile import engine_profile
+
+        return engine_profile(self, feeds, runs)
+
     def device_latency_ms(
         self, feeds: Feed, warmup: int, iterations: int, cuda_graph: bool = False
     ) -> list[float]:
@@ -337,6 +344,9 @@ class FloatEngineSession(BaseSession):
 
     def device_latency_ms(self, feeds: Feed, warmup: int, iterations: int) -> list[float]:
         return self._session(feeds).device_latency_ms(feeds, warmup, iterations)
+
+    def profile(self, feeds: Feed, runs: int) -> list[LayerTime]:
+        return self._session(feeds).profile(feeds, runs)
 
     def close(self) -> None:
         if self._inner is not None:

@@ -46,3 +46,9 @@ def cpu_info() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "machine": platform.machine(),
     }
+
+
+def isa_line() -> str:
+    """The CPU in one line, for a table's title: model, cores, the extensions."""
+    info = cpu_info()
+    return f"{info['cpu']}, {info['cores']} cores, {' '.join(info['isa']) or 'no listed ISA'}"

@@ -80,6 +80,10 @@ def contract(name: str, tmp_path: Path) -> None:
     x = {"images": images(4, seed=99)}
     with backend.session(art, SessionSettings(threads=1)) as session:
         got = session.run(x)[0]
+        if caps.profile:  # per-layer kernels and times, from the runtime's profiler
+            layers = session.profile(x, 2)
+            assert layers and sum(x.ms for x in layers) > 0
+            assert all(x.name and x.kernel for x in layers)
     float_art = Artifact("", "onnx", out, (manifest["float_model"]["path"],), "float")
     for precision in caps.float_precisions:  # every float precision it declares runs
         with backend.session(float_art, SessionSettings(threads=1, precision=precision)) as s:

@@ -244,3 +244,66 @@ def test_engine_profile_bounds_every_dynamic_dimension() -> None:
     fixed_batch = {"name": "x", "shape": [1, None, 32], "profile": [1, 16, 32]}
     assert profile_shapes(fixed_batch, 8) == ([1, 16, 32], [1, 16, 32], [1, 16, 32])
     assert profile_shapes({"name": "x", "shape": [2, 3]}, 8) is None
+
+
+def test_engine_profile_reads_layer_times_and_the_inspector() -> None:
+    """Stub test (no hardware claim: TensorRT and a GPU are not here): a stand-in for
+    TensorRT's documented profiler protocol (``IProfiler.report_layer_time`` once per
+    layer and run, the engine inspector's JSON) checks how quantship averages the runs,
+    drops the warm-up and reads each layer's tactic and output type."""
+    import json
+    import types
+
+    from quantship.backends.tensorrt_profile import engine_profile
+
+    class IProfiler:
+        def __init__(self) -> None:
+            pass
+
+    layers = [("conv1 + relu1", 0.2), ("fc", 0.05)]
+
+    class Context:
+        profiler: object = None
+
+    class Inspector:
+        execution_context: object = None
+
+        def get_engine_information(self, fmt: object) -> str:
+            return json.dumps(
+                {
+                    "Layers": [
+                        {"Name": "conv1 + relu1", "LayerType": "CaskConvolution",
+                         "TacticName": "sm80_xmma_fprop_implicit_gemm_interleaved_i8i8",
+                         "Outputs": [{"Format/Datatype": "Int8 NC/32HW32"}]},
+                        {"Name": "fc", "LayerType": "CaskGemm", "TacticName": "gemm_f16",
+                         "Outputs": [{"Format/Datatype": "Half NCHW"}]},
+                    ]
+                }
+            )  # fmt: skip
+
+    class Engine:
+        def create_engine_inspector(self) -> Inspector:
+            return Inspector()
+
+    class Session:
+        trt = types.SimpleNamespace(
+            IProfiler=IProfiler, LayerInformationFormat=types.SimpleNamespace(JSON=1)
+        )
+        context = Context()
+        engine = Engine()
+        runs = 0
+
+        def run(self, feeds: object) -> None:
+            self.runs += 1
+            p = self.context.profiler
+            for name, ms in layers:
+                if p is not None:
+                    p.report_layer_time(name, ms * self.runs)  # type: ignore[attr-defined]
+
+    s = Session()
+    got = engine_profile(s, {}, runs=2)
+    assert s.runs == 3 and s.context.profiler is None  # warm-up + 2; profiler removed
+    assert [x.name for x in got] == ["conv1 + relu1", "fc"]
+    assert got[0].ms == pytest.approx((0.2 * 2 + 0.2 * 3) / 2)  # runs 2 and 3, not 1
+    assert (got[0].op_type, got[0].precision) == ("CaskConvolution", "Int8")
+    assert got[1].kernel == "gemm_f16" and got[1].precision == "Half"

@@ -1,0 +1,139 @@
+"""What ``bench`` and ``profile`` run: every INT8 artifact of an export folder beside
+the float model at each precision each runtime has here (every file checked against
+the manifest's sha256 first), or one ONNX model in one or more runtimes; and the
+inputs to feed them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from quantship.backends import registry
+from quantship.backends.base import Artifact, Backend
+from quantship.bench.run import Candidate, artifact_candidates, float_candidates, make_feeds
+from quantship.bench.verdict import Budget
+from quantship.calibration.sources import open_data
+from quantship.errors import BackendError, QuantshipError
+from quantship.exporter.load import InputSpec
+from quantship.types import Feed
+from quantship.ui import UI
+
+
+@dataclass
+class Targets:
+    """The candidates, their inputs, and what the export recorded about them."""
+
+    title: str
+    inputs: list[InputSpec]
+    examples: dict[str, tuple[int, ...]]
+    candidates: list[Candidate]
+    budget: Budget = field(default_factory=Budget)
+    recorded: dict[str, float] = field(default_factory=dict)  # cosine to fp32 per key
+    sample: Feed | None = None
+
+    def shapes(self) -> dict[str, list[int]]:
+        feeds = make_feeds(self.inputs, 1, self.sample, examples=self.examples)
+        return {k: list(v.shape) for k, v in feeds.items()}
+
+
+def find_targets(
+    target: str | Path,
+    backends: str | Sequence[str] | None,
+    *,
+    data: str | Path | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    what: str = "latency",
+    ui: UI,
+) -> Targets:
+    from quantship.exporter.load import load_model
+    from quantship.exporter.manifest import (
+        artifacts_in,
+        float_artifact,
+        read_manifest,
+        verify_files,
+    )
+
+    path = Path(target)
+    if path.is_dir():
+        manifest = read_manifest(path)
+        verify_files(path, manifest)
+        inputs = [
+            InputSpec(i["name"], tuple(i["shape"]), i["dtype"])
+            for i in manifest["float_model"]["inputs"]
+        ]
+        examples: dict[str, tuple[int, ...]] = {
+            i["name"]: tuple(i["example_shape"])
+            for i in manifest["float_model"]["inputs"]
+            if "example_shape" in i
+        }
+        wanted = None
+        if backends is not None:
+            spec = backends if isinstance(backends, str) else ",".join(backends)
+            wanted = {b.name for b in registry.parse(spec)}
+        pairs: list[tuple[Artifact, Backend]] = []
+        for a in artifacts_in(path, manifest):
+            if wanted is not None and a.backend not in wanted:
+                continue
+            b = registry.get(a.backend)
+            reason = b.available()
+            if reason is not None:
+                ui.note(f"skipping {a.backend}: {reason}")
+                continue
+            pairs.append((a, b))
+        runtimes = [b for _, b in pairs]
+        default = registry.get(registry.DEFAULT)
+        if default.name not in {b.name for b in runtimes} and default.available() is None:
+            runtimes.insert(0, default)
+        cands = float_candidates(float_artifact(path, manifest), runtimes)
+        cands += artifact_candidates(pairs)
+        found = Targets(f"{what}: {path}", inputs, examples, cands)
+        v = manifest.get("verdict") or {}
+        if "min_cosine" in v:  # the budget the export was judged by
+            found.budget = Budget(float(v["min_cosine"]), str(v.get("budget", "")))
+        for entry in [*manifest.get("baselines", []), *manifest["artifacts"]]:
+            cos = (entry.get("fidelity") or {}).get("cosine")
+            if entry.get("key") and cos is not None:
+                found.recorded[entry["key"]] = float(cos)
+    else:
+        fm = load_model(path)
+        chosen, missing = registry.available(backends or registry.DEFAULT)
+        for m in missing:
+            ui.note(f"error: {m}")
+        art = Artifact("", "onnx", path.parent, (path.name,), precision="float")
+        cands = float_candidates(art, chosen)
+        if not cands:
+            raise BackendError(
+                f"none of {', '.join(b.name for b in chosen)} can run a float model on this machine"
+            )
+        found = Targets(f"{what}: {path.name}", list(fm.inputs), {}, cands)
+    for name, shape in (input_shapes or {}).items():
+        found.examples[name] = _checked_shape(found.inputs, name, shape)
+    if data is not None:
+        found.sample = open_data(data, found.inputs, role="benchmark").first()
+    return found
+
+
+def _checked_shape(
+    inputs: Sequence[InputSpec], name: str, shape: tuple[int, ...]
+) -> tuple[int, ...]:
+    """An ``--input-shape``: it names an input, has its rank, and agrees with its fixed
+    dimensions (the batch comes from ``--batch``)."""
+    spec = next((i for i in inputs if i.name == name), None)
+    if spec is None:
+        raise QuantshipError(
+            f"--input-shape names {name!r}; the model's inputs are: "
+            + ", ".join(i.name for i in inputs)
+        )
+    if len(shape) != len(spec.shape):
+        raise QuantshipError(
+            f"--input-shape {name}={'x'.join(map(str, shape))} has rank {len(shape)}; "
+            f"the input is {spec.shape_str()}"
+        )
+    for axis, (want, have) in enumerate(zip(shape, spec.shape, strict=True)):
+        if axis and have is not None and have != want:
+            raise QuantshipError(
+                f"--input-shape {name}={'x'.join(map(str, shape))}: dimension {axis} of "
+                f"{spec.shape_str()} is fixed at {have}"
+            )
+    return shape
