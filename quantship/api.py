@@ -18,6 +18,7 @@ from quantship.exporter.output import (
     MANIFEST,
     write_json,
 )
+from quantship.types import Precision
 from quantship.ui import SILENT, UI
 
 
@@ -76,10 +77,18 @@ def export(
     return run_export(opts, ui)
 
 
-def build_engine(folder: str | Path, *, max_batch: int = 32, ui: UI = SILENT) -> dict[str, Any]:
+def build_engine(
+    folder: str | Path,
+    *,
+    max_batch: int = 32,
+    float_layers: Precision | None = None,
+    ui: UI = SILENT,
+) -> dict[str, Any]:
     """Build the engine of each artifact in an export folder whose backend builds one
     (TensorRT), here on the deployment GPU, and record it in the manifest, which is
-    rewritten only once every engine is built. Returns what each build reported."""
+    rewritten only once every engine is built. Layers the plan left float run at
+    ``float_layers`` (default: the runtime's fastest float here, fp16 on GPUs with fast
+    fp16). Returns what each build reported."""
     from quantship.exporter.manifest import artifact_entry, artifacts_in, read_manifest
 
     root = Path(folder)
@@ -101,7 +110,7 @@ def build_engine(folder: str | Path, *, max_batch: int = 32, ui: UI = SILENT) ->
         if reason is not None:
             raise BackendError(f"cannot build a {backend.name} engine here: {reason}")
         ui.note(f"building the {backend.name} engine in {root} ...")
-        built = backend.build(art, max_batch)
+        built = backend.build(art, max_batch, float_layers)
         old = manifest["artifacts"][i]
         # What was measured at export ran elsewhere (the QDQ model on a CPU): latency
         # and the verdict go; fidelity stays, saying where it was measured.

@@ -136,7 +136,9 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 1 if errors else 0
     if args.command == "build-engine":
-        api.build_engine(args.folder, max_batch=args.max_batch, ui=ui)
+        api.build_engine(
+            args.folder, max_batch=args.max_batch, float_layers=args.float_layers, ui=ui
+        )
         return 0
     if args.command == "sensitivity":
         api.sensitivity(

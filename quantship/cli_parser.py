@@ -278,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     be.add_argument("folder", type=Path, help="an export output folder with a tensorrt artifact")
     be.add_argument("--max-batch", type=_positive, default=32, help="largest batch of the profile")
+    be.add_argument(
+        "--float-layers",
+        choices=["fp16", "fp32"],
+        help="precision of the layers left float (default: fp16 where the GPU has fast fp16, "
+        "as trtexec --int8 --fp16)",
+    )
     be.add_argument("--quiet", "-q", action="store_true")
 
     ds = sub.add_parser("distill", help="train a smaller student from a teacher (torch)")

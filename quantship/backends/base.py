@@ -18,7 +18,8 @@ Members, all required (``BaseBackend`` gives the optional ones a default):
   it holds), for an INT8 artifact or the float model (``settings.precision``);
 - ``qdq_session(qdq, model, settings)`` → a session on a QDQ model as the target
   runtime runs it, without writing an artifact (the accuracy guard's evaluations);
-- ``build(artifact, max_batch)`` → the artifact with its engine, and
+- ``build(artifact, max_batch, float_layers)`` → the artifact with its engine (float
+  layers at ``float_layers``, default the runtime's fastest), and
   ``engine_unavailable()``, where ``engine``;
   ``validate(qdq)`` where ``validator``.
 """
@@ -327,7 +328,9 @@ class Backend(Protocol):
         self, qdq: onnx.ModelProto, model: FloatModel, settings: SessionSettings
     ) -> Session: ...
 
-    def build(self, artifact: Artifact, max_batch: int) -> Artifact: ...
+    def build(
+        self, artifact: Artifact, max_batch: int, float_layers: Precision | None = None
+    ) -> Artifact: ...
 
     def engine_unavailable(self) -> str | None: ...
 
@@ -353,7 +356,9 @@ class BaseBackend:
         art = backend.compile(qdq, Path(tmp.name), model)
         return _Owning(backend.session(art, settings), tmp)
 
-    def build(self, artifact: Artifact, max_batch: int) -> Artifact:
+    def build(
+        self, artifact: Artifact, max_batch: int, float_layers: Precision | None = None
+    ) -> Artifact:
         raise BackendError(f"backend {self.name!r} builds no engine")
 
     def engine_unavailable(self) -> str | None:

@@ -46,11 +46,13 @@ from quantship.backends.tensorrt_engine import (
     build_engine,
     engine_inputs,
     engine_unavailable,
+    fastest_float_layers,
 )
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError
 from quantship.exporter.load import FloatModel
 from quantship.exporter.onnx_file import save_model
+from quantship.types import Precision
 
 TRT_OPS: dict[str, OpRule] = {
     **input_side_ops(),
@@ -111,11 +113,13 @@ class TensorRTBackend(BaseBackend):
         """The QDQ model and the engine, in the backend's folder of an export."""
         return f"{self.name}/model.qdq.onnx", f"{self.name}/model.engine"
 
-    def build(self, artifact: Artifact, max_batch: int) -> Artifact:
+    def build(
+        self, artifact: Artifact, max_batch: int, float_layers: Precision | None = None
+    ) -> Artifact:
         _, engine_file = self._files
         info = build_engine(
             artifact.path, artifact.root / engine_file, artifact.metadata["inputs"],
-            max_batch=max_batch,
+            max_batch=max_batch, float_layers=float_layers or fastest_float_layers(),
         )  # fmt: skip
         engine_files = (engine_file, str(Path(engine_file).with_suffix(".json")))
         files = tuple(f for f in artifact.files if f not in engine_files) + engine_files
@@ -141,7 +145,9 @@ class TensorRTBackend(BaseBackend):
         reason = engine_unavailable()
         engine: dict[str, Any]
         if reason is None:
-            info = build_engine(path, out_dir / engine_file, inputs)
+            info = build_engine(
+                path, out_dir / engine_file, inputs, float_layers=fastest_float_layers()
+            )
             engine = {"built": True, "path": engine_file, **info}
             files += [engine_file, str(Path(engine_file).with_suffix(".json"))]
         else:
@@ -179,7 +185,8 @@ class TensorRTBackend(BaseBackend):
         if artifact.precision == "float":
             return f"{self.name} GPU {settings.precision or 'fp32'} engine"
         if self._engine(artifact) is not None:
-            return f"{self.name} GPU int8 engine"
+            layers = artifact.metadata.get("engine", {}).get("float_layers", "fp32")
+            return f"{self.name} GPU int8 engine (float layers {layers})"
         return f"{self.name} QDQ on onnxruntime CPU (no engine)"
 
     def session(self, artifact: Artifact, settings: SessionSettings) -> BaseSession:

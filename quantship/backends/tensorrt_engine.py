@@ -46,6 +46,15 @@ def engine_unavailable() -> str | None:
     return None
 
 
+def fastest_float_layers() -> Precision:
+    """fp16 where the GPU has fast fp16 (what trtexec users pass, --int8 --fp16), else
+    fp32."""
+    import tensorrt as trt
+
+    builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
+    return "fp16" if builder.platform_has_fast_fp16 else "fp32"
+
+
 def _gpu() -> dict[str, str]:
     cudart = _cudart()
     _, prop = cudart.cudaGetDeviceProperties(0)
@@ -111,12 +120,14 @@ def build_engine(
     inputs: list[dict[str, Any]],
     *,
     float_precision: Precision | None = None,
+    float_layers: Precision = "fp32",
     max_batch: int = 32,
 ) -> dict[str, Any]:
     """Build a serialized engine with TensorRT's Python API (ONNX parser, builder
     config, timing cache beside the engine so a rebuild is fast and repeatable).
-    ``float_precision`` None: an INT8 QDQ model, strongly typed; "fp32"/"fp16": a float
-    model's engine at that precision (a baseline)."""
+    ``float_precision`` None: an INT8 QDQ model, its float layers (those between no
+    Q/DQ pair) in ``float_layers``; "fp32"/"fp16": a float model's engine at that
+    precision (a baseline)."""
     reason = engine_unavailable()
     if reason is not None:
         raise BackendError(f"cannot build a TensorRT engine here: {reason}")
@@ -124,10 +135,12 @@ def build_engine(
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    # Explicit quantization wants a strongly typed network: precisions come from the
-    # Q/DQ nodes and the model's types, and precision flags must not be set. A float
-    # baseline in fp16 is the builder's FP16 flag on a weakly typed network.
-    flags = 0 if float_precision else 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    # A QDQ model with fp32 float layers is built strongly typed: precisions come from
+    # the Q/DQ nodes and the model's types, and precision flags must not be set. Float
+    # layers in fp16 (trtexec --int8 --fp16), and a float baseline in fp16, are the
+    # builder's precision flags on a weakly typed network.
+    strongly_typed = float_precision is None and float_layers == "fp32"
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(qdq_path)):
@@ -136,7 +149,10 @@ def build_engine(
     config = builder.create_builder_config()
     # Layer names, tactics and formats stay readable to the engine inspector (profile).
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    if float_precision == "fp16":
+    if float_precision is None and float_layers == "fp16":
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif float_precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
     elif float_precision == "fp32":
         # TF32 is on by default on Ampere and later; an fp32 baseline must be fp32.
@@ -161,6 +177,8 @@ def build_engine(
     engine_path.write_bytes(bytes(serialized))
     cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
     info = {"tensorrt": trt.__version__, **_gpu(), "host": platform.node(), "max_batch": max_batch}
+    if float_precision is None:
+        info["float_layers"] = float_layers
     engine_path.with_suffix(".json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info
 

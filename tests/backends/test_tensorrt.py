@@ -197,12 +197,15 @@ def test_engine_builds_runs_and_agrees(tmp_path: Path, cnn_path: Path, calib_npz
     assert engine["built"] and (tmp_path / "o" / engine["path"]).exists()
     meta = json.loads((tmp_path / "o/tensorrt/model.json").read_text())
     assert meta["tensorrt"] and meta["gpu"]
+    assert meta["float_layers"] in ("fp16", "fp32")  # the GPU's fastest float
     s = TensorRTSession(tmp_path / "o" / engine["path"], SessionSettings())
     x = {"images": images(4, seed=2)}
     got, ref = s.run(x)[0], run_ort(cnn_path, x)[0]
     assert float((got * ref).sum() / np.linalg.norm(got) / np.linalg.norm(ref)) > 0.99
     times = s.device_latency_ms(x, warmup=5, iterations=20)
     assert len(times) == 20 and min(times) > 0
+    layers = s.profile(x, 5)  # the engine's own layer timings and tactics
+    assert layers and sum(x.ms for x in layers) > 0 and any(x.kernel for x in layers)
 
 
 def test_require_engine_fails_up_front_without_tensorrt(
