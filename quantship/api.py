@@ -44,6 +44,7 @@ def export(
     require_engine: bool = False,
     bench: bool = True,
     threads: int | None = None,
+    plan: str = "rules",
     ui: UI = SILENT,
 ) -> ExportResult:
     """Quantize ``model`` for each backend into ``out``; see ``quantship export --help``."""
@@ -73,6 +74,7 @@ def export(
         require_engine=require_engine,
         bench=bench,
         threads=threads,
+        plan=plan,
     )
     return run_export(opts, ui)
 

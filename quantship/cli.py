@@ -69,6 +69,7 @@ def _run(args: argparse.Namespace) -> int:
             require_engine=args.require_engine,
             bench=not args.no_bench,
             threads=args.threads,
+            plan=args.plan,
             ui=ui,
         )
         ui.note(f"wrote {result.out}/manifest.json")

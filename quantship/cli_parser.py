@@ -164,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep every node of this op type in float (repeatable)",
     )
     e.add_argument(
+        "--plan",
+        default="rules",
+        metavar="NAME",
+        help="'rules' (the backend's rule table), 'search' (build each plan variant the "
+        "runtime's kernels tell apart, measure them here, keep the fastest within the "
+        "budget; cached per model, runtime and CPU), or a variant's name (default: rules)",
+    )
+    e.add_argument(
         "--max-drop",
         type=float,
         metavar="X",

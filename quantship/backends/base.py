@@ -21,7 +21,8 @@ Members, all required (``BaseBackend`` gives the optional ones a default):
 - ``build(artifact, max_batch, float_layers)`` → the artifact with its engine (float
   layers at ``float_layers``, default the runtime's fastest), and
   ``engine_unavailable()``, where ``engine``;
-  ``validate(qdq)`` where ``validator``.
+  ``validate(qdq)`` where ``validator``; ``plan_variants()`` → the other plans worth
+  measuring on the target (``variants.PlanVariant``), none by default.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, runtime_checkable
 
 import numpy.typing as npt
 import onnx
@@ -40,6 +41,9 @@ from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError
 from quantship.exporter.load import FloatModel
 from quantship.types import PRECISIONS, Feed, Precision
+
+if TYPE_CHECKING:
+    from quantship.backends.variants import PlanVariant
 
 
 @dataclass(frozen=True)
@@ -336,6 +340,8 @@ class Backend(Protocol):
 
     def validate(self, qdq: onnx.ModelProto) -> list[Finding]: ...
 
+    def plan_variants(self) -> tuple[PlanVariant, ...]: ...
+
 
 class BaseBackend:
     """Defaults for the members a backend may not need: no engine to build, no rules to
@@ -363,6 +369,9 @@ class BaseBackend:
 
     def engine_unavailable(self) -> str | None:
         return f"backend {self.name!r} builds no engine"
+
+    def plan_variants(self) -> tuple[PlanVariant, ...]:
+        return ()  # only the rule table
 
     def validate(self, qdq: onnx.ModelProto) -> list[Finding]:
         return []

@@ -29,6 +29,7 @@ import json
 import tempfile
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ from quantship.backends.op_rules import (
     input_side_ops,
 )
 from quantship.backends.planning import OpRule, Rules, make_plan
+from quantship.backends.variants import PlanVariant
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError
 from quantship.exporter.load import FloatModel
@@ -300,7 +302,7 @@ class OrtSession(BaseSession):
 class OnnxRuntimeBackend(BaseBackend):
     name = "onnxruntime"
     extra = "onnxruntime"
-    formats = ("onnx", "onnx-qdq")
+    formats: tuple[str, ...] = ("onnx", "onnx-qdq")
 
     def __init__(self, rules: Rules = RULES) -> None:
         self.rules = rules
@@ -319,6 +321,28 @@ class OnnxRuntimeBackend(BaseBackend):
         # The CPU execution provider computes float models in float32 (its bf16/fp16
         # kernels cover a few ops only; it has no bf16 mode for a float32 model).
         return Capabilities("CPU", ("fp32",), "fp32", profile=True)
+
+    def plan_variants(self) -> tuple[PlanVariant, ...]:
+        """Choices ONNX Runtime's kernels tell apart: U8S8 vs S8S8 integer kernels, SiLU
+        as QLinearSigmoid+QLinearMul or float, a quantized head's last requantization."""
+        r = self.rules
+        silu_float = {k: v for k, v in r.ops.items() if k not in ("Sigmoid", "Mul")}
+        new = type(self)
+        return (
+            PlanVariant(
+                "s8s8",
+                "int8 symmetric activations (S8S8 kernels)",
+                new(replace(r, act_dtype="int8", symmetric=True)),
+            ),
+            PlanVariant(
+                "silu-float", "Sigmoid and Mul left float", new(replace(r, ops=silu_float))
+            ),
+            PlanVariant(
+                "outputs-float",
+                "graph outputs left float (no Q after the heads)",
+                new(replace(r, quantize_graph_outputs=False)),
+            ),
+        )
 
     def plan(self, model: FloatModel, table: CalibrationTable, options: PlanOptions) -> QuantPlan:
         return make_plan(model, table, options, self.rules)

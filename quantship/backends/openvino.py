@@ -47,7 +47,7 @@ from quantship.backends.base import (
     QuantPlan,
     SessionSettings,
 )
-from quantship.backends.op_rules import input_side_ops
+from quantship.backends.op_rules import binary_check, input_side_ops
 from quantship.backends.openvino_session import (
     OVSession,
     compile_config,
@@ -55,6 +55,7 @@ from quantship.backends.openvino_session import (
     precision_name,
 )
 from quantship.backends.planning import OpRule, Rules, make_plan
+from quantship.backends.variants import PlanVariant
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError
 from quantship.exporter.load import FloatModel
@@ -194,7 +195,7 @@ def _kernels_note(counts: Mapping[str, Any]) -> str:
 class OpenVINOBackend(BaseBackend):
     name = "openvino"
     extra = "openvino"
-    formats = ("onnx", "onnx-qdq", "openvino-ir")
+    formats: tuple[str, ...] = ("onnx", "onnx-qdq", "openvino-ir")
 
     def __init__(self, rules: Rules = RULES) -> None:
         self.rules = rules
@@ -231,6 +232,30 @@ class OpenVINOBackend(BaseBackend):
                 profile=True,
             )
         return self._caps
+
+    def plan_variants(self) -> tuple[PlanVariant, ...]:
+        """Choices the CPU plugin's kernels tell apart: which convolution kernel an INT8
+        layer lands on depends on the activations' signedness, and whether SiLU stays a
+        fused post-op depends on where its FakeQuantize sits."""
+        r = self.rules
+        sym = replace(r, act_dtype="int8", symmetric=True)
+        mul = OpRule("compute", act_inputs=(0, 1), check=binary_check)
+        silu = {**r.ops, "Mul": mul}
+        new = type(self)
+        return (
+            PlanVariant("symmetric", "int8 symmetric activations (NNCF's default)", new(sym)),
+            PlanVariant("silu-int8", "SiLU's Mul in INT8 too", new(replace(r, ops=silu))),
+            PlanVariant(
+                "symmetric-silu-int8",
+                "int8 symmetric activations and SiLU's Mul in INT8",
+                new(replace(sym, ops=silu)),
+            ),
+            PlanVariant(
+                "concat-requantized",
+                "quantization not moved above Concat",
+                new(replace(r, hoist=r.hoist - {"Concat"})),
+            ),
+        )
 
     def plan(self, model: FloatModel, table: CalibrationTable, options: PlanOptions) -> QuantPlan:
         return make_plan(model, table, options, self.rules)

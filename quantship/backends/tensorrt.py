@@ -72,7 +72,7 @@ RULES = Rules(
 class TensorRTBackend(BaseBackend):
     name = "tensorrt"
     extra = "tensorrt"
-    formats = ("onnx", "onnx-qdq")
+    formats: tuple[str, ...] = ("onnx", "onnx-qdq")
 
     def __init__(self, rules: Rules = RULES) -> None:
         self.rules = rules

@@ -28,6 +28,7 @@ from quantship.errors import BackendError, DataError, QuantshipError
 from quantship.exporter.load import FloatModel
 from quantship.exporter.measure import add_guard_cost, measure
 from quantship.exporter.output import MANIFEST, check_output_dir, release_memory, staged_dir
+from quantship.exporter.plan_search import Choice
 from quantship.exporter.split import HeldOut
 from quantship.types import Feed
 from quantship.ui import SILENT, UI
@@ -59,6 +60,7 @@ class ExportOptions:
     require_engine: bool = False
     bench: bool = True
     threads: int | None = None
+    plan: str = "rules"  # a plan variant's name, or "search" (exporter/plan_search.py)
 
     def __post_init__(self) -> None:
         if self.samples is not None and self.samples < 1:
@@ -118,9 +120,12 @@ def run_export(opts: ExportOptions, ui: UI = SILENT) -> ExportResult:
     options = plan_options(opts, loaded)
     with staged_dir(opts.out) as stage:
         float_art = write_float(stage, loaded.fm, table)
-        artifacts, figures, unguarded = build(opts, loaded, table, options, chosen, stage, ui)
+        artifacts, figures, unguarded = build(
+            opts, loaded, table, options, chosen, stage, float_art, ui
+        )
         measured, drift = measure(opts, loaded, float_art, artifacts, chosen, unguarded, ui)
         shutil.rmtree(stage / ".unguarded", ignore_errors=True)
+        shutil.rmtree(stage / ".search", ignore_errors=True)
         for c in measured.artifacts:
             g = figures.get(c.backend.name, {}).get("accuracy_guard")
             if g is not None and c.backend.name in unguarded:
@@ -167,6 +172,11 @@ def choose_backends(opts: ExportOptions) -> tuple[list[Backend], list[str]]:
                 raise BackendError(
                     f"--require-engine: a {b.name} engine cannot be built here: {reason}"
                 )
+    from quantship.exporter.plan_search import SEARCH, pick
+
+    if opts.plan != SEARCH:
+        for b in chosen:
+            pick(b, opts.plan)  # an unknown plan name fails before any work
     return chosen, missing
 
 
@@ -256,11 +266,13 @@ def build(
     options: PlanOptions,
     chosen: Sequence[Backend],
     stage: Path,
+    float_art: Artifact,
     ui: UI,
 ) -> tuple[list[Artifact], dict[str, dict[str, Any]], dict[str, Artifact]]:
-    """Per backend: the accuracy guard (with --max-drop), then the artifact. Returns the
-    artifacts, each backend's figures, and (guarded, benchmarked) the all-INT8 artifacts
-    to time beside the guarded ones."""
+    """Per backend: the plan (the rule table, a named variant, or the search's choice),
+    the accuracy guard (with --max-drop), then the artifact. Returns the artifacts,
+    each backend's figures, and (guarded, benchmarked) the all-INT8 artifacts to time
+    beside the guarded ones."""
     from quantship.exporter.pipeline import build_artifact
     from quantship.guard import Evaluator, guard, held_feeds, held_labels, load_metric
 
@@ -279,7 +291,9 @@ def build(
     artifacts: list[Artifact] = []
     figures: dict[str, dict[str, Any]] = {}
     unguarded: dict[str, Artifact] = {}
-    for b in chosen:
+    for backend in chosen:
+        choice = plan_choice(opts, loaded, table, options, backend, float_art, stage, ui)
+        b = choice.variant.backend
         b_options, guarded = options, None
         if opts.max_drop is not None:
             evaluator = Evaluator(fm, table, b, guard_feeds, metric_fn, labels, opts.threads)
@@ -296,7 +310,9 @@ def build(
         art, plan_summary = build_artifact(b, fm, table, b_options, stage, ui)
         release_memory()
         artifacts.append(art)
-        figures[b.name] = {"plan": plan_summary}
+        figures[b.name] = {"plan": plan_summary, "plan_variant": choice.variant.name}
+        if choice.record is not None:
+            figures[b.name]["plan_search"] = choice.record
         if guarded is not None:
             figures[b.name]["accuracy_guard"] = guarded
             if guarded["float_nodes"] and opts.bench:
@@ -306,3 +322,27 @@ def build(
                     b, fm, table, options, stage / ".unguarded", SILENT
                 )
     return artifacts, figures, unguarded
+
+
+def plan_choice(
+    opts: ExportOptions,
+    loaded: Loaded,
+    table: CalibrationTable,
+    options: PlanOptions,
+    backend: Backend,
+    float_art: Artifact,
+    stage: Path,
+    ui: UI,
+) -> Choice:
+    """``--plan``: the rule table, a variant by name, or the search's measured choice
+    (its budget: ``--max-drop`` on 1 - cosine, else the rule plan's cosine)."""
+    from quantship.exporter.plan_search import SEARCH, pick, search
+
+    if opts.plan != SEARCH:
+        return pick(backend, opts.plan)
+    floor = 1 - opts.max_drop if opts.max_drop is not None and opts.metric is None else None
+    return search(
+        backend, loaded.fm, table, options, loaded.held, float_art,
+        stage / ".search" / backend.name, min_cosine=floor, threads=opts.threads,
+        sample=loaded.check_feeds[0] if loaded.check_feeds else None, ui=ui,
+    )  # fmt: skip

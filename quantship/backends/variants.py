@@ -1,0 +1,24 @@
+"""Plan variants: the choices a backend's runtime kernels distinguish, each a backend
+instance whose rules differ from the shipped rule table in one named way. The plan
+search (``export --plan search``) builds and measures each on the target and keeps
+the fastest within the fidelity budget; ``--plan NAME`` picks one by name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from quantship.backends.base import Backend
+
+RULES = "rules"  # the shipped rule table, always the first variant
+
+
+@dataclass(frozen=True)
+class PlanVariant:
+    """``name`` (short, for ``--plan``), ``what`` it changes (one line), and the backend
+    instance that plans it."""
+
+    name: str
+    what: str
+    backend: Backend

@@ -1,0 +1,94 @@
+"""Plans chosen by measurement: each backend's variants built and measured on this
+machine, the fastest within the budget kept, the decision cached; variants by name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from models import images, save, tiny_cnn
+
+from quantship import api
+from quantship.backends import registry
+from quantship.exporter.plan_search import _choose
+
+
+def _row(plan: str, p50: float, cos: float) -> dict[str, object]:
+    return {"plan": plan, "what": "", "p50_ms": p50, "cosine": cos}
+
+
+def test_the_choice_holds_the_budget_and_needs_a_real_margin() -> None:
+    rules = _row("rules", 10.0, 0.9990)
+    # faster but less faithful than the rule plan: not without a budget that allows it
+    lossy = _row("symmetric", 8.0, 0.9980)
+    assert _choose([rules, lossy], None) == "rules"
+    assert _choose([rules, lossy], 0.997) == "symmetric"
+    assert _choose([rules, lossy], 0.999) == "rules"
+    # as faithful, but within the timing noise: the rule plan stays
+    assert _choose([rules, _row("a", 9.9, 0.9995)], None) == "rules"
+    # clearly faster and as faithful: chosen; the fastest of several
+    assert _choose([rules, _row("a", 9.0, 0.9991), _row("b", 8.5, 0.9990)], None) == "b"
+    # a plan that failed to measure is never chosen
+    assert _choose([rules, {"plan": "x", "what": "", "p50_ms": 1.0, "cosine": None}], None) == (
+        "rules"
+    )
+
+
+@pytest.fixture
+def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    monkeypatch.setenv("QUANTSHIP_CACHE_DIR", str(tmp_path / "cache"))
+    model = save(tiny_cnn(), tmp_path / "cnn.onnx")
+    np.savez(tmp_path / "calib.npz", images=images(48))
+    return model, tmp_path / "calib.npz"
+
+
+def test_search_measures_every_plan_then_reuses_the_decision(
+    tmp_path: Path, inputs: tuple[Path, Path]
+) -> None:
+    model, calib = inputs
+    backends = [b for b in ("onnxruntime", "openvino") if registry.get(b).available() is None]
+    first = api.export(
+        model, calib, tmp_path / "a", backends=",".join(backends), samples=32, threads=1,
+        bench=False, plan="search",
+    )  # fmt: skip
+    for entry in first.manifest["artifacts"]:
+        rec = entry["plan_search"]
+        names = ["rules", *(v.name for v in registry.get(entry["backend"]).plan_variants())]
+        assert [r["plan"] for r in rec["plans"]] == names
+        assert all(r["p50_ms"] > 0 and r["cosine"] > 0.99 for r in rec["plans"])
+        assert rec["chosen"] == entry["plan_variant"] and not rec["cached"]
+        chosen = next(r for r in rec["plans"] if r["plan"] == rec["chosen"])
+        assert chosen["cosine"] >= rec["plans"][0]["cosine"]  # the rule plan's, the budget
+    assert not (tmp_path / "a" / ".search").exists()
+    assert list((tmp_path / "cache" / "plans").glob("*.json"))
+    second = api.export(
+        model, calib, tmp_path / "b", backends=",".join(backends), samples=32, threads=1,
+        bench=False, plan="search",
+    )  # fmt: skip
+    for e1, e2 in zip(first.manifest["artifacts"], second.manifest["artifacts"], strict=True):
+        assert e2["plan_search"]["cached"] and e2["plan_variant"] == e1["plan_variant"]
+        assert [f["sha256"] for f in e1["files"]] == [f["sha256"] for f in e2["files"]]
+
+
+def test_a_plan_by_name(tmp_path: Path, inputs: tuple[Path, Path]) -> None:
+    model, calib = inputs
+    res = api.export(model, calib, tmp_path / "o", samples=32, threads=1, bench=False, plan="s8s8")
+    (entry,) = res.manifest["artifacts"]
+    assert entry["plan_variant"] == "s8s8" and "plan_search" not in entry
+    q = onnx.load(str(tmp_path / "o" / entry["path"]))
+    inits = {i.name: i for i in q.graph.initializer}
+    zps = [inits[n.input[2]] for n in q.graph.node if n.op_type == "QuantizeLinear"]
+    assert zps and all(z.data_type == onnx.TensorProto.INT8 for z in zps)
+
+    p = subprocess.run(
+        [sys.executable, "-m", "quantship", "export", str(model), "--calib", str(calib),
+         "--out", str(tmp_path / "x"), "--plan", "symetric"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "--plan 'symetric' is not a plan of onnxruntime" in p.stderr and "s8s8" in p.stderr
+    assert not (tmp_path / "x").exists()
