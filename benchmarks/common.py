@@ -125,6 +125,10 @@ def parser(doc: str | None, models: str = CNNS, samples: int = 256) -> argparse.
     return ap
 
 
+# Another input size of a fully convolutional example: (its architecture, the size).
+ALIASES = {"detector320": ("detector640", 320)}
+
+
 def prepare(name: str, n_calib: int, n_held: int) -> dict[str, Path]:
     """Float ONNX model (trained on a proxy task from real images, BN statistics from
     real images at its input size: see pretrain.py), calibration and held-out image
@@ -133,7 +137,13 @@ def prepare(name: str, n_calib: int, n_held: int) -> dict[str, Path]:
 
     from quantship import examples
 
-    size = examples.MODELS[name][1]
+    arch, size = ALIASES.get(
+        name, (name, examples.MODELS[name][1] if name in examples.MODELS else 0)
+    )
+    if not size:
+        raise SystemExit(
+            f"unknown model {name!r}; known: {', '.join([*examples.MODELS, *ALIASES])}"
+        )
     d = WORK / f"{name}-trained-{n_calib}-{n_held}"
     paths = {"model": d / "float.onnx", "calib": d / "calib.npz", "held": d / "held.npz"}
     if all(p.exists() for p in paths.values()):
@@ -145,7 +155,7 @@ def prepare(name: str, n_calib: int, n_held: int) -> dict[str, Path]:
     )
     bn_images = examples.sample_images(64 if size <= 256 else 32, size, seed=1)
     net = examples.calibrate_batchnorm(
-        pretrain(name, log=lambda m: print(m, flush=True)), bn_images
+        pretrain(arch, log=lambda m: print(m, flush=True)), bn_images
     )
     examples.to_onnx(net, size, str(paths["model"]))
     # Calibration data written in chunks, uncompressed: both tools read it memory-mapped.

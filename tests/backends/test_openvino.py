@@ -169,7 +169,8 @@ def test_float_baselines_are_what_openvino_runs_by_default(
 
     from quantship import api
     from quantship.backends.base import SessionSettings
-    from quantship.backends.openvino import OpenVINOBackend, compile_config
+    from quantship.backends.openvino import OpenVINOBackend
+    from quantship.backends.openvino_session import compile_config
 
     res = api.export(cnn_path, calib_npz, tmp_path / "o", backends="openvino", bench=True,
                      threads=1)  # fmt: skip
