@@ -16,9 +16,11 @@ RULES = "rules"  # the shipped rule table, always the first variant
 
 @dataclass(frozen=True)
 class PlanVariant:
-    """``name`` (short, for ``--plan``), ``what`` it changes (one line), and the backend
-    instance that plans it."""
+    """``name`` (short, for ``--plan``), ``what`` it changes (one line), the backend
+    instance that plans it, and nodes it keeps float besides the user's (a variant the
+    search derives from a measured profile)."""
 
     name: str
     what: str
     backend: Backend
+    float_nodes: frozenset[str] = frozenset()

@@ -294,12 +294,13 @@ def build(
     for backend in chosen:
         choice = plan_choice(opts, loaded, table, options, backend, float_art, stage, ui)
         b = choice.variant.backend
-        b_options, guarded = options, None
+        planned = PlanOptions(options.method, options.float_nodes | choice.variant.float_nodes)
+        b_options, guarded = planned, None
         if opts.max_drop is not None:
             evaluator = Evaluator(fm, table, b, guard_feeds, metric_fn, labels, opts.threads)
-            res = guard(evaluator, options, opts.max_drop, ui)
+            res = guard(evaluator, planned, opts.max_drop, ui)
             b_options = PlanOptions(
-                options.method, options.float_nodes | frozenset(res.float_nodes)
+                options.method, planned.float_nodes | frozenset(res.float_nodes)
             )
             guarded = res.to_json()
             ui.note(
@@ -319,7 +320,7 @@ def build(
                 # The guard's latency cost: the all-INT8 artifact, timed beside the
                 # guarded one, built inside the staging folder and deleted afterwards.
                 unguarded[b.name], _ = build_artifact(
-                    b, fm, table, options, stage / ".unguarded", SILENT
+                    b, fm, table, planned, stage / ".unguarded", SILENT
                 )
     return artifacts, figures, unguarded
 

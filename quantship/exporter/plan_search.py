@@ -9,6 +9,12 @@ the rule plan by more than the timing noise (``MARGIN``) to replace it. The cost
 bounded and said before it starts: one build and one fidelity pass per variant, and
 ``SECONDS_PER_CANDIDATE`` of interleaved timing each.
 
+Where the backend has a per-layer profiler, the search adds one plan of its own: the
+rule plan with the weighted layers (convolutions, matrix products) kept float whose
+INT8 layer the runtime's profile shows no faster than the same layer in the default
+float model (``profile-guided``) — region by region, where the kernel the plan lands a
+layer on does not pay. It is measured like every other variant.
+
 The decision is cached under the model's hash, the calibration table, the options,
 the runtime's version and the CPU (``QUANTSHIP_CACHE_DIR``, default
 ``~/.cache/quantship``), so a second export on the same machine skips the measurement
@@ -26,20 +32,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quantship.backends.base import Artifact, Backend, PlanOptions, SessionSettings
+from quantship.backends.base import Artifact, Backend, LayerTime, PlanOptions, SessionSettings
 from quantship.backends.variants import RULES, PlanVariant
-from quantship.bench.run import Candidate, bench_candidates, float_candidates
+from quantship.bench.run import Candidate, bench_candidates, float_candidates, make_feeds
 from quantship.bench.timing import BenchSettings, p50_by_key
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import QuantshipError
 from quantship.exporter.load import FloatModel
+from quantship.exporter.output import sha256_file
 from quantship.exporter.split import HeldOut
 from quantship.types import Feed
 from quantship.ui import SILENT, UI
 
 MARGIN = 0.02  # a variant must be this much faster than the rule plan to replace it
 SECONDS_PER_CANDIDATE = 2.0
+PROFILE_RUNS = 20
 SEARCH = "search"
+GUIDED = "profile-guided"  # the rule plan with the layers its profile shows slow kept float
+WEIGHTED = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 
 
 @dataclass(frozen=True)
@@ -99,27 +109,58 @@ def search(
     key = _cache_key(backend, fm, table, options, variants, min_cosine, threads)
     cached = _cache_read(key)
     by_name = {v.name: v for v in variants}
-    if cached is not None and cached.get("chosen") in by_name:
-        ui.note(f"{backend.name}: plan {cached['chosen']!r} from the plan cache (measured earlier)")
-        return Choice(by_name[cached["chosen"]], {**cached, "cached": True})
+    if cached is not None:
+        name = cached.get("chosen")
+        if name == GUIDED and isinstance(cached.get("float_nodes"), list):
+            nodes = frozenset(str(n) for n in cached["float_nodes"])
+            by_name[GUIDED] = PlanVariant(GUIDED, _guided_what(nodes), backend, nodes)
+        if name in by_name:
+            ui.note(f"{backend.name}: plan {name!r} from the plan cache (measured earlier)")
+            return Choice(by_name[name], {**cached, "cached": True})
     floats = [
         c for c in float_candidates(float_art, [backend]) if c.default
-    ]  # the float model as the runtime runs it by default, for scale
-    n = len(variants) + len(floats)
+    ]  # the float model as the runtime runs it by default, for scale and the profile
+    guided = bool(floats) and backend.capabilities().profile
+    n = len(variants) + len(floats) + int(guided)
     ui.note(
-        f"{backend.name}: plan search over {len(variants)} plans: {len(variants)} builds and "
-        f"fidelity passes, then {SECONDS_PER_CANDIDATE * n:.0f} s of interleaved timing"
+        f"{backend.name}: plan search over {len(variants)} plans"
+        + (" and one from the rule plan's per-layer profile" if guided else "")
+        + f": a build and fidelity pass each, then up to {SECONDS_PER_CANDIDATE * n:.0f} s "
+        "of interleaved timing (plans that give this model the same artifact as another "
+        "are not timed)"
     )
     t0 = time.perf_counter()
     shutil.rmtree(work, ignore_errors=True)
     cands: list[Candidate] = []
+
+    built: dict[str, str] = {}  # the artifact's files' digest -> the first plan that made it
+    same: dict[str, str] = {}  # a plan -> the earlier plan whose artifact it repeats
+
+    def add(i: int, v: PlanVariant) -> Candidate:
+        opts = PlanOptions(options.method, options.float_nodes | v.float_nodes)
+        art, _ = build_artifact(v.backend, fm, table, opts, work / str(i), SILENT)
+        digest = "".join(sha256_file(art.root / f) for f in art.files)
+        label = f"{v.backend.describe(art, SessionSettings())} [{v.name}]"
+        cand = Candidate(label, v.backend, art, variant=v.name)
+        if digest in built:  # nothing this model has for the variant to change: not timed
+            same[v.name] = built[digest]
+        else:
+            built[digest] = v.name
+            cands.append(cand)
+        return cand
+
     try:
-        for i, v in enumerate(variants):
-            art, _ = build_artifact(v.backend, fm, table, options, work / str(i), SILENT)
-            label = f"{v.backend.describe(art, SessionSettings())} [{v.name}]"
-            cands.append(Candidate(label, v.backend, art, variant=v.name))
+        rules = add(0, variants[0])
+        if guided:
+            feeds = make_feeds(fm.inputs, 1, sample, examples=fm.example_shapes)
+            slow = slow_int8_layers(fm, rules, floats[0], feeds, threads)
+            if slow:
+                variants.append(PlanVariant(GUIDED, _guided_what(slow), backend, slow))
+        for i, v in enumerate(variants[1:], start=1):
+            add(i, v)
         fidelity, _ = measure_fidelity(fm, float_art, cands, held, threads, ui)
-        settings = BenchSettings(warmup=3, duration=SECONDS_PER_CANDIDATE * n, threads=threads)
+        seconds = SECONDS_PER_CANDIDATE * (len(cands) + len(floats))
+        settings = BenchSettings(warmup=3, duration=seconds, threads=threads)
         stats = bench_candidates(
             [*floats, *cands], fm.inputs, settings, sample=sample,
             examples=fm.example_shapes, ui=ui,
@@ -128,7 +169,12 @@ def search(
         shutil.rmtree(work, ignore_errors=True)
     p50 = p50_by_key(stats, 1)
     rows: list[dict[str, Any]] = []
-    for v, c in zip(variants, cands, strict=True):
+    by_plan = {c.variant: c for c in cands}
+    for v in variants:
+        if v.name in same:
+            rows.append({"plan": v.name, "what": v.what, "same_as": same[v.name]})
+            continue
+        c = by_plan[v.name]
         fid = fidelity.get(c.key) or {}
         rows.append({"plan": v.name, "what": v.what, "p50_ms": p50.get(c.key),
                      "cosine": fid.get("cosine")})  # fmt: skip
@@ -142,13 +188,57 @@ def search(
         "seconds": round(time.perf_counter() - t0, 1),
         "cached": False,
     }
+    guided_variant = next((v for v in variants if v.name == GUIDED), None)
+    if guided_variant is not None:
+        record["float_nodes"] = sorted(guided_variant.float_nodes)
     _cache_write(key, record)
     for r in rows:
         ui.note(
-            f"{backend.name}: plan {r['plan']:<22} p50 {_ms(r['p50_ms'])}  cosine "
-            f"{_num(r['cosine'])}{'   <- chosen' if r['plan'] == chosen else ''}"
+            f"{backend.name}: plan {r['plan']:<22} "
+            + (
+                f"the same model as {r['same_as']!r} here"
+                if "same_as" in r
+                else f"p50 {_ms(r['p50_ms'])}  cosine {_num(r['cosine'])}"
+            )
+            + ("   <- chosen" if r["plan"] == chosen else "")
         )
-    return Choice(by_name[chosen], record)
+    return Choice(next(v for v in variants if v.name == chosen), record)
+
+
+def slow_int8_layers(
+    fm: FloatModel, rules: Candidate, float_default: Candidate, feeds: Feed, threads: int | None
+) -> frozenset[str]:
+    """Weighted layers (convolutions, matrix products) that the runtime's own profile
+    shows no faster in the rule plan's INT8 than in its default float: the region the
+    guided plan keeps float. A runtime layer counts for a node when the layer is the
+    node or the runtime says it fused the node into it, and holds no other such node."""
+    compute = {n.name for n in fm.proto.graph.node if n.op_type in WEIGHTED and n.name}
+    profiles = []
+    for c in (rules, float_default):
+        with c.backend.session(c.artifact, c.settings(threads)) as s:
+            profiles.append(s.profile(feeds, PROFILE_RUNS))
+    return slow_nodes(profiles[0], profiles[1], compute)
+
+
+def slow_nodes(
+    int8_layers: list[LayerTime], float_layers: list[LayerTime], compute: set[str]
+) -> frozenset[str]:
+    int8, flt = _node_ms(int8_layers, compute), _node_ms(float_layers, compute)
+    return frozenset(n for n in int8 if n in flt and int8[n] >= flt[n])
+
+
+def _node_ms(layers: list[LayerTime], compute: set[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for layer in layers:
+        hit = ({layer.name, *layer.fused}) & compute
+        if len(hit) == 1:
+            (node,) = hit
+            out[node] = out.get(node, 0.0) + layer.ms
+    return out
+
+
+def _guided_what(nodes: frozenset[str]) -> str:
+    return f"rule plan with {len(nodes)} weighted layer(s) float, where its profile showed INT8 no faster"
 
 
 def _choose(rows: list[dict[str, Any]], min_cosine: float | None) -> str:
@@ -158,7 +248,7 @@ def _choose(rows: list[dict[str, Any]], min_cosine: float | None) -> str:
     floor = min_cosine if min_cosine is not None else rules["cosine"]
     if floor is None or rules["p50_ms"] is None:
         return str(rules["plan"])
-    ok = [r for r in rows if r["cosine"] is not None and r["cosine"] >= floor and r["p50_ms"]]
+    ok = [r for r in rows if r.get("cosine") is not None and r["cosine"] >= floor and r["p50_ms"]]
     best = min(ok, key=lambda r: r["p50_ms"], default=rules)
     if best is rules or best["p50_ms"] > (1 - MARGIN) * rules["p50_ms"]:
         return str(rules["plan"])

@@ -38,6 +38,29 @@ def test_the_choice_holds_the_budget_and_needs_a_real_margin() -> None:
     )
 
 
+def test_profile_guided_keeps_float_the_layers_int8_does_not_speed_up() -> None:
+    """Layers map to ONNX nodes by name or by what the runtime fused into them; a layer
+    holding two weighted nodes is not attributed to either."""
+    from quantship.backends.base import LayerTime
+    from quantship.exporter.plan_search import _node_ms, slow_nodes
+
+    compute = {"conv1", "conv2", "conv3", "fc"}
+    int8 = [
+        LayerTime("conv1/WithoutBiases", "Convolution", "brgconv_I8", "u8", 0.5, ("conv1", "r1")),
+        LayerTime("conv2/WithoutBiases", "Convolution", "brgconv_I8", "u8", 0.9, ("conv2",)),
+        LayerTime("both", "Convolution", "k", "u8", 0.1, ("conv3", "fc")),
+        LayerTime("conv1.q", "Subgraph", "jit", "f32", 0.2),
+    ]
+    flt = [
+        LayerTime("conv1/WithoutBiases", "Convolution", "brgconv_bf16", "bf16", 1.0, ("conv1",)),
+        LayerTime("conv2", "Convolution", "brgconv_bf16", "bf16", 0.6),
+        LayerTime("conv3", "Convolution", "brgconv_bf16", "bf16", 0.05),
+    ]
+    q, f = _node_ms(int8, compute), _node_ms(flt, compute)
+    assert q == {"conv1": 0.5, "conv2": 0.9} and f == {"conv1": 1.0, "conv2": 0.6, "conv3": 0.05}
+    assert slow_nodes(int8, flt, compute) == {"conv2"}
+
+
 @pytest.fixture
 def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     monkeypatch.setenv("QUANTSHIP_CACHE_DIR", str(tmp_path / "cache"))
@@ -58,8 +81,18 @@ def test_search_measures_every_plan_then_reuses_the_decision(
     for entry in first.manifest["artifacts"]:
         rec = entry["plan_search"]
         names = ["rules", *(v.name for v in registry.get(entry["backend"]).plan_variants())]
-        assert [r["plan"] for r in rec["plans"]] == names
-        assert all(r["p50_ms"] > 0 and r["cosine"] > 0.99 for r in rec["plans"])
+        got = [r["plan"] for r in rec["plans"]]
+        # and the profile-guided plan, where the profile showed an INT8 layer no faster
+        assert got in (names, [*names, "profile-guided"])
+        assert ("float_nodes" in rec) == ("profile-guided" in got)
+        timed = [r for r in rec["plans"] if "same_as" not in r]
+        assert timed[0]["plan"] == "rules" and all(
+            r["p50_ms"] > 0 and r["cosine"] > 0.99 for r in timed
+        )
+        # a variant this model gives nothing to change (no SiLU here) is not timed twice
+        repeats = {r["plan"]: r["same_as"] for r in rec["plans"] if "same_as" in r}
+        silu = {"openvino": "silu-int8", "onnxruntime": "silu-float"}[entry["backend"]]
+        assert repeats[silu] == "rules"
         assert rec["chosen"] == entry["plan_variant"] and not rec["cached"]
         chosen = next(r for r in rec["plans"] if r["plan"] == rec["chosen"])
         assert chosen["cosine"] >= rec["plans"][0]["cosine"]  # the rule plan's, the budget
