@@ -21,30 +21,18 @@ def test_percentiles_and_throughput_from_known_samples() -> None:
 
 
 def test_interleaving_runs_each_candidate_equally() -> None:
-    """After warm-up, the candidates take turns in short blocks, the order rotating
-    each round: a harness that timed one candidate and then the other (one switch)
-    fails this, and so does one that never rotates the order."""
-    import time
-
+    """After warm-up, the candidates take turns in blocks (each block one untimed run,
+    then timed ones), the order rotating each round: a harness that timed one candidate
+    and then the other (one switch) fails this, and so does one that never rotates the
+    order. Runners this fast get the largest block (100 runs), whatever the load."""
     calls: list[str] = []
-
-    def run(label: str) -> None:
-        calls.append(label)
-        time.sleep(0.0005)
-
-    runners = {"a": lambda: run("a"), "b": lambda: run("b")}
-    settings = BenchSettings(warmup=2, iterations=40, block_seconds=0.004)
-    stats = measure_interleaved(runners, settings, batch=1)
-    assert stats["a"].iterations == stats["b"].iterations == 40
-    timed = calls[4:]  # after two warm-up runs of each
-    # Each block starts with one untimed run, and a block's size follows its runner's
-    # warm-up pace (sleeps jitter), so the two may differ by a block's refill run or two.
-    assert abs(timed.count("a") - timed.count("b")) <= 2
-    runs = [len(list(g)) for _, g in itertools.groupby(timed)]
-    assert len(runs) >= 6  # blocks of a few runs each, not two long runs
-    # The order rotates every round, so the candidate that ends a round also starts the
-    # next: its blocks meet, and the second run of calls is longer than the first.
-    assert runs[1] > runs[0]
+    runners = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    stats = measure_interleaved(runners, BenchSettings(warmup=2, iterations=250), batch=1)
+    assert stats["a"].iterations == stats["b"].iterations == 250
+    runs = [(k, len(list(g))) for k, g in itertools.groupby(calls)]
+    # warm-up 2 + 2; round 1: a, b (100 + 1 each); round 2 rotated: b, a; round 3: a, b
+    # with the 50 left; a round's last candidate starts the next, so their blocks meet.
+    assert runs == [("a", 2), ("b", 2), ("a", 101), ("b", 202), ("a", 152), ("b", 51)]
 
 
 def test_a_block_waits_until_the_previous_candidates_threads_are_idle() -> None:
