@@ -12,11 +12,15 @@ activation dequantization must be per tensor):
 - Activations are asymmetric uint8 (NNCF's "mixed" preset), which is zero point 0 for
   never-negative tensors such as ReLU outputs. Weights: int8 symmetric per output
   channel, stored as int8 in the .bin. Symmetric activations, measured
-  (``benchmarks/plan_choices.py``, 2 threads): 11-12% slower on the ResNet-18- and
-  MobileNetV2-like CNNs, and 3.3× the error (1 − cosine) on a YOLOv8n-sized detector,
-  whose SiLU outputs dip to −0.28, so that a symmetric grid wastes half its codes.
-- Mul stays float: quantizing both inputs of SiLU's x·sigmoid(x) made that detector 26%
-  slower, for no gain in fidelity (same script). The CNNs are unchanged either way.
+  (``benchmarks/plan_choices.py``, 2 threads, AVX-512 VNNI without AMX): 11-15% slower
+  on the ResNet-18- and MobileNetV2-like CNNs, and 3.5× the error (1 − cosine) at the
+  same speed on a YOLOv8n-sized detector, whose SiLU outputs dip to −0.28, so that a
+  symmetric grid wastes half its codes. Which kernel wins depends on the CPU (on AMX
+  parts symmetric activations pick a faster convolution kernel): ``plan_variants`` and
+  ``export --plan search`` measure it on the target.
+- Mul stays float: quantizing both inputs of SiLU's x·sigmoid(x) made that detector
+  26-52% slower, for no gain in fidelity (same script). The CNNs are unchanged within
+  noise either way.
   Leaving Add float made them 5-9% slower during development, so Add is quantized.
 - Biases stay float: OpenVINO adds them after dequantization.
 - Sessions compile as a user would: ``compile_model(model, "CPU")`` with the latency
