@@ -249,7 +249,9 @@ class OrtSession(BaseSession):
             )
         self.name = source.name if isinstance(source, Path) else "the QDQ model"
         src: str | bytes = str(source) if isinstance(source, Path) else source.SerializeToString()
-        self._load = (src, settings, weights_dir)
+        # What profile() reloads: the path, or the caller's proto (not its serialized
+        # bytes, which would double a large model in memory for the session's life).
+        self._load = (source, settings, weights_dir)
         try:
             self._s: Any = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
         except Exception as e:
@@ -281,7 +283,8 @@ class OrtSession(BaseSession):
         and the provider), its precision (integer for quantized kernels, else the
         output's element type) and its mean time."""
         ort = _ort()
-        src, settings, weights_dir = self._load
+        source, settings, weights_dir = self._load
+        src = str(source) if isinstance(source, Path) else source.SerializeToString()
         with tempfile.TemporaryDirectory() as tmp:
             so = session_options(settings)
             if weights_dir is not None:
