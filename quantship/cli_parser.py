@@ -79,6 +79,25 @@ def _positive(text: str) -> int:
     return v
 
 
+def _run_target_args(p: argparse.ArgumentParser) -> None:
+    """What ``bench`` and ``profile`` run, on what inputs, with how many threads."""
+    p.add_argument("target", help="an export output folder, or a model.onnx")
+    p.add_argument(
+        "--backend", help="for a folder: only these backends; for a model: run it in these"
+    )
+    p.add_argument("--threads", type=_positive, help="CPU threads (default: the runtime's)")
+    p.add_argument("--data", metavar="DATA", help="feed a real sample instead of random inputs")
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        type=_shape_arg,
+        default=[],
+        metavar="NAME=1x128",
+        help="sizes of an input's dynamic dimensions, e.g. a sequence length (repeatable; "
+        "default: the calibration sample's)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="quantship",
@@ -211,14 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser(
         "bench", help="measure latency: an export folder (float vs INT8) or one model"
     )
-    b.add_argument("target", help="an export output folder, or a model.onnx")
-    b.add_argument(
-        "--backend", help="for a folder: only these backends; for a model: run it in these"
-    )
+    _run_target_args(b)
     b.add_argument(
         "--batch", type=_ints, default=(1,), metavar="1,8", help="batch sizes (default: 1)"
     )
-    b.add_argument("--threads", type=_positive, help="CPU threads (default: the runtime's)")
     b.add_argument("--warmup", type=int, default=10, help="warm-up runs per model (default: 10)")
     b.add_argument("--warmup-seconds", type=float, default=0.0, help="warm up at least this long")
     b.add_argument(
@@ -233,16 +248,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=4.0,
         help="seconds of throughput mode for runtimes that have one (0: skip)",
     )
-    b.add_argument("--data", metavar="DATA", help="feed a real sample instead of random inputs")
-    b.add_argument(
-        "--input-shape",
-        action="append",
-        type=_shape_arg,
-        default=[],
-        metavar="NAME=1x128",
-        help="sizes of an input's dynamic dimensions, e.g. a sequence length (repeatable; "
-        "default: the calibration sample's)",
-    )
     b.add_argument("--json", type=Path, metavar="FILE", help="write results as JSON")
     b.add_argument("--plot", type=Path, metavar="FILE.png", help="write a latency plot")
     b.add_argument("--quiet", "-q", action="store_true")
@@ -251,24 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
         "profile",
         help="per-layer kernels and times (the runtime's own profiler): float beside INT8",
     )
-    pr.add_argument("target", help="an export output folder, or a model.onnx")
-    pr.add_argument(
-        "--backend", help="for a folder: only these backends; for a model: run it in these"
-    )
+    _run_target_args(pr)
     pr.add_argument("--batch", type=_positive, default=1, help="batch size (default: 1)")
     pr.add_argument(
         "--runs", type=_positive, default=50, help="profiled runs, averaged (default: 50)"
-    )
-    pr.add_argument("--threads", type=_positive, help="CPU threads (default: the runtime's)")
-    pr.add_argument("--data", metavar="DATA", help="feed a real sample instead of random inputs")
-    pr.add_argument(
-        "--input-shape",
-        action="append",
-        type=_shape_arg,
-        default=[],
-        metavar="NAME=1x128",
-        help="sizes of an input's dynamic dimensions (repeatable; default: the calibration "
-        "sample's)",
     )
     pr.add_argument(
         "--top", type=int, default=10, help="slowest layers listed per model (default: 10; 0: none)"
