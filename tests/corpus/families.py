@@ -302,6 +302,9 @@ def external_data(folder: Path, scale: Scale) -> Family:
     )
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
+    # onnx appends to an existing weights file: a rebuilt family would carry every
+    # earlier build's tensors as dead bytes.
+    (folder / "model.weights").unlink(missing_ok=True)
     onnx.save_model(
         model, str(path), save_as_external_data=True, location="model.weights", size_threshold=1024
     )
