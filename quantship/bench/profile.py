@@ -140,15 +140,16 @@ def report(ui: UI, profiles: Sequence[Profile], title: str, top: int) -> None:
     per candidate its kernels and its slowest layers. Times are the runtime's own sums
     of per-layer time per run; they leave out what happens between layers, so a
     total is below the wall-clock latency ``bench`` measures."""
+    by_type = [p.by_op_type() for p in profiles]
     types: dict[str, float] = {}
-    for p in profiles:
-        for op, (_, ms) in p.by_op_type().items():
+    for each in by_type:
+        for op, (_, ms) in each.items():
             types[op] = max(types.get(op, 0.0), ms)
     rows = []
     for op in sorted(types, key=lambda o: (-types[o], o)):
         cells = []
-        for p in profiles:
-            n, ms = p.by_op_type().get(op, (0, 0.0))
+        for each in by_type:
+            n, ms = each.get(op, (0, 0.0))
             cells.append(f"{fmt_ms(ms)} ({n})" if n else "-")
         rows.append([op, *cells])
     rows.append(["total", *[fmt_ms(p.total_ms) for p in profiles]])
