@@ -94,13 +94,19 @@ class FloatNode:
 
 @dataclass(frozen=True)
 class PlanOptions:
-    """What the user asked of planning: the calibration method, and nodes to keep float."""
+    """What the user (or the plan search) asked of planning: the calibration method,
+    nodes to keep float, and nodes whose activation inputs are int8 symmetric whatever
+    the rules say (``"*"``: every node)."""
 
     method: MethodSpec = field(default_factory=MethodSpec)
     float_nodes: frozenset[str] = frozenset()
+    symmetric_inputs: frozenset[str] = frozenset()
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.method.to_json(), "float_nodes": sorted(self.float_nodes)}
+        out = {**self.method.to_json(), "float_nodes": sorted(self.float_nodes)}
+        if self.symmetric_inputs:
+            out["symmetric_inputs"] = sorted(self.symmetric_inputs)
+        return out
 
 
 @dataclass(frozen=True)

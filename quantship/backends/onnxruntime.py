@@ -56,7 +56,7 @@ from quantship.backends.op_rules import (
     input_side_ops,
 )
 from quantship.backends.planning import OpRule, Rules, make_plan
-from quantship.backends.variants import PlanVariant
+from quantship.backends.variants import ALL, PlanVariant
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError
 from quantship.exporter.load import FloatModel
@@ -330,22 +330,14 @@ class OnnxRuntimeBackend(BaseBackend):
         as QLinearSigmoid+QLinearMul or float, a quantized head's last requantization."""
         r = self.rules
         silu_float = {k: v for k, v in r.ops.items() if k not in ("Sigmoid", "Mul")}
-        new = type(self)
         return (
-            PlanVariant(
-                "s8s8",
-                "int8 symmetric activations (S8S8 kernels)",
-                new(replace(r, act_dtype="int8", symmetric=True)),
-            ),
-            PlanVariant(
-                "silu-float", "Sigmoid and Mul left float", new(replace(r, ops=silu_float))
-            ),
-            PlanVariant(
-                "outputs-float",
-                "graph outputs left float (no Q after the heads)",
-                new(replace(r, quantize_graph_outputs=False)),
-            ),
-        )
+            PlanVariant("s8s8", "int8 symmetric activations (S8S8 kernels)", self,
+                        symmetric_inputs=ALL),
+            PlanVariant("silu-float", "Sigmoid and Mul left float",
+                        type(self)(replace(r, ops=silu_float))),
+            PlanVariant("outputs-float", "graph outputs left float (no Q after the heads)",
+                        type(self)(replace(r, quantize_graph_outputs=False))),
+        )  # fmt: skip
 
     def plan(self, model: FloatModel, table: CalibrationTable, options: PlanOptions) -> QuantPlan:
         return make_plan(model, table, options, self.rules)

@@ -59,7 +59,7 @@ from quantship.backends.openvino_session import (
     precision_name,
 )
 from quantship.backends.planning import OpRule, Rules, make_plan
-from quantship.backends.variants import PlanVariant
+from quantship.backends.variants import ALL, PlanVariant
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError
 from quantship.exporter.load import FloatModel
@@ -242,24 +242,17 @@ class OpenVINOBackend(BaseBackend):
         layer lands on depends on the activations' signedness, and whether SiLU stays a
         fused post-op depends on where its FakeQuantize sits."""
         r = self.rules
-        sym = replace(r, act_dtype="int8", symmetric=True)
         mul = OpRule("compute", act_inputs=(0, 1), check=binary_check)
-        silu = {**r.ops, "Mul": mul}
-        new = type(self)
+        silu = type(self)(replace(r, ops={**r.ops, "Mul": mul}))
         return (
-            PlanVariant("symmetric", "int8 symmetric activations (NNCF's default)", new(sym)),
-            PlanVariant("silu-int8", "SiLU's Mul in INT8 too", new(replace(r, ops=silu))),
-            PlanVariant(
-                "symmetric-silu-int8",
-                "int8 symmetric activations and SiLU's Mul in INT8",
-                new(replace(sym, ops=silu)),
-            ),
-            PlanVariant(
-                "concat-requantized",
-                "quantization not moved above Concat",
-                new(replace(r, hoist=r.hoist - {"Concat"})),
-            ),
-        )
+            PlanVariant("symmetric", "int8 symmetric activations (NNCF's default)", self,
+                        symmetric_inputs=ALL),
+            PlanVariant("silu-int8", "SiLU's Mul in INT8 too", silu),
+            PlanVariant("symmetric-silu-int8", "int8 symmetric activations and SiLU's Mul in "
+                        "INT8", silu, symmetric_inputs=ALL),
+            PlanVariant("concat-requantized", "quantization not moved above Concat",
+                        type(self)(replace(r, hoist=r.hoist - {"Concat"}))),
+        )  # fmt: skip
 
     def plan(self, model: FloatModel, table: CalibrationTable, options: PlanOptions) -> QuantPlan:
         return make_plan(model, table, options, self.rules)

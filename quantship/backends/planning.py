@@ -271,19 +271,23 @@ def make_plan(
                 through[t].add(Use(u.node, u.slot))
 
     params: dict[str, QuantParams] = {}
+    sym = options.symmetric_inputs  # int8 symmetric for what these nodes read
+    sym_roots = {tie.get(t, t) for t, uses in through.items()
+                 if "*" in sym or any(view.node_name(u.node) in sym for u in uses)}  # fmt: skip
 
     def params_of(t: str) -> QuantParams:
         root = tie.get(t, t)
         if root in fixed:
             return fixed[root]
         if root not in params:
-            dtype: QDType
-            if rules.act_dtype == "auto":
-                dtype = "uint8" if table[root].min >= 0 else "int8"
-            else:
+            dtype: QDType = "int8" if root in sym_roots else "uint8"
+            if root not in sym_roots and rules.act_dtype != "auto":
                 dtype = rules.act_dtype
+            elif root not in sym_roots:
+                dtype = "uint8" if table[root].min >= 0 else "int8"
+            symmetric = rules.symmetric or root in sym_roots
             params[root] = activation_params(
-                table[root], options.method, dtype=dtype, symmetric=rules.symmetric
+                table[root], options.method, dtype=dtype, symmetric=symmetric
             )
         return params[root]
 

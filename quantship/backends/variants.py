@@ -5,22 +5,33 @@ the fastest within the fidelity budget; ``--plan NAME`` picks one by name."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from quantship.backends.base import Backend
+    from quantship.backends.base import Backend, PlanOptions
 
 RULES = "rules"  # the shipped rule table, always the first variant
+ALL = frozenset({"*"})  # every node (``PlanOptions.symmetric_inputs``)
 
 
 @dataclass(frozen=True)
 class PlanVariant:
     """``name`` (short, for ``--plan``), ``what`` it changes (one line), the backend
-    instance that plans it, and nodes it keeps float besides the user's (a variant the
-    search derives from a measured profile)."""
+    instance that plans it, and what it adds to the user's plan options: nodes kept
+    float, nodes whose activation inputs are int8 symmetric (``ALL``: every node). A
+    variant expressed through the options, on the rule table's own backend, can be
+    applied region by region (the search's profile-guided plan does)."""
 
     name: str
     what: str
     backend: Backend
     float_nodes: frozenset[str] = frozenset()
+    symmetric_inputs: frozenset[str] = frozenset()
+
+    def options(self, base: PlanOptions) -> PlanOptions:
+        return replace(
+            base,
+            float_nodes=base.float_nodes | self.float_nodes,
+            symmetric_inputs=base.symmetric_inputs | self.symmetric_inputs,
+        )

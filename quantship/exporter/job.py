@@ -294,13 +294,13 @@ def build(
     for backend in chosen:
         choice = plan_choice(opts, loaded, table, options, backend, float_art, stage, ui)
         b = choice.variant.backend
-        planned = PlanOptions(options.method, options.float_nodes | choice.variant.float_nodes)
+        planned = choice.variant.options(options)
         b_options, guarded = planned, None
         if opts.max_drop is not None:
             evaluator = Evaluator(fm, table, b, guard_feeds, metric_fn, labels, opts.threads)
             res = guard(evaluator, planned, opts.max_drop, ui)
-            b_options = PlanOptions(
-                options.method, planned.float_nodes | frozenset(res.float_nodes)
+            b_options = dataclasses.replace(
+                planned, float_nodes=planned.float_nodes | frozenset(res.float_nodes)
             )
             guarded = res.to_json()
             ui.note(

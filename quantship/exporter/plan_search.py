@@ -9,11 +9,12 @@ the rule plan by more than the timing noise (``MARGIN``) to replace it. The cost
 bounded and said before it starts: one build and one fidelity pass per variant, and
 ``SECONDS_PER_CANDIDATE`` of interleaved timing each.
 
-Where the backend has a per-layer profiler, the search adds one plan of its own: the
-rule plan with the weighted layers (convolutions, matrix products) kept float whose
-INT8 layer the runtime's profile shows no faster than the same layer in the default
-float model (``profile-guided``) — region by region, where the kernel the plan lands a
-layer on does not pay. It is measured like every other variant.
+Where the backend has a per-layer profiler, the search adds one plan of its own,
+decided region by region (``profile-guided``): from the runtime's per-layer profiles
+of the rule plan, of the symmetric-activation variant and of the default float model,
+each weighted layer (convolution, matrix product) keeps the rule plan, takes int8
+symmetric inputs where that lands it on a faster kernel, or stays float where INT8 is
+no faster. It is measured like every other variant.
 
 The decision is cached under the model's hash, the calibration table, the options,
 the runtime's version and the CPU (``QUANTSHIP_CACHE_DIR``, default
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from quantship.backends.base import Artifact, Backend, LayerTime, PlanOptions, SessionSettings
-from quantship.backends.variants import RULES, PlanVariant
+from quantship.backends.variants import ALL, RULES, PlanVariant
 from quantship.bench.run import Candidate, bench_candidates, float_candidates, make_feeds
 from quantship.bench.timing import BenchSettings, p50_by_key
 from quantship.calibration.table import CalibrationTable
@@ -111,9 +112,12 @@ def search(
     by_name = {v.name: v for v in variants}
     if cached is not None:
         name = cached.get("chosen")
-        if name == GUIDED and isinstance(cached.get("float_nodes"), list):
-            nodes = frozenset(str(n) for n in cached["float_nodes"])
-            by_name[GUIDED] = PlanVariant(GUIDED, _guided_what(nodes), backend, nodes)
+        if name == GUIDED and isinstance(cached.get("regions"), dict):
+            by_name[GUIDED] = _guided(
+                backend,
+                frozenset(map(str, cached["regions"].get("float_nodes", []))),
+                frozenset(map(str, cached["regions"].get("symmetric_inputs", []))),
+            )
         if name in by_name:
             ui.note(f"{backend.name}: plan {name!r} from the plan cache (measured earlier)")
             return Choice(by_name[name], {**cached, "cached": True})
@@ -137,8 +141,7 @@ def search(
     same: dict[str, str] = {}  # a plan -> the earlier plan whose artifact it repeats
 
     def add(i: int, v: PlanVariant) -> Candidate:
-        opts = PlanOptions(options.method, options.float_nodes | v.float_nodes)
-        art, _ = build_artifact(v.backend, fm, table, opts, work / str(i), SILENT)
+        art, _ = build_artifact(v.backend, fm, table, v.options(options), work / str(i), SILENT)
         digest = "".join(sha256_file(art.root / f) for f in art.files)
         label = f"{v.backend.describe(art, SessionSettings())} [{v.name}]"
         cand = Candidate(label, v.backend, art, variant=v.name)
@@ -150,14 +153,14 @@ def search(
         return cand
 
     try:
-        rules = add(0, variants[0])
+        for i, v in enumerate(list(variants)):
+            add(i, v)
         if guided:
             feeds = make_feeds(fm.inputs, 1, sample, examples=fm.example_shapes)
-            slow = slow_int8_layers(fm, rules, floats[0], feeds, threads)
-            if slow:
-                variants.append(PlanVariant(GUIDED, _guided_what(slow), backend, slow))
-        for i, v in enumerate(variants[1:], start=1):
-            add(i, v)
+            regional = regional_plan(fm, backend, variants, cands, floats[0], feeds, threads)
+            if regional is not None:
+                variants.append(regional)
+                add(len(variants) - 1, regional)
         fidelity, _ = measure_fidelity(fm, float_art, cands, held, threads, ui)
         seconds = SECONDS_PER_CANDIDATE * (len(cands) + len(floats))
         settings = BenchSettings(warmup=3, duration=seconds, threads=threads)
@@ -190,7 +193,10 @@ def search(
     }
     guided_variant = next((v for v in variants if v.name == GUIDED), None)
     if guided_variant is not None:
-        record["float_nodes"] = sorted(guided_variant.float_nodes)
+        record["regions"] = {
+            "float_nodes": sorted(guided_variant.float_nodes),
+            "symmetric_inputs": sorted(guided_variant.symmetric_inputs),
+        }
     _cache_write(key, record)
     for r in rows:
         ui.note(
@@ -205,26 +211,54 @@ def search(
     return Choice(next(v for v in variants if v.name == chosen), record)
 
 
-def slow_int8_layers(
-    fm: FloatModel, rules: Candidate, float_default: Candidate, feeds: Feed, threads: int | None
-) -> frozenset[str]:
-    """Weighted layers (convolutions, matrix products) that the runtime's own profile
-    shows no faster in the rule plan's INT8 than in its default float: the region the
-    guided plan keeps float. A runtime layer counts for a node when the layer is the
-    node or the runtime says it fused the node into it, and holds no other such node."""
+def regional_plan(
+    fm: FloatModel,
+    backend: Backend,
+    variants: list[PlanVariant],
+    built: list[Candidate],
+    float_default: Candidate,
+    feeds: Feed,
+    threads: int | None,
+) -> PlanVariant | None:
+    """The rule plan decided layer by layer from the runtime's own per-layer profiles:
+    a weighted layer (convolution, matrix product) stays float where the default float
+    model's layer is no slower than the rule plan's INT8 one, and takes int8 symmetric
+    inputs where the symmetric variant's layer is faster by more than ``MARGIN`` (the
+    kernel it lands on differs). None when every layer keeps the rule plan."""
     compute = {n.name for n in fm.proto.graph.node if n.op_type in WEIGHTED and n.name}
-    profiles = []
-    for c in (rules, float_default):
+    by_name = {c.variant: c for c in built}
+
+    def times(c: Candidate) -> dict[str, float]:
         with c.backend.session(c.artifact, c.settings(threads)) as s:
-            profiles.append(s.profile(feeds, PROFILE_RUNS))
-    return slow_nodes(profiles[0], profiles[1], compute)
+            return _node_ms(s.profile(feeds, PROFILE_RUNS), compute)
+
+    rules, flt = times(by_name[RULES]), times(float_default)
+    sym = next(
+        (v for v in variants if v.backend is backend and v.symmetric_inputs == ALL
+         and not v.float_nodes and v.name in by_name),
+        None,
+    )  # fmt: skip
+    sym_t = times(by_name[sym.name]) if sym is not None else {}
+    float_nodes, symmetric = regions(rules, flt, sym_t)
+    if not float_nodes and not symmetric:
+        return None
+    return _guided(backend, float_nodes, symmetric)
 
 
-def slow_nodes(
-    int8_layers: list[LayerTime], float_layers: list[LayerTime], compute: set[str]
-) -> frozenset[str]:
-    int8, flt = _node_ms(int8_layers, compute), _node_ms(float_layers, compute)
-    return frozenset(n for n in int8 if n in flt and int8[n] >= flt[n])
+def regions(
+    rules: dict[str, float], flt: dict[str, float], sym: dict[str, float]
+) -> tuple[frozenset[str], frozenset[str]]:
+    """Per weighted node, from its layer's time in each: (kept float, symmetric inputs)."""
+    float_nodes, symmetric = set(), set()
+    for n, t in rules.items():
+        best, choice = t, RULES
+        if n in sym and sym[n] < (1 - MARGIN) * t:
+            best, choice = sym[n], "symmetric"
+        if n in flt and flt[n] <= best:
+            float_nodes.add(n)
+        elif choice == "symmetric":
+            symmetric.add(n)
+    return frozenset(float_nodes), frozenset(symmetric)
 
 
 def _node_ms(layers: list[LayerTime], compute: set[str]) -> dict[str, float]:
@@ -237,8 +271,14 @@ def _node_ms(layers: list[LayerTime], compute: set[str]) -> dict[str, float]:
     return out
 
 
-def _guided_what(nodes: frozenset[str]) -> str:
-    return f"rule plan with {len(nodes)} weighted layer(s) float, where its profile showed INT8 no faster"
+def _guided(
+    backend: Backend, float_nodes: frozenset[str], symmetric: frozenset[str]
+) -> PlanVariant:
+    what = (
+        f"rule plan, per layer from the profiles: {len(float_nodes)} weighted layer(s) float "
+        f"(INT8 no faster), {len(symmetric)} with int8 symmetric inputs (a faster kernel)"
+    )
+    return PlanVariant(GUIDED, what, backend, float_nodes, symmetric)
 
 
 def _choose(rows: list[dict[str, Any]], min_cosine: float | None) -> str:

@@ -38,11 +38,13 @@ def test_the_choice_holds_the_budget_and_needs_a_real_margin() -> None:
     )
 
 
-def test_profile_guided_keeps_float_the_layers_int8_does_not_speed_up() -> None:
+def test_profile_guided_decides_each_layer_from_the_profiles() -> None:
     """Layers map to ONNX nodes by name or by what the runtime fused into them; a layer
-    holding two weighted nodes is not attributed to either."""
+    holding two weighted nodes is not attributed to either. A layer stays float where
+    INT8 is no faster, takes symmetric inputs where that kernel is faster by more than
+    the margin, and otherwise keeps the rule plan."""
     from quantship.backends.base import LayerTime
-    from quantship.exporter.plan_search import _node_ms, slow_nodes
+    from quantship.exporter.plan_search import _node_ms, regions
 
     compute = {"conv1", "conv2", "conv3", "fc"}
     int8 = [
@@ -58,7 +60,13 @@ def test_profile_guided_keeps_float_the_layers_int8_does_not_speed_up() -> None:
     ]
     q, f = _node_ms(int8, compute), _node_ms(flt, compute)
     assert q == {"conv1": 0.5, "conv2": 0.9} and f == {"conv1": 1.0, "conv2": 0.6, "conv3": 0.05}
-    assert slow_nodes(int8, flt, compute) == {"conv2"}
+    none: frozenset[str] = frozenset()
+    assert regions(q, f, {}) == (frozenset({"conv2"}), none)
+    # symmetric: conv1 much faster (taken); conv2 faster too, but its float layer faster still
+    sym = {"conv1": 0.3, "conv2": 0.65}
+    assert regions(q, f, sym) == (frozenset({"conv2"}), frozenset({"conv1"}))
+    # within the margin the rule plan stays
+    assert regions(q, f, {"conv1": 0.495}) == (frozenset({"conv2"}), none)
 
 
 @pytest.fixture
@@ -84,7 +92,7 @@ def test_search_measures_every_plan_then_reuses_the_decision(
         got = [r["plan"] for r in rec["plans"]]
         # and the profile-guided plan, where the profile showed an INT8 layer no faster
         assert got in (names, [*names, "profile-guided"])
-        assert ("float_nodes" in rec) == ("profile-guided" in got)
+        assert ("regions" in rec) == ("profile-guided" in got)
         timed = [r for r in rec["plans"] if "same_as" not in r]
         assert timed[0]["plan"] == "rules" and all(
             r["p50_ms"] > 0 and r["cosine"] > 0.99 for r in timed
@@ -125,3 +133,38 @@ def test_a_plan_by_name(tmp_path: Path, inputs: tuple[Path, Path]) -> None:
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "--plan 'symetric' is not a plan of onnxruntime" in p.stderr and "s8s8" in p.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_symmetric_inputs_per_node_and_for_all(tmp_path: Path) -> None:
+    """``symmetric_inputs`` makes what the named nodes read int8 symmetric (zero point 0)
+    and leaves the rest to the rules; ``*`` gives the same plan as rules that say
+    symmetric int8 for every activation."""
+    from dataclasses import replace
+
+    from quantship.backends.base import PlanOptions
+    from quantship.backends.onnxruntime import OnnxRuntimeBackend
+    from quantship.calibration.runner import calibrate
+    from quantship.calibration.sources import open_data
+    from quantship.exporter.load import load_model
+
+    model = save(tiny_cnn(), tmp_path / "cnn.onnx")
+    np.savez(tmp_path / "calib.npz", images=images(16))
+    fm = load_model(model)
+    table = calibrate(fm, open_data(tmp_path / "calib.npz", fm.inputs), samples=16)
+    ort = OnnxRuntimeBackend()
+    conv2_input = next(n.input[0] for n in fm.proto.graph.node if n.name == "conv2")
+
+    def dtypes(opts: PlanOptions, backend: OnnxRuntimeBackend = ort) -> dict[str, str]:
+        plan = backend.plan(fm, table, opts)
+        return {a.tensor: a.params.dtype for a in plan.activations}
+
+    base = dtypes(PlanOptions())
+    one = dtypes(PlanOptions(symmetric_inputs=frozenset({"conv2"})))
+    assert set(base.values()) == {"uint8"} and one[conv2_input] == "int8"
+    # what other nodes read keeps the rules' uint8 (conv2's input shares its params with
+    # the tensor MaxPool moves it from, so that one goes along)
+    conv3_input = next(n.input[0] for n in fm.proto.graph.node if n.name == "conv3")
+    assert one["images"] == one[conv3_input] == "uint8"
+    sym_rules = OnnxRuntimeBackend(replace(ort.rules, act_dtype="int8", symmetric=True))
+    star = ort.plan(fm, table, PlanOptions(symmetric_inputs=frozenset({"*"})))
+    assert star == sym_rules.plan(fm, table, PlanOptions())
