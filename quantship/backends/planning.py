@@ -280,12 +280,14 @@ def make_plan(
         if root in fixed:
             return fixed[root]
         if root not in params:
-            dtype: QDType = "int8" if root in sym_roots else "uint8"
-            if root not in sym_roots and rules.act_dtype != "auto":
-                dtype = rules.act_dtype
-            elif root not in sym_roots:
+            dtype: QDType
+            symmetric = rules.symmetric
+            if root in sym_roots:
+                dtype, symmetric = "int8", True
+            elif rules.act_dtype == "auto":
                 dtype = "uint8" if table[root].min >= 0 else "int8"
-            symmetric = rules.symmetric or root in sym_roots
+            else:
+                dtype = rules.act_dtype
             params[root] = activation_params(
                 table[root], options.method, dtype=dtype, symmetric=symmetric
             )
