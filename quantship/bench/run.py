@@ -119,8 +119,8 @@ def make_feeds(
         fixed = spec.shape[0] if spec.shape else None
         if fixed is not None and fixed != batch:
             raise QuantshipError(
-                f"model input {spec.name!r} has a fixed batch of {fixed}; batch {batch} needs a "
-                "model exported with a dynamic batch axis"
+                f"model input {spec.name!r} has a fixed batch of {fixed}; time it at that batch "
+                f"(--batch {fixed}), or export the model with a dynamic batch axis for batch {batch}"
             )
         if sample is not None and spec.name in sample:
             ex: Sequence[int] | None = sample[spec.name].shape

@@ -18,6 +18,7 @@ from quantship.bench.run import (
 )
 from quantship.bench.timing import BenchSettings, LatencyStats, p50_by_key
 from quantship.bench.verdict import Budget, Option, decide
+from quantship.exporter.load import FloatModel
 from quantship.exporter.report import Measured
 from quantship.ui import SILENT, UI
 
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
     from quantship.exporter.job import ExportOptions, Loaded
 
 EXPORT_BENCH = BenchSettings(warmup=5, duration=3.0, min_iterations=10)
+
+
+def export_bench(fm: FloatModel, threads: int | None) -> BenchSettings:
+    """The export's timing: batch 1, or the model's fixed batch where it has one."""
+    return dataclasses.replace(EXPORT_BENCH, threads=threads, batches=(fm.fixed_batch or 1,))
 
 
 def measure(
@@ -53,18 +59,19 @@ def measure(
     )  # fmt: skip
     arts = [float_layers(c, fidelity, budget, loaded, float_art, opts.threads, ui) for c in arts]
     latency: list[LatencyStats] = []
+    settings = export_bench(loaded.fm, opts.threads)
     if opts.bench:
         extra = [no_guard(c, unguarded[c.backend.name], opts.threads)
                  for c in arts if c.backend.name in unguarded]  # fmt: skip
         latency = bench_candidates(
             [*floats, *arts, *extra],
             loaded.fm.inputs,
-            dataclasses.replace(EXPORT_BENCH, threads=opts.threads),
+            settings,
             sample=loaded.check_feeds[0] if loaded.check_feeds else None,
             examples=loaded.fm.example_shapes,
             ui=ui,
         )
-    p50 = p50_by_key(latency, EXPORT_BENCH.batches[0])
+    p50 = p50_by_key(latency, settings.batches[0])
     verdict = decide(
         [
             Option(c.key, c.label, c.is_float, p50.get(c.key),
@@ -130,7 +137,7 @@ def no_guard(c: Candidate, plain: Artifact, threads: int | None) -> Candidate:
 
 def add_guard_cost(g: dict[str, Any], c: Candidate, latency: Sequence[LatencyStats]) -> None:
     """The accuracy guard's latency cost: the guarded artifact against the all-INT8 one."""
-    p50 = p50_by_key(latency, EXPORT_BENCH.batches[0])
+    p50 = p50_by_key(latency, latency[0].batch if latency else 1)
     guarded, plain = p50.get(c.key), p50.get(f"{c.key}:no-guard")
     if guarded is not None and plain is not None:
         g["p50_ms_guarded"] = guarded

@@ -156,21 +156,22 @@ def search(
         for i, v in enumerate(list(variants)):
             add(i, v)
         if guided:
-            feeds = make_feeds(fm.inputs, 1, sample, examples=fm.example_shapes)
+            feeds = make_feeds(fm.inputs, fm.fixed_batch or 1, sample, examples=fm.example_shapes)
             regional = regional_plan(fm, backend, variants, cands, floats[0], feeds, threads)
             if regional is not None:
                 variants.append(regional)
                 add(len(variants) - 1, regional)
         fidelity, _ = measure_fidelity(fm, float_art, cands, held, threads, ui)
         seconds = SECONDS_PER_CANDIDATE * (len(cands) + len(floats))
-        settings = BenchSettings(warmup=3, duration=seconds, threads=threads)
+        batch = fm.fixed_batch or 1
+        settings = BenchSettings(warmup=3, duration=seconds, threads=threads, batches=(batch,))
         stats = bench_candidates(
             [*floats, *cands], fm.inputs, settings, sample=sample,
             examples=fm.example_shapes, ui=ui,
         )  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    p50 = p50_by_key(stats, 1)
+    p50 = p50_by_key(stats, batch)
     rows: list[dict[str, Any]] = []
     by_plan = {c.variant: c for c in cands}
     for v in variants:
