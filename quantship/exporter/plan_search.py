@@ -27,11 +27,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import onnx
 
 from quantship.backends.base import Artifact, Backend, LayerTime, PlanOptions, SessionSettings
 from quantship.backends.variants import ALL, RULES, PlanVariant
@@ -226,12 +229,12 @@ def regional_plan(
     model's layer is no slower than the rule plan's INT8 one, and takes int8 symmetric
     inputs where the symmetric variant's layer is faster by more than ``MARGIN`` (the
     kernel it lands on differs). None when every layer keeps the rule plan."""
-    compute = {n.name for n in fm.proto.graph.node if n.op_type in WEIGHTED and n.name}
+    names = weighted_names(fm.proto)
     by_name = {c.variant: c for c in built}
 
     def times(c: Candidate) -> dict[str, float]:
         with c.backend.session(c.artifact, c.settings(threads)) as s:
-            return _node_ms(s.profile(feeds, PROFILE_RUNS), compute)
+            return _node_ms(s.profile(feeds, PROFILE_RUNS), names)
 
     rules, flt = times(by_name[RULES]), times(float_default)
     sym = next(
@@ -262,10 +265,39 @@ def regions(
     return frozenset(float_nodes), frozenset(symmetric)
 
 
-def _node_ms(layers: list[LayerTime], compute: set[str]) -> dict[str, float]:
+# Activations a runtime fuses into the weighted layer before them: a fused layer may
+# be named after the activation's output tensor.
+_FUSED_ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid",
+                      "HardSwish", "Elu", "Selu", "Mul"}  # fmt: skip
+# Suffixes ONNX Runtime's graph transformations add to node names.
+_RUNTIME_SUFFIX = re.compile(r"(_token_\d+|_nchwc|_nhwc)+$")
+
+
+def weighted_names(model: onnx.ModelProto) -> dict[str, str]:
+    """Every name a runtime may give a weighted node's layer → that node: the node's
+    name, its output tensor, and the output of an activation fused after it."""
+    out: dict[str, str] = {}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for n in model.graph.node:
+        if n.op_type in WEIGHTED and n.name:
+            out[n.name] = n.name
+            out.setdefault(n.output[0], n.name)
+    for n in model.graph.node:
+        if n.op_type in _FUSED_ACTIVATIONS and n.input and n.output:
+            before = producer.get(n.input[0])
+            if before is not None and before.op_type in WEIGHTED and before.name:
+                out.setdefault(n.output[0], before.name)
+    return out
+
+
+def _node_ms(layers: list[LayerTime], names: dict[str, str]) -> dict[str, float]:
+    """Per weighted node, the time of the runtime layers that are it: a layer counts for
+    a node when its name (less the runtime's suffixes) or a name the runtime says it
+    fused in is one of the node's names, and it holds no other weighted node."""
     out: dict[str, float] = {}
     for layer in layers:
-        hit = ({layer.name, *layer.fused}) & compute
+        candidates = {layer.name, _RUNTIME_SUFFIX.sub("", layer.name), *layer.fused}
+        hit = {names[c] for c in candidates if c in names}
         if len(hit) == 1:
             (node,) = hit
             out[node] = out.get(node, 0.0) + layer.ms

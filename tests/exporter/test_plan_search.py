@@ -38,28 +38,31 @@ def test_the_choice_holds_the_budget_and_needs_a_real_margin() -> None:
     )
 
 
-def test_profile_guided_decides_each_layer_from_the_profiles() -> None:
-    """Layers map to ONNX nodes by name or by what the runtime fused into them; a layer
-    holding two weighted nodes is not attributed to either. A layer stays float where
-    INT8 is no faster, takes symmetric inputs where that kernel is faster by more than
-    the margin, and otherwise keeps the rule plan."""
+def test_profile_guided_decides_each_layer_from_the_profiles(tmp_path: Path) -> None:
+    """Layers map to ONNX nodes by name, by a name the runtime fused in, or by a tensor
+    the node (or an activation fused after it) writes; a layer holding two weighted
+    nodes is not attributed to either. A layer stays float where INT8 is no faster,
+    takes symmetric inputs where that kernel is faster by more than the margin, and
+    otherwise keeps the rule plan."""
     from quantship.backends.base import LayerTime
-    from quantship.exporter.plan_search import _node_ms, regions
+    from quantship.exporter.load import load_model
+    from quantship.exporter.plan_search import _node_ms, regions, weighted_names
 
-    compute = {"conv1", "conv2", "conv3", "fc"}
+    names = weighted_names(load_model(save(tiny_cnn(), tmp_path / "m.onnx")).proto)
+    assert names["conv1"] == names["r1"] == "conv1" and names["logits"] == "fc"
     int8 = [
-        LayerTime("conv1/WithoutBiases", "Convolution", "brgconv_I8", "u8", 0.5, ("conv1", "r1")),
+        LayerTime("conv1_token_1", "QLinearConv", "QLinearConv (CPU)", "int8", 0.5),
         LayerTime("conv2/WithoutBiases", "Convolution", "brgconv_I8", "u8", 0.9, ("conv2",)),
         LayerTime("both", "Convolution", "k", "u8", 0.1, ("conv3", "fc")),
-        LayerTime("conv1.q", "Subgraph", "jit", "f32", 0.2),
+        LayerTime("images.q", "Subgraph", "jit", "f32", 0.2),
     ]
     flt = [
-        LayerTime("conv1/WithoutBiases", "Convolution", "brgconv_bf16", "bf16", 1.0, ("conv1",)),
+        LayerTime("r1_nchwc", "Conv", "Conv (CPU)", "float", 1.0),
         LayerTime("conv2", "Convolution", "brgconv_bf16", "bf16", 0.6),
-        LayerTime("conv3", "Convolution", "brgconv_bf16", "bf16", 0.05),
+        LayerTime("logits", "FullyConnected", "gemm", "bf16", 0.05),
     ]
-    q, f = _node_ms(int8, compute), _node_ms(flt, compute)
-    assert q == {"conv1": 0.5, "conv2": 0.9} and f == {"conv1": 1.0, "conv2": 0.6, "conv3": 0.05}
+    q, f = _node_ms(int8, names), _node_ms(flt, names)
+    assert q == {"conv1": 0.5, "conv2": 0.9} and f == {"conv1": 1.0, "conv2": 0.6, "fc": 0.05}
     none: frozenset[str] = frozenset()
     assert regions(q, f, {}) == (frozenset({"conv2"}), none)
     # symmetric: conv1 much faster (taken); conv2 faster too, but its float layer faster still
@@ -67,6 +70,30 @@ def test_profile_guided_decides_each_layer_from_the_profiles() -> None:
     assert regions(q, f, sym) == (frozenset({"conv2"}), frozenset({"conv1"}))
     # within the margin the rule plan stays
     assert regions(q, f, {"conv1": 0.495}) == (frozenset({"conv2"}), none)
+
+
+def test_real_profiles_attribute_every_weighted_layer(tmp_path: Path) -> None:
+    """In each runtime's own profile, float and INT8, every Conv and Gemm of the model
+    gets a time: the search can decide every layer."""
+    from quantship.backends.base import Artifact, SessionSettings
+    from quantship.exporter.manifest import artifacts_in
+    from quantship.exporter.plan_search import _node_ms, weighted_names
+
+    model = save(tiny_cnn(), tmp_path / "cnn.onnx")
+    np.savez(tmp_path / "calib.npz", images=images(32))
+    backends = [b for b in ("onnxruntime", "openvino") if registry.get(b).available() is None]
+    res = api.export(model, tmp_path / "calib.npz", tmp_path / "o", backends=",".join(backends),
+                     samples=24, bench=False)  # fmt: skip
+    names = weighted_names(onnx.load(str(tmp_path / "o/float/model.onnx")))
+    weighted = set(names.values())
+    float_art = Artifact("", "onnx", tmp_path / "o", ("float/model.onnx",), "float")
+    feeds = {"images": images(1)}
+    for art in artifacts_in(tmp_path / "o", res.manifest):
+        b = registry.get(art.backend)
+        for a, prec in ((art, None), (float_art, b.capabilities().default_precision)):
+            with b.session(a, SessionSettings(threads=1, precision=prec)) as s:
+                got = _node_ms(s.profile(feeds, 2), names)
+            assert set(got) == weighted, (art.backend, prec, sorted(weighted - set(got)))
 
 
 @pytest.fixture
