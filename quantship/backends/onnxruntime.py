@@ -216,11 +216,17 @@ def _node_times(events: list[dict[str, Any]], runs: int) -> list[LayerTime]:
                 name=node,
                 op_type=op,
                 kernel=f"{op} ({str(a.get('provider', '')).replace('ExecutionProvider', '')})",
-                precision="int8" if op in _INTEGER_OPS else _output_type(a),
+                precision="int8" if op in _INTEGER_OPS else _data_type(_output_type(a)),
                 ms=sum(kept) / len(kept),
             )
         )
     return out
+
+
+def _data_type(t: str) -> str:
+    """A non-integer kernel's output type; 8-bit data it only moves (Transpose, MaxPool,
+    QuantizeLinear's output) is named as data, so it does not count as integer compute."""
+    return f"{t} data" if t in ("int8", "uint8") else t
 
 
 def _output_type(args: Mapping[str, Any]) -> str:
@@ -241,24 +247,26 @@ class OrtSession(BaseSession):
         settings: SessionSettings,
         weights_dir: Path | None = None,
     ) -> None:
-        ort = _ort()
-        so = session_options(settings)
+        self.name = source.name if isinstance(source, Path) else "the QDQ model"
+        # What profile() reloads: the path, or the caller's proto (not its serialized
+        # bytes, which would double a large model in memory for the session's life).
+        self._load = (source, settings, weights_dir)
+        self._s: Any = self._open(session_options(settings))
+        self.output_names = [o.name for o in self._s.get_outputs()]
+
+    def _open(self, so: Any) -> Any:
+        source, _, weights_dir = self._load
         if weights_dir is not None:
             so.add_session_config_entry(
                 "session.model_external_initializers_file_folder_path", str(weights_dir)
             )
-        self.name = source.name if isinstance(source, Path) else "the QDQ model"
-        src: str | bytes = str(source) if isinstance(source, Path) else source.SerializeToString()
-        # What profile() reloads: the path, or the caller's proto (not its serialized
-        # bytes, which would double a large model in memory for the session's life).
-        self._load = (source, settings, weights_dir)
+        src = str(source) if isinstance(source, Path) else source.SerializeToString()
         try:
-            self._s: Any = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+            return _ort().InferenceSession(src, so, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise BackendError(
                 f"ONNX Runtime cannot load {self.name}: {str(e).splitlines()[0]}"
             ) from None
-        self.output_names = [o.name for o in self._s.get_outputs()]
 
     def run(self, feeds: Feed) -> list[npt.NDArray[Any]]:
         if self._s is None:
@@ -279,25 +287,23 @@ class OrtSession(BaseSession):
     def profile(self, feeds: Feed, runs: int) -> list[LayerTime]:
         """ONNX Runtime's own profiler over ``runs`` runs, from a second session on the
         same model with the same options and profiling on: each node's kernel (the op
-        the optimized graph runs it as: ``QLinearConv``, ``FusedConv``, ``NchwcConv``…,
+        the optimized graph runs it as: ``QLinearConv``, ``QGemm``, ``Conv`` (its NCHWc and
+        fused forms included)…,
         and the provider), its precision (integer for quantized kernels, else the
         output's element type) and its mean time."""
-        ort = _ort()
-        source, settings, weights_dir = self._load
-        src = str(source) if isinstance(source, Path) else source.SerializeToString()
         with tempfile.TemporaryDirectory() as tmp:
-            so = session_options(settings)
-            if weights_dir is not None:
-                so.add_session_config_entry(
-                    "session.model_external_initializers_file_folder_path", str(weights_dir)
-                )
+            so = session_options(self._load[1])
             so.enable_profiling = True
             so.profile_file_prefix = str(Path(tmp) / "profile")
-            s = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
-            s.run(self.output_names, feeds)  # warm-up, left out below
+            s = self._open(so)
             runs = max(runs, 1)
-            for _ in range(runs):
-                s.run(self.output_names, feeds)
+            try:
+                for _ in range(runs + 1):  # the first is a warm-up, left out below
+                    s.run(self.output_names, feeds)
+            except Exception as e:
+                raise BackendError(
+                    f"ONNX Runtime failed to profile {self.name}: {str(e).splitlines()[0]}"
+                ) from None
             events = json.loads(Path(s.end_profiling()).read_text())
         return _node_times(events, runs)
 

@@ -162,11 +162,17 @@ class OVSession(BaseSession):
             compiled = prof.compiled_for(feeds)
             key = tuple(sorted((k, v.shape) for k, v in feeds.items()))
             req = prof._requests[key]
-            req.infer(feeds)  # warm-up: first-run allocations are not the model's cost
             total: dict[str, float] = {}
             info: dict[str, Any] = {}
-            for _ in range(max(runs, 1)):
-                req.infer(feeds)
+            for k in range(max(runs, 1) + 1):  # the first is a warm-up, left out
+                try:
+                    req.infer(feeds)
+                except Exception as e:
+                    raise BackendError(
+                        f"OpenVINO failed to profile '{self.path.name}': {str(e).splitlines()[0]}"
+                    ) from None
+                if k == 0:
+                    continue
                 for p in req.get_profiling_info():
                     if str(p.status).endswith("EXECUTED"):
                         total[p.node_name] = (

@@ -10,6 +10,7 @@ NVIDIA GPU are, and is not exercised on machines without them.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from quantship.backends.base import LayerTime
@@ -63,6 +64,24 @@ def _inspect(session: Any) -> dict[str, tuple[str, str, str]]:
         out[str(layer.get("Name", ""))] = (
             str(layer.get("LayerType", "")),
             str(layer.get("TacticName", layer.get("TacticValue", ""))),
-            fmt.split()[0] if fmt else "",
+            data_type(fmt),
         )
     return out
+
+
+# The inspector names a tensor's type inside a format description, short ("Half",
+# "Int8 NC/32HW32") or long ("Row major linear FP32 format", "Channel major FP16 format
+# where channel % 8 == 0"), depending on whether an execution context is attached.
+_TYPES = [(re.compile(p, re.IGNORECASE), name) for p, name in (
+    (r"\bint8\b", "int8"), (r"\bint4\b", "int4"), (r"\bfp8\b", "fp8"),
+    (r"\b(fp16|half)\b", "fp16"), (r"\bbf16\b", "bf16"), (r"\b(fp32|float)\b", "fp32"),
+    (r"\bint32\b", "int32"), (r"\bint64\b", "int64"), (r"\bbool\b", "bool"),
+)]  # fmt: skip
+
+
+def data_type(fmt: str) -> str:
+    """The data type in an inspector's ``Format/Datatype`` text ("" if none is named)."""
+    for pattern, name in _TYPES:
+        if pattern.search(fmt):
+            return name
+    return ""

@@ -39,6 +39,7 @@ def bench(
     found = find_targets(target, backends, data=data, input_shapes=input_shapes, ui=ui)
     cands, inputs, examples, sample = found.candidates, found.inputs, found.examples, found.sample
     recorded, budget, title = found.recorded, found.budget, found.title
+    shapes = found.shapes(settings.batches[0])  # what the first batch size feeds
     stats = bench_candidates(cands, inputs, settings, sample=sample, examples=examples, ui=ui)
     p50 = p50_by_key(stats, settings.batches[0])
     verdict = decide(
@@ -71,7 +72,7 @@ def bench(
                 "target": str(target),
                 "machine": cpu_info(),
                 "settings": dict(settings.__dict__),
-                "input_shapes": found.shapes(),  # at batch 1; --batch scales the first axis
+                "input_shapes": shapes,  # at the first --batch; the others scale the first axis
                 "results": [s.to_json() for s in stats],
                 "keys": {c.label: c.key for c in cands},
                 "speedup_against": reference,

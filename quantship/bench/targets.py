@@ -32,8 +32,8 @@ class Targets:
     recorded: dict[str, float] = field(default_factory=dict)  # cosine to fp32 per key
     sample: Feed | None = None
 
-    def shapes(self) -> dict[str, list[int]]:
-        feeds = make_feeds(self.inputs, 1, self.sample, examples=self.examples)
+    def shapes(self, batch: int = 1) -> dict[str, list[int]]:
+        feeds = make_feeds(self.inputs, batch, self.sample, examples=self.examples)
         return {k: list(v.shape) for k, v in feeds.items()}
 
 

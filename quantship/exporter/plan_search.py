@@ -16,17 +16,14 @@ each weighted layer (convolution, matrix product) keeps the rule plan, takes int
 symmetric inputs where that lands it on a faster kernel, or stays float where INT8 is
 no faster. It is measured like every other variant.
 
-The decision is cached under the model's hash, the calibration table, the options,
-the runtime's version and the CPU (``QUANTSHIP_CACHE_DIR``, default
-``~/.cache/quantship``), so a second export on the same machine skips the measurement
-and builds only the chosen plan; ``--plan NAME`` picks a variant without measuring.
+The decision is cached (``exporter/plan_cache.py``), so a second export on the same
+machine skips the measurement and builds only the chosen plan; ``--plan NAME`` picks
+a variant without measuring.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
+import dataclasses
 import re
 import shutil
 import time
@@ -39,11 +36,13 @@ import onnx
 from quantship.backends.base import Artifact, Backend, LayerTime, PlanOptions, SessionSettings
 from quantship.backends.variants import ALL, RULES, PlanVariant
 from quantship.bench.run import Candidate, bench_candidates, float_candidates, make_feeds
-from quantship.bench.timing import BenchSettings, p50_by_key
+from quantship.bench.timing import p50_by_key
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import QuantshipError
 from quantship.exporter.load import FloatModel
+from quantship.exporter.measure import export_bench
 from quantship.exporter.output import sha256_file
+from quantship.exporter.plan_cache import cache_key, cache_read, cache_write, names_of
 from quantship.exporter.split import HeldOut
 from quantship.types import Feed
 from quantship.ui import SILENT, UI
@@ -110,17 +109,20 @@ def search(
             "--plan search measures fidelity on held-out samples: give more calibration "
             "samples than --samples, or --held-out data"
         )
-    key = _cache_key(backend, fm, table, options, variants, min_cosine, threads)
-    cached = _cache_read(key)
+    key = cache_key(backend, fm, table, options, variants, min_cosine, threads, held, sample,
+                    [MARGIN, SECONDS_PER_CANDIDATE, PROFILE_RUNS])  # fmt: skip
+    cached = cache_read(key)
     by_name = {v.name: v for v in variants}
-    if cached is not None:
-        name = cached.get("chosen")
-        if name == GUIDED and isinstance(cached.get("regions"), dict):
-            by_name[GUIDED] = _guided(
-                backend,
-                frozenset(map(str, cached["regions"].get("float_nodes", []))),
-                frozenset(map(str, cached["regions"].get("symmetric_inputs", []))),
+    if cached is not None and isinstance(cached.get("chosen"), str):
+        name = cached["chosen"]
+        regions_ = cached.get("regions")
+        if name == GUIDED and isinstance(regions_, dict):
+            nodes, sym = (
+                names_of(regions_.get("float_nodes")),
+                names_of(regions_.get("symmetric_inputs")),
             )
+            if nodes is not None and sym is not None:
+                by_name[GUIDED] = _guided(backend, nodes, sym)
         if name in by_name:
             ui.note(f"{backend.name}: plan {name!r} from the plan cache (measured earlier)")
             return Choice(by_name[name], {**cached, "cached": True})
@@ -143,8 +145,16 @@ def search(
     built: dict[str, str] = {}  # the artifact's files' digest -> the first plan that made it
     same: dict[str, str] = {}  # a plan -> the earlier plan whose artifact it repeats
 
-    def add(i: int, v: PlanVariant) -> Candidate:
-        art, _ = build_artifact(v.backend, fm, table, v.options(options), work / str(i), SILENT)
+    failed: dict[str, str] = {}  # a plan -> why it could not be built here
+
+    def add(i: int, v: PlanVariant) -> Candidate | None:
+        try:
+            art, _ = build_artifact(v.backend, fm, table, v.options(options), work / str(i), SILENT)
+        except QuantshipError as e:
+            if v.name == RULES:
+                raise
+            failed[v.name] = str(e).splitlines()[0]  # the others are still measured
+            return None
         digest = "".join(sha256_file(art.root / f) for f in art.files)
         label = f"{v.backend.describe(art, SessionSettings())} [{v.name}]"
         cand = Candidate(label, v.backend, art, variant=v.name)
@@ -166,20 +176,22 @@ def search(
                 add(len(variants) - 1, regional)
         fidelity, _ = measure_fidelity(fm, float_art, cands, held, threads, ui)
         seconds = SECONDS_PER_CANDIDATE * (len(cands) + len(floats))
-        batch = fm.fixed_batch or 1
-        settings = BenchSettings(warmup=3, duration=seconds, threads=threads, batches=(batch,))
+        settings = dataclasses.replace(export_bench(fm, threads), warmup=3, duration=seconds)
         stats = bench_candidates(
             [*floats, *cands], fm.inputs, settings, sample=sample,
             examples=fm.example_shapes, ui=ui,
         )  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    p50 = p50_by_key(stats, batch)
+    p50 = p50_by_key(stats, settings.batches[0])
     rows: list[dict[str, Any]] = []
     by_plan = {c.variant: c for c in cands}
     for v in variants:
         if v.name in same:
             rows.append({"plan": v.name, "what": v.what, "same_as": same[v.name]})
+            continue
+        if v.name in failed:
+            rows.append({"plan": v.name, "what": v.what, "error": failed[v.name]})
             continue
         c = by_plan[v.name]
         fid = fidelity.get(c.key) or {}
@@ -201,13 +213,15 @@ def search(
             "float_nodes": sorted(guided_variant.float_nodes),
             "symmetric_inputs": sorted(guided_variant.symmetric_inputs),
         }
-    _cache_write(key, record)
+    cache_write(key, record)
     for r in rows:
         ui.note(
             f"{backend.name}: plan {r['plan']:<22} "
             + (
                 f"the same model as {r['same_as']!r} here"
                 if "same_as" in r
+                else f"not built here: {r['error']}"
+                if "error" in r
                 else f"p50 {_ms(r['p50_ms'])}  cosine {_num(r['cosine'])}"
             )
             + ("   <- chosen" if r["plan"] == chosen else "")
@@ -334,57 +348,3 @@ def _ms(v: float | None) -> str:
 
 def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.6f}"
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("QUANTSHIP_CACHE_DIR")
-    if base:
-        return Path(base) / "plans"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "quantship" / "plans"
-
-
-def _cache_key(
-    backend: Backend,
-    fm: FloatModel,
-    table: CalibrationTable,
-    options: PlanOptions,
-    variants: list[PlanVariant],
-    min_cosine: float | None,
-    threads: int | None,
-) -> str:
-    from quantship.bench.machine import cpu_info
-
-    what = {
-        "model": fm.sha256,
-        "table": hashlib.sha256(table.to_text().encode()).hexdigest(),
-        "options": options.to_json(),
-        "backend": backend.name,
-        "runtime": backend.version(),
-        "machine": cpu_info(),
-        "threads": threads,
-        "plans": [v.name for v in variants],
-        "min_cosine": min_cosine,
-        "search": [MARGIN, SECONDS_PER_CANDIDATE],
-    }
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
-
-
-def _cache_read(key: str) -> dict[str, Any] | None:
-    path = cache_dir() / f"{key}.json"
-    try:
-        got = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return got if isinstance(got, dict) else None
-
-
-def _cache_write(key: str, record: dict[str, Any]) -> None:
-    """Best effort: a cache that cannot be written costs a re-measurement, nothing else."""
-    from quantship.exporter.output import write_json
-
-    try:
-        cache_dir().mkdir(parents=True, exist_ok=True)
-        write_json(cache_dir() / f"{key}.json", record)
-    except OSError:
-        pass

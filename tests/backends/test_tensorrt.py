@@ -277,9 +277,9 @@ def test_engine_profile_reads_layer_times_and_the_inspector() -> None:
                     "Layers": [
                         {"Name": "conv1 + relu1", "LayerType": "CaskConvolution",
                          "TacticName": "sm80_xmma_fprop_implicit_gemm_interleaved_i8i8",
-                         "Outputs": [{"Format/Datatype": "Int8 NC/32HW32"}]},
+                         "Outputs": [{"Format/Datatype": "Channel major INT8 format where channel % 32 == 0"}]},
                         {"Name": "fc", "LayerType": "CaskGemm", "TacticName": "gemm_f16",
-                         "Outputs": [{"Format/Datatype": "Half NCHW"}]},
+                         "Outputs": [{"Format/Datatype": "Row major linear FP16 format"}]},
                     ]
                 }
             )  # fmt: skip
@@ -308,5 +308,14 @@ def test_engine_profile_reads_layer_times_and_the_inspector() -> None:
     assert s.runs == 3 and s.context.profiler is None  # warm-up + 2; profiler removed
     assert [x.name for x in got] == ["conv1 + relu1", "fc"]
     assert got[0].ms == pytest.approx((0.2 * 2 + 0.2 * 3) / 2)  # runs 2 and 3, not 1
-    assert (got[0].op_type, got[0].precision) == ("CaskConvolution", "Int8")
-    assert got[1].kernel == "gemm_f16" and got[1].precision == "Half"
+    assert (got[0].op_type, got[0].precision) == ("CaskConvolution", "int8")
+    assert got[1].kernel == "gemm_f16" and got[1].precision == "fp16"
+    from quantship.backends.tensorrt_profile import data_type
+
+    # the short form the inspector writes without an execution context
+    assert [data_type(f) for f in ("Int8 NC/32HW32", "Half", "Float", "")] == [
+        "int8",
+        "fp16",
+        "fp32",
+        "",
+    ]

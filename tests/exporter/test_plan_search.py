@@ -195,3 +195,39 @@ def test_symmetric_inputs_per_node_and_for_all(tmp_path: Path) -> None:
     sym_rules = OnnxRuntimeBackend(replace(ort.rules, act_dtype="int8", symmetric=True))
     star = ort.plan(fm, table, PlanOptions(symmetric_inputs=frozenset({"*"})))
     assert star == sym_rules.plan(fm, table, PlanOptions())
+
+
+def test_a_plan_that_cannot_be_built_is_reported_and_a_bad_cache_is_ignored(
+    tmp_path: Path, inputs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One variant failing to build does not stop the export: its row says why and the
+    others are measured. A cache file holding something else is read as no cache."""
+    import json
+
+    from quantship.backends.base import Artifact
+    from quantship.backends.onnxruntime import OnnxRuntimeBackend
+    from quantship.backends.variants import PlanVariant
+    from quantship.errors import BackendError
+    from quantship.exporter.load import FloatModel
+
+    class Broken(OnnxRuntimeBackend):
+        def compile(self, qdq: onnx.ModelProto, out_dir: Path, model: FloatModel) -> Artifact:
+            raise BackendError("this runtime cannot compile it here")
+
+    monkeypatch.setattr(
+        OnnxRuntimeBackend,
+        "plan_variants",
+        lambda self: (PlanVariant("broken", "fails to build", Broken()),),
+    )
+    model, calib = inputs
+    res = api.export(model, calib, tmp_path / "a", samples=32, threads=1, bench=False,
+                     plan="search")  # fmt: skip
+    rec = res.manifest["artifacts"][0]["plan_search"]
+    rows = {r["plan"]: r for r in rec["plans"]}
+    assert rows["broken"]["error"] == "this runtime cannot compile it here"
+    assert rec["chosen"] in ("rules", "profile-guided") and rows["rules"]["p50_ms"] > 0
+    for f in (tmp_path / "cache" / "plans").glob("*.json"):
+        f.write_text(json.dumps({"chosen": [], "regions": "x"}))
+    again = api.export(model, calib, tmp_path / "b", samples=32, threads=1, bench=False,
+                       plan="search")  # fmt: skip
+    assert not again.manifest["artifacts"][0]["plan_search"]["cached"]

@@ -1,0 +1,95 @@
+"""The plan search's decisions, cached per everything they depend on (the model, the
+calibration table and options, the held-out data and timing sample, each plan, the
+budget, the runtime, the CPU, the threads, quantship's version), so a second export on
+the same machine builds only the chosen plan. ``$QUANTSHIP_CACHE_DIR``, default
+``~/.cache/quantship/plans``; a cache that cannot be read or written costs a
+re-measurement, nothing else."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from quantship.backends.base import Backend, PlanOptions
+    from quantship.backends.variants import PlanVariant
+    from quantship.calibration.table import CalibrationTable
+    from quantship.exporter.load import FloatModel
+    from quantship.exporter.split import HeldOut
+    from quantship.types import Feed
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("QUANTSHIP_CACHE_DIR")
+    if base:
+        return Path(base) / "plans"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "quantship" / "plans"
+
+
+def cache_key(
+    backend: Backend,
+    fm: FloatModel,
+    table: CalibrationTable,
+    options: PlanOptions,
+    variants: list[PlanVariant],
+    min_cosine: float | None,
+    threads: int | None,
+    held: HeldOut,
+    sample: Feed | None,
+    search_settings: list[float],
+) -> str:
+    """Everything the decision depends on: the model, calibration table and options,
+    the held-out data it was judged on and the sample it was timed with, each plan,
+    the budget, the runtime, the CPU, the threads and quantship's own version."""
+    from quantship import __version__
+    from quantship.bench.machine import cpu_info
+
+    what = {
+        "model": fm.sha256,
+        "table": hashlib.sha256(table.to_text().encode()).hexdigest(),
+        "options": options.to_json(),
+        "held": [held.note, held.start, held.stop],
+        "sample": {k: list(v.shape) for k, v in (sample or {}).items()},
+        "backend": backend.name,
+        "runtime": backend.version(),
+        "quantship": __version__,
+        "machine": cpu_info(),
+        "threads": threads,
+        "plans": [
+            [v.name, v.what, sorted(v.float_nodes), sorted(v.symmetric_inputs)] for v in variants
+        ],
+        "min_cosine": min_cosine,
+        "search": search_settings,
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def names_of(value: object) -> frozenset[str] | None:
+    """A cached list of node names, or None when the cache holds something else."""
+    if isinstance(value, list) and all(isinstance(x, str) for x in value):
+        return frozenset(value)
+    return None
+
+
+def cache_read(key: str) -> dict[str, Any] | None:
+    path = cache_dir() / f"{key}.json"
+    try:
+        got = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return got if isinstance(got, dict) else None
+
+
+def cache_write(key: str, record: dict[str, Any]) -> None:
+    """Best effort: a cache that cannot be written costs a re-measurement, nothing else."""
+    from quantship.exporter.output import write_json
+
+    try:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        write_json(cache_dir() / f"{key}.json", record)
+    except OSError:
+        pass
