@@ -48,12 +48,14 @@ from quantship.backends.base import (
     SessionSettings,
 )
 from quantship.backends.op_rules import (
+    activations_note,
     binary_check,
     conv_check,
     embedding_table,
     gemm_axis,
     gemm_check,
     input_side_ops,
+    kernels_note,
 )
 from quantship.backends.planning import OpRule, Rules, make_plan
 from quantship.backends.variants import ALL, PlanVariant
@@ -175,15 +177,6 @@ def fused_kernels(model_path: Path, threads: int | None = None) -> dict[str, Any
         "DequantizeLinear", 0
     )
     return report
-
-
-def _kernels_note(counts: Mapping[str, Any]) -> str:
-    parts = [
-        f"{op} {v['integer']}/{v['total']}"
-        for op, v in counts.items()
-        if isinstance(v, dict) and "total" in v
-    ]
-    return "integer kernels after ONNX Runtime's fusion: " + (", ".join(parts) or "none")
 
 
 # Kernels that compute in integers (their inputs are 8-bit, accumulation 32-bit).
@@ -362,11 +355,11 @@ class OnnxRuntimeBackend(BaseBackend):
             metadata={
                 "runtime": f"onnxruntime {self.version()}",
                 "device": "CPU",
-                "activations": "uint8 asymmetric, per tensor",
+                "activations": activations_note(qdq),
                 "weights": "int8 symmetric, per output channel",
                 "integer_kernels": kernels,
             },
-            notes=(_kernels_note(kernels),),
+            notes=(kernels_note(kernels, "ONNX Runtime's fusion"),),
         )
 
     def describe(self, artifact: Artifact, settings: SessionSettings) -> str:

@@ -4,6 +4,9 @@ only. Checks read shapes, not weights: a weight is loaded once, when it is quant
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import onnx
 
@@ -117,3 +120,34 @@ def input_side_ops() -> dict[str, OpRule]:
         "AveragePool": OpRule("compute", quantize_output=False),
         "Gather": embedding_table(quantize_output=False),
     }
+
+
+def kernels_note(counts: Mapping[str, Any], fusion: str) -> str:
+    """One line of how many of each op became an integer kernel after ``fusion``."""
+    parts = [
+        f"{op} {v['integer']}/{v['total']}"
+        for op, v in counts.items()
+        if isinstance(v, dict) and "total" in v
+    ]
+    return f"integer kernels after {fusion}: " + (", ".join(parts) or "none")
+
+
+def activations_note(qdq: onnx.ModelProto) -> str:
+    """How a QDQ model quantizes its activations, read from its QuantizeLinear nodes
+    (a plan variant or per-node options can differ from the backend's rule table):
+    e.g. "uint8 asymmetric, per tensor", or a count of each kind where they mix."""
+    inits = {t.name: t for t in qdq.graph.initializer}
+    kinds: dict[str, int] = {}
+    for n in qdq.graph.node:
+        if n.op_type != "QuantizeLinear" or len(n.input) < 3 or n.input[2] not in inits:
+            continue
+        zp = inits[n.input[2]]
+        dtype = "int8" if zp.data_type == onnx.TensorProto.INT8 else "uint8"
+        symmetric = dtype == "int8" and bool(np.all(onnx.numpy_helper.to_array(zp) == 0))
+        kind = f"{dtype} {'symmetric' if symmetric else 'asymmetric'}"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    if not kinds:
+        return "none quantized"
+    if len(kinds) == 1:
+        return f"{next(iter(kinds))}, per tensor"
+    return ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + " tensors, per tensor"

@@ -35,7 +35,6 @@ from __future__ import annotations
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,12 @@ from quantship.backends.base import (
     QuantPlan,
     SessionSettings,
 )
-from quantship.backends.op_rules import binary_check, input_side_ops
+from quantship.backends.op_rules import (
+    activations_note,
+    binary_check,
+    input_side_ops,
+    kernels_note,
+)
 from quantship.backends.openvino_session import (
     OVSession,
     compile_config,
@@ -187,13 +191,17 @@ def int8_layers(compiled: Any) -> dict[str, dict[str, int]]:
     return counts
 
 
-def _kernels_note(counts: Mapping[str, Any]) -> str:
-    parts = [
-        f"{op} {v['integer']}/{v['total']}"
-        for op, v in counts.items()
-        if isinstance(v, dict) and "total" in v
-    ]
-    return "integer kernels after OpenVINO's CPU plugin's fusion: " + (", ".join(parts) or "none")
+def _convert(qdq: onnx.ModelProto, model: FloatModel) -> Any:
+    """The QDQ model as an OpenVINO model, through a file (external weights beside it)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "model.qdq.onnx"
+        save_model(qdq, src, model.weights_dir)
+        try:
+            return convert_onnx(src, qdq)
+        except Exception as e:
+            raise BackendError(
+                f"OpenVINO cannot convert the QDQ model: {str(e).splitlines()[0]}"
+            ) from None
 
 
 class OpenVINOBackend(BaseBackend):
@@ -262,15 +270,7 @@ class OpenVINOBackend(BaseBackend):
         rel = f"{self.name}/model.int8.xml"
         xml = out_dir / rel
         xml.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            src = Path(tmp) / "model.qdq.onnx"
-            save_model(qdq, src, model.weights_dir)
-            try:
-                ov_model = convert_onnx(src, qdq)
-            except Exception as e:
-                raise BackendError(
-                    f"OpenVINO cannot convert the QDQ model: {str(e).splitlines()[0]}"
-                ) from None
+        ov_model = _convert(qdq, model)
         ov.save_model(ov_model, str(xml), compress_to_fp16=False)
         del ov_model  # the IR on disk is what is checked and compiled from here on
         text = xml.read_text(encoding="utf-8")
@@ -281,7 +281,7 @@ class OpenVINOBackend(BaseBackend):
         )
         kernels = int8_layers(compiled)
         del compiled
-        notes = [_kernels_note(kernels)] + ([why] if why else [])
+        notes = [kernels_note(kernels, "OpenVINO's CPU plugin's fusion")] + ([why] if why else [])
         return Artifact(
             backend=self.name,
             format="openvino-ir",
@@ -290,7 +290,7 @@ class OpenVINOBackend(BaseBackend):
             metadata={
                 "runtime": f"openvino {self.version()}",
                 "device": "CPU",
-                "activations": "uint8 asymmetric, per tensor, on the inputs of integer ops",
+                "activations": activations_note(qdq) + ", on the inputs of integer ops",
                 "weights": "int8 symmetric, per output channel",
                 "constants_by_type": dict(sorted(consts.items())),
                 "fake_quantize_ops": text.count('type="FakeQuantize"'),
@@ -330,15 +330,7 @@ class OpenVINOBackend(BaseBackend):
         self, qdq: onnx.ModelProto, model: FloatModel, settings: SessionSettings
     ) -> OVSession:
         """The QDQ model converted as ``compile`` converts it, compiled in memory."""
-        with tempfile.TemporaryDirectory() as tmp:
-            src = Path(tmp) / "model.qdq.onnx"
-            save_model(qdq, src, model.weights_dir)
-            try:
-                ov_model = convert_onnx(src, qdq)
-            except Exception as e:
-                raise BackendError(
-                    f"OpenVINO cannot convert the QDQ model: {str(e).splitlines()[0]}"
-                ) from None
+        ov_model = _convert(qdq, model)
         # Dynamic shapes: the guard runs batches of varying size, and a static batch
         # can meet OpenVINO 2026.4's snippets bug (see static_shape_check).
         return OVSession(ov_model, settings, static=False)

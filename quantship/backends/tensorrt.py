@@ -37,7 +37,7 @@ from quantship.backends.base import (
     QuantPlan,
     SessionSettings,
 )
-from quantship.backends.op_rules import input_side_ops
+from quantship.backends.op_rules import activations_note, input_side_ops
 from quantship.backends.planning import OpRule, Rules, make_plan
 from quantship.backends.tensorrt_check import check_tensorrt
 from quantship.backends.tensorrt_engine import (
@@ -162,7 +162,7 @@ class TensorRTBackend(BaseBackend):
             root=out_dir,
             files=tuple(files),
             metadata={
-                "activations": "int8 symmetric (zero point 0), per tensor",
+                "activations": activations_note(qdq),
                 "weights": "int8 symmetric, per output channel",
                 "validator": "passes every TensorRT explicit-quantization rule",
                 "inputs": inputs,

@@ -147,6 +147,12 @@ def test_a_plan_by_name(tmp_path: Path, inputs: tuple[Path, Path]) -> None:
     res = api.export(model, calib, tmp_path / "o", samples=32, threads=1, bench=False, plan="s8s8")
     (entry,) = res.manifest["artifacts"]
     assert entry["plan_variant"] == "s8s8" and "plan_search" not in entry
+    # the artifact says what it holds, not what the rule table would have made
+    assert entry["metadata"]["activations"] == "int8 symmetric, per tensor"
+    rules = api.export(model, calib, tmp_path / "r", samples=32, threads=1, bench=False)
+    assert rules.manifest["artifacts"][0]["metadata"]["activations"] == (
+        "uint8 asymmetric, per tensor"
+    )
     q = onnx.load(str(tmp_path / "o" / entry["path"]))
     inits = {i.name: i for i in q.graph.initializer}
     zps = [inits[n.input[2]] for n in q.graph.node if n.op_type == "QuantizeLinear"]
