@@ -328,12 +328,11 @@ class OnnxRuntimeBackend(BaseBackend):
         """Choices ONNX Runtime's kernels tell apart: U8S8 vs S8S8 integer kernels, SiLU
         as QLinearSigmoid+QLinearMul or float, a quantized head's last requantization."""
         r = self.rules
-        silu_float = {k: v for k, v in r.ops.items() if k not in ("Sigmoid", "Mul")}
         return (
             PlanVariant("s8s8", "int8 symmetric activations (S8S8 kernels)", self,
                         symmetric_inputs=ALL),
-            PlanVariant("silu-float", "Sigmoid and Mul left float",
-                        type(self)(replace(r, ops=silu_float))),
+            PlanVariant("silu-float", "Sigmoid and Mul left float", self,
+                        float_ops=frozenset({"Sigmoid", "Mul"})),
             PlanVariant("outputs-float", "graph outputs left float (no Q after the heads)",
                         type(self)(replace(r, quantize_graph_outputs=False))),
         )  # fmt: skip

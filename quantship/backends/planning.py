@@ -44,6 +44,7 @@ from quantship.backends.base import (
     QuantPlan,
     Use,
 )
+from quantship.backends.hoist import hoist
 from quantship.backends.masks import masked_softmax_region, value_problem
 from quantship.calibration.methods import activation_params
 from quantship.calibration.qparams import (
@@ -94,6 +95,15 @@ class Rules:
     # Data-movement ops the quantization of their consumers is moved above, onto their
     # inputs, so the runtime moves int8 data and needs no requantization after them.
     hoist: frozenset[str] = frozenset()
+    # Ops quantized only in the nodes ``PlanOptions.int8_nodes`` names.
+    optional: Mapping[str, OpRule] = field(default_factory=dict)
+
+    def rule(self, op_type: str, name: str, options: PlanOptions) -> OpRule | None:
+        """How this node is quantized: its op's rule, or an optional one it is named for."""
+        rule = self.ops.get(op_type)
+        if rule is None and ({"*", name} & options.int8_nodes):
+            rule = self.optional.get(op_type)
+        return rule
 
 
 @dataclass
@@ -188,8 +198,8 @@ def make_plan(
     masked = masked_softmax_region(view, table)
 
     for idx, node in enumerate(view.nodes):
-        rule = rules.ops.get(node.op_type)
         name = view.node_name(idx)
+        rule = rules.rule(node.op_type, name, options)
         if rule is None or rule.kind != "compute":
             continue
         if idx in tail:
@@ -242,11 +252,11 @@ def make_plan(
 
     tie: dict[str, str] = {}
     if rules.hoist:
-        tie.update(_hoist(through, view, table, rules.hoist, options))
+        tie.update(hoist(through, view, table, rules.hoist, options))
 
     transparent: list[int] = []
     for idx, node in enumerate(view.nodes):  # ONNX graphs are topologically sorted
-        rule = rules.ops.get(node.op_type)
+        rule = rules.rule(node.op_type, view.node_name(idx), options)
         if rule is None or rule.kind != "transparent" or not node.input:
             continue
         x = node.input[0]
@@ -347,48 +357,3 @@ def output_tail(view: GraphView) -> set[int]:
                 reaches.add(idx)
                 break
     return {i for i, n in enumerate(view.nodes) if i not in reaches and n.op_type not in WEIGHTED}
-
-
-def _hoist(
-    through: dict[str, set[Use]],
-    view: GraphView,
-    table: CalibrationTable,
-    ops: frozenset[str],
-    options: PlanOptions,
-) -> dict[str, str]:
-    """Move quantization from the outputs of ``ops`` (Split, Concat, …) to their
-    inputs, repeatedly: consumers then read the dequantized data through the op.
-
-    Returns the tensors that must share their quantization with another (tensor →
-    the tensor whose calibrated range they take): the inputs of one Concat get the
-    range of its output, the union of theirs. A runtime that concatenates int8 data
-    needs one scale for all of it; OpenVINO otherwise requantizes the inputs to a
-    common one after the fact, an error a QDQ simulation does not show."""
-    share: dict[str, str] = {}
-    changed = True
-    while changed:
-        changed = False
-        for t in sorted(through):
-            p = view.producer.get(t)
-            if p is None or not through[t]:
-                continue
-            node = view.nodes[p]
-            if node.op_type not in ops or view.node_name(p) in options.float_nodes:
-                continue
-            slots = range(len(node.input)) if node.op_type == "Concat" else (0,)
-            data = [(s, node.input[s]) for s in slots if s < len(node.input) and node.input[s]]
-            if not data or any(
-                view.is_constant(x) or not view.is_float(x) or x not in table or not table[x].count
-                for _, x in data
-            ):
-                continue
-            del through[t]
-            root = share.get(t, t)
-            for s, x in data:
-                through.setdefault(x, set()).add(Use(p, s))
-                unify = node.op_type == "Concat" and t in table and table[t].count > 0
-                if (unify or t in share) and x not in share:
-                    share[x] = root
-            changed = True
-            break
-    return share

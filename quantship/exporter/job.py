@@ -294,7 +294,7 @@ def build(
     for backend in chosen:
         choice = plan_choice(opts, loaded, table, options, backend, float_art, stage, ui)
         b = choice.variant.backend
-        planned = choice.variant.options(options)
+        planned = choice.variant.options(options, fm)
         b_options, guarded = planned, None
         if opts.max_drop is not None:
             evaluator = Evaluator(fm, table, b, guard_feeds, metric_fn, labels, opts.threads)

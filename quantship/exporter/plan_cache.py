@@ -59,13 +59,15 @@ def cache_key(
         "quantship": __version__,
         "machine": cpu_info(),
         "threads": threads,
-        "plans": [
-            [v.name, v.what, sorted(v.float_nodes), sorted(v.symmetric_inputs)] for v in variants
-        ],
+        "plans": [[v.name, v.what, *map(sorted, _sets(v))] for v in variants],
         "min_cosine": min_cosine,
         "search": search_settings,
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def _sets(v: PlanVariant) -> tuple[frozenset[str], ...]:
+    return (v.float_nodes, v.symmetric_inputs, v.int8_nodes, v.float_ops)
 
 
 def names_of(value: object) -> frozenset[str] | None:

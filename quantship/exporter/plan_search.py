@@ -10,11 +10,12 @@ bounded and said before it starts: one build and one fidelity pass per variant, 
 ``SECONDS_PER_CANDIDATE`` of interleaved timing each.
 
 Where the backend has a per-layer profiler, the search adds one plan of its own,
-decided region by region (``profile-guided``): from the runtime's per-layer profiles
-of the rule plan, of the symmetric-activation variant and of the default float model,
-each weighted layer (convolution, matrix product) keeps the rule plan, takes int8
-symmetric inputs where that lands it on a faster kernel, or stays float where INT8 is
-no faster. It is measured like every other variant.
+decided region by region (``profile-guided``, see ``plan_regions``): from the
+runtime's per-layer profiles of the rule plan, of each variant a region can take
+alone (symmetric inputs, the activation's quantization placed otherwise) and of the
+default float model, each weighted layer with its activation keeps the rule plan,
+takes the variant that is fastest there, or stays float where INT8 is no faster. It
+is measured like every other variant.
 
 The decision is cached (``exporter/plan_cache.py``), so a second export on the same
 machine skips the measurement and builds only the chosen plan; ``--plan NAME`` picks
@@ -24,17 +25,14 @@ a variant without measuring.
 from __future__ import annotations
 
 import dataclasses
-import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnx
-
-from quantship.backends.base import Artifact, Backend, LayerTime, PlanOptions, SessionSettings
-from quantship.backends.variants import ALL, RULES, PlanVariant
+from quantship.backends.base import Artifact, Backend, PlanOptions, SessionSettings
+from quantship.backends.variants import RULES, PlanVariant
 from quantship.bench.run import Candidate, bench_candidates, float_candidates, make_feeds
 from quantship.bench.timing import p50_by_key
 from quantship.calibration.table import CalibrationTable
@@ -43,6 +41,15 @@ from quantship.exporter.load import FloatModel
 from quantship.exporter.measure import export_bench
 from quantship.exporter.output import sha256_file
 from quantship.exporter.plan_cache import cache_key, cache_read, cache_write, names_of
+from quantship.exporter.plan_regions import (
+    decide,
+    guided_variant,
+    make_guided,
+    region_ms,
+    region_names,
+    regional,
+    regions_of,
+)
 from quantship.exporter.split import HeldOut
 from quantship.types import Feed
 from quantship.ui import SILENT, UI
@@ -51,8 +58,8 @@ MARGIN = 0.02  # a variant must be this much faster than the rule plan to replac
 SECONDS_PER_CANDIDATE = 2.0
 PROFILE_RUNS = 20
 SEARCH = "search"
-GUIDED = "profile-guided"  # the rule plan with the layers its profile shows slow kept float
-WEIGHTED = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+GUIDED = "profile-guided"  # the rule plan, each region decided from the profiles
+REGION_KEYS = ("float_nodes", "symmetric_inputs", "int8_nodes")
 
 
 @dataclass(frozen=True)
@@ -117,12 +124,10 @@ def search(
         name = cached["chosen"]
         regions_ = cached.get("regions")
         if name == GUIDED and isinstance(regions_, dict):
-            nodes, sym = (
-                names_of(regions_.get("float_nodes")),
-                names_of(regions_.get("symmetric_inputs")),
-            )
-            if nodes is not None and sym is not None:
-                by_name[GUIDED] = _guided(backend, nodes, sym)
+            sets = [names_of(regions_.get(k)) for k in REGION_KEYS]
+            if all(x is not None for x in sets):
+                nodes, sym, int8 = (x or frozenset() for x in sets)
+                by_name[GUIDED] = make_guided(GUIDED, variants[0], nodes, sym, int8)
         if name in by_name:
             ui.note(f"{backend.name}: plan {name!r} from the plan cache (measured earlier)")
             return Choice(by_name[name], {**cached, "cached": True})
@@ -149,7 +154,9 @@ def search(
 
     def add(i: int, v: PlanVariant) -> Candidate | None:
         try:
-            art, _ = build_artifact(v.backend, fm, table, v.options(options), work / str(i), SILENT)
+            art, _ = build_artifact(
+                v.backend, fm, table, v.options(options, fm), work / str(i), SILENT
+            )
         except QuantshipError as e:
             if v.name == RULES:
                 raise
@@ -170,7 +177,7 @@ def search(
             add(i, v)
         if guided:
             feeds = make_feeds(fm.inputs, fm.fixed_batch or 1, sample, examples=fm.example_shapes)
-            regional = regional_plan(fm, backend, variants, cands, floats[0], feeds, threads)
+            regional = regional_plan(fm, variants, cands, floats[0], feeds, threads)
             if regional is not None:
                 variants.append(regional)
                 add(len(variants) - 1, regional)
@@ -209,10 +216,9 @@ def search(
     }
     guided_variant = next((v for v in variants if v.name == GUIDED), None)
     if guided_variant is not None:
-        record["regions"] = {
-            "float_nodes": sorted(guided_variant.float_nodes),
-            "symmetric_inputs": sorted(guided_variant.symmetric_inputs),
-        }
+        v = guided_variant
+        record["regions"] = dict(zip(REGION_KEYS, (sorted(v.float_nodes), sorted(
+            v.symmetric_inputs), sorted(v.int8_nodes)), strict=True))  # fmt: skip
     cache_write(key, record)
     for r in rows:
         ui.note(
@@ -231,101 +237,27 @@ def search(
 
 def regional_plan(
     fm: FloatModel,
-    backend: Backend,
     variants: list[PlanVariant],
     built: list[Candidate],
     float_default: Candidate,
     feeds: Feed,
     threads: int | None,
 ) -> PlanVariant | None:
-    """The rule plan decided layer by layer from the runtime's own per-layer profiles:
-    a weighted layer (convolution, matrix product) stays float where the default float
-    model's layer is no slower than the rule plan's INT8 one, and takes int8 symmetric
-    inputs where the symmetric variant's layer is faster by more than ``MARGIN`` (the
-    kernel it lands on differs). None when every layer keeps the rule plan."""
-    names = weighted_names(fm.proto)
+    """The rule plan decided region by region (``plan_regions``) from the per-layer
+    profiles of the rule plan, of each variant a region can take alone, and of the
+    default float model. None when every region keeps the rule plan."""
+    names = region_names(fm.proto)
     by_name = {c.variant: c for c in built}
 
     def times(c: Candidate) -> dict[str, float]:
         with c.backend.session(c.artifact, c.settings(threads)) as s:
-            return _node_ms(s.profile(feeds, PROFILE_RUNS), names)
+            return region_ms(s.profile(feeds, PROFILE_RUNS), names)
 
+    base = variants[0]
+    alts = {k: v for k, v in regional(variants, base).items() if k in by_name}
     rules, flt = times(by_name[RULES]), times(float_default)
-    sym = next(
-        (v for v in variants if v.backend is backend and v.symmetric_inputs == ALL
-         and not v.float_nodes and v.name in by_name),
-        None,
-    )  # fmt: skip
-    sym_t = times(by_name[sym.name]) if sym is not None else {}
-    float_nodes, symmetric = regions(rules, flt, sym_t)
-    if not float_nodes and not symmetric:
-        return None
-    return _guided(backend, float_nodes, symmetric)
-
-
-def regions(
-    rules: dict[str, float], flt: dict[str, float], sym: dict[str, float]
-) -> tuple[frozenset[str], frozenset[str]]:
-    """Per weighted node, from its layer's time in each: (kept float, symmetric inputs)."""
-    float_nodes, symmetric = set(), set()
-    for n, t in rules.items():
-        best, choice = t, RULES
-        if n in sym and sym[n] < (1 - MARGIN) * t:
-            best, choice = sym[n], "symmetric"
-        if n in flt and flt[n] <= best:
-            float_nodes.add(n)
-        elif choice == "symmetric":
-            symmetric.add(n)
-    return frozenset(float_nodes), frozenset(symmetric)
-
-
-# Activations a runtime fuses into the weighted layer before them: a fused layer may
-# be named after the activation's output tensor.
-_FUSED_ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid",
-                      "HardSwish", "Elu", "Selu", "Mul"}  # fmt: skip
-# Suffixes ONNX Runtime's graph transformations add to node names.
-_RUNTIME_SUFFIX = re.compile(r"(_token_\d+|_nchwc|_nhwc)+$")
-
-
-def weighted_names(model: onnx.ModelProto) -> dict[str, str]:
-    """Every name a runtime may give a weighted node's layer → that node: the node's
-    name, its output tensor, and the output of an activation fused after it."""
-    out: dict[str, str] = {}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    for n in model.graph.node:
-        if n.op_type in WEIGHTED and n.name:
-            out[n.name] = n.name
-            out.setdefault(n.output[0], n.name)
-    for n in model.graph.node:
-        if n.op_type in _FUSED_ACTIVATIONS and n.input and n.output:
-            before = producer.get(n.input[0])
-            if before is not None and before.op_type in WEIGHTED and before.name:
-                out.setdefault(n.output[0], before.name)
-    return out
-
-
-def _node_ms(layers: list[LayerTime], names: dict[str, str]) -> dict[str, float]:
-    """Per weighted node, the time of the runtime layers that are it: a layer counts for
-    a node when its name (less the runtime's suffixes) or a name the runtime says it
-    fused in is one of the node's names, and it holds no other weighted node."""
-    out: dict[str, float] = {}
-    for layer in layers:
-        candidates = {layer.name, _RUNTIME_SUFFIX.sub("", layer.name), *layer.fused}
-        hit = {names[c] for c in candidates if c in names}
-        if len(hit) == 1:
-            (node,) = hit
-            out[node] = out.get(node, 0.0) + layer.ms
-    return out
-
-
-def _guided(
-    backend: Backend, float_nodes: frozenset[str], symmetric: frozenset[str]
-) -> PlanVariant:
-    what = (
-        f"rule plan, per layer from the profiles: {len(float_nodes)} weighted layer(s) float "
-        f"(INT8 no faster), {len(symmetric)} with int8 symmetric inputs (a faster kernel)"
-    )
-    return PlanVariant(GUIDED, what, backend, float_nodes, symmetric)
+    choices = decide(rules, flt, {k: times(by_name[k]) for k in alts}, MARGIN)
+    return guided_variant(GUIDED, base, regions_of(fm.proto), choices, alts)
 
 
 def _choose(rows: list[dict[str, Any]], min_cosine: float | None) -> str:

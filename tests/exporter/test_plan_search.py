@@ -38,62 +38,180 @@ def test_the_choice_holds_the_budget_and_needs_a_real_margin() -> None:
     )
 
 
-def test_profile_guided_decides_each_layer_from_the_profiles(tmp_path: Path) -> None:
-    """Layers map to ONNX nodes by name, by a name the runtime fused in, or by a tensor
-    the node (or an activation fused after it) writes; a layer holding two weighted
-    nodes is not attributed to either. A layer stays float where INT8 is no faster,
-    takes symmetric inputs where that kernel is faster by more than the margin, and
-    otherwise keeps the rule plan."""
+def silu_cnn(seed: int = 0) -> onnx.ModelProto:
+    """Conv → SiLU (Sigmoid, Mul) → Conv → SiLU → Conv → Relu → GlobalAveragePool →
+    Flatten → Gemm, with a dynamic batch: a detector's blocks in small."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+    x, cin = "images", 3
+    for k, act in enumerate(("silu", "silu", "relu")):
+        w = (rng.standard_normal((8, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))).astype(np.float32)
+        inits += [
+            numpy_helper.from_array(w, f"w{k}"),
+            numpy_helper.from_array(rng.uniform(-0.1, 0.1, 8).astype(np.float32), f"b{k}"),
+        ]
+        nodes.append(
+            helper.make_node(
+                "Conv", [x, f"w{k}", f"b{k}"], [f"c{k}"], name=f"conv{k}", pads=[1, 1, 1, 1]
+            )
+        )
+        if act == "silu":
+            nodes += [
+                helper.make_node("Sigmoid", [f"c{k}"], [f"s{k}"], name=f"sig{k}"),
+                helper.make_node("Mul", [f"c{k}", f"s{k}"], [f"a{k}"], name=f"mul{k}"),
+            ]
+        else:
+            nodes.append(helper.make_node("Relu", [f"c{k}"], [f"a{k}"], name=f"relu{k}"))
+        x, cin = f"a{k}", 8
+    fc = (rng.standard_normal((10, 8)) * 0.3).astype(np.float32)
+    inits.append(numpy_helper.from_array(fc, "fc.w"))
+    nodes += [
+        helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc.w"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "silu_cnn",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_regions_and_the_names_runtimes_give_their_layers(tmp_path: Path) -> None:
+    """A region is a weighted node with its activation (SiLU's gate and Mul, or Relu).
+    A runtime layer counts for a region by its name less the runtime's suffixes, a name
+    it fused in, a tensor the region writes or that tensor's Q/DQ, or (a reorder) the
+    layer it feeds; a layer holding two regions counts for neither."""
     from quantship.backends.base import LayerTime
+    from quantship.exporter.plan_regions import region_ms, region_names, regions_of
+
+    model = silu_cnn()
+    regions = regions_of(model)
+    assert set(regions) == {"conv0", "conv1", "conv2", "fc"}
+    assert regions["conv0"].activations == ("sig0", "mul0")
+    assert regions["conv2"].activations == ("relu2",) and regions["fc"].activations == ()
+    names = region_names(model)
+    assert names["a0"] == names["s0"] == names["c0"] == names["mul0"] == "conv0"
+    layers = [
+        LayerTime("conv0_token_3", "QLinearConv", "QLinearConv (CPU)", "int8", 0.5),  # ORT
+        LayerTime("sig0", "QLinearSigmoid", "QLinearSigmoid (CPU)", "int8", 0.1),
+        LayerTime("mul0/QuickGeluFusion/", "QuickGelu", "QuickGelu (CPU)", "float", 0.2),
+        LayerTime("a0.QuantizeLinear", "QuantizeLinear", "Q (CPU)", "int8", 0.05),
+        LayerTime("c1.DequantizeLinear/duplicated", "DequantizeLinear", "DQ", "float", 0.07),
+        LayerTime("conv1/WithoutBiases", "Convolution", "brgconv_I8", "u8", 0.9,
+                  ("Multiply_1", "conv1")),  # OpenVINO
+        LayerTime("conv1/WithoutBiases_bf16_acdb_f32_aBcd16b_c1.DequantizeLinear", "Reorder",
+                  "jit_uni_bf16", "bf16", 0.03),
+        LayerTime("a1.DequantizeLinear_abcd_acdb_conv2/WithoutBiases", "Reorder", "jit_uni_I8",
+                  "u8", 0.02),
+        LayerTime("both", "Convolution", "k", "u8", 0.4, ("conv2", "fc")),
+        LayerTime("images.QuantizeLinear", "QuantizeLinear", "Q (CPU)", "int8", 0.2),
+    ]  # fmt: skip
+    got = region_ms(layers, names)
+    assert got.keys() == {"conv0", "conv1", "conv2"}
+    assert got["conv0"] == pytest.approx(0.85) and got["conv1"] == pytest.approx(1.0)
+    assert got["conv2"] == pytest.approx(0.02)
+
+
+def test_each_region_takes_its_fastest_choice() -> None:
+    """A region keeps the rule plan unless a variant is faster there by more than the
+    margin, and stays float where the float model's layers are no slower; the guided
+    plan applies each choice to that region's nodes alone."""
+    from quantship.backends.openvino import OpenVINOBackend
+    from quantship.backends.variants import ALL, PlanVariant
+    from quantship.exporter.plan_regions import FLOAT, decide, guided_variant, regions_of
+
+    rules = {"conv0": 1.0, "conv1": 1.0, "conv2": 1.0, "fc": 0.1}
+    flt = {"conv0": 1.5, "conv1": 1.5, "conv2": 1.5, "fc": 0.05}
+    alts = {"symmetric": {"conv0": 0.6, "conv1": 0.99, "conv2": 0.97},
+            "silu-int8": {"conv0": 0.7, "conv1": 0.8, "conv2": 0.995}}  # fmt: skip
+    choices = decide(rules, flt, alts, 0.02)
+    assert choices == {"conv0": "symmetric", "conv1": "silu-int8", "conv2": "symmetric",
+                       "fc": FLOAT}  # fmt: skip
+    assert decide(rules, flt, {}, 0.02) == {**dict.fromkeys(rules, "rules"), "fc": FLOAT}
+    b = OpenVINOBackend()
+    base = PlanVariant("rules", "", b)
+    variants = {
+        "symmetric": PlanVariant("symmetric", "", b, symmetric_inputs=ALL),
+        "silu-int8": PlanVariant("silu-int8", "", b, int8_nodes=ALL),
+        "silu-float": PlanVariant("silu-float", "", b, float_ops=frozenset({"Sigmoid", "Mul"})),
+    }
+    guided = guided_variant("g", base, regions_of(silu_cnn()), choices, variants)
+    assert guided is not None
+    assert guided.symmetric_inputs == {"conv0", "conv2"} and guided.int8_nodes == {"sig1", "mul1"}
+    assert guided.float_nodes == {"fc"}
+    choices = {"conv0": "silu-float", "conv1": "rules", "conv2": "rules", "fc": "rules"}
+    guided = guided_variant("g", base, regions_of(silu_cnn()), choices, variants)
+    assert guided is not None and guided.float_nodes == {"sig0", "mul0"}
+    assert guided_variant("g", base, regions_of(silu_cnn()), {"conv0": "rules"}, variants) is None
+
+
+def test_optional_ops_are_quantized_only_where_asked(tmp_path: Path) -> None:
+    """OpenVINO's rules quantize SiLU's Mul only in the nodes ``int8_nodes`` names (or
+    every node for ``*``); ``float_ops`` keeps an op type float everywhere."""
+    from quantship.backends.base import Backend, PlanOptions
+    from quantship.backends.onnxruntime import OnnxRuntimeBackend
+    from quantship.backends.openvino import OpenVINOBackend
+    from quantship.backends.variants import ALL, PlanVariant
+    from quantship.calibration.runner import calibrate
+    from quantship.calibration.sources import open_data
     from quantship.exporter.load import load_model
-    from quantship.exporter.plan_search import _node_ms, regions, weighted_names
 
-    names = weighted_names(load_model(save(tiny_cnn(), tmp_path / "m.onnx")).proto)
-    assert names["conv1"] == names["r1"] == "conv1" and names["logits"] == "fc"
-    int8 = [
-        LayerTime("conv1_token_1", "QLinearConv", "QLinearConv (CPU)", "int8", 0.5),
-        LayerTime("conv2/WithoutBiases", "Convolution", "brgconv_I8", "u8", 0.9, ("conv2",)),
-        LayerTime("both", "Convolution", "k", "u8", 0.1, ("conv3", "fc")),
-        LayerTime("images.q", "Subgraph", "jit", "f32", 0.2),
-    ]
-    flt = [
-        LayerTime("r1_nchwc", "Conv", "Conv (CPU)", "float", 1.0),
-        LayerTime("conv2", "Convolution", "brgconv_bf16", "bf16", 0.6),
-        LayerTime("logits", "FullyConnected", "gemm", "bf16", 0.05),
-    ]
-    q, f = _node_ms(int8, names), _node_ms(flt, names)
-    assert q == {"conv1": 0.5, "conv2": 0.9} and f == {"conv1": 1.0, "conv2": 0.6, "fc": 0.05}
-    none: frozenset[str] = frozenset()
-    assert regions(q, f, {}) == (frozenset({"conv2"}), none)
-    # symmetric: conv1 much faster (taken); conv2 faster too, but its float layer faster still
-    sym = {"conv1": 0.3, "conv2": 0.65}
-    assert regions(q, f, sym) == (frozenset({"conv2"}), frozenset({"conv1"}))
-    # within the margin the rule plan stays
-    assert regions(q, f, {"conv1": 0.495}) == (frozenset({"conv2"}), none)
+    fm = load_model(save(silu_cnn(), tmp_path / "m.onnx"))
+    np.savez(tmp_path / "calib.npz", images=images(16))
+    table = calibrate(fm, open_data(tmp_path / "calib.npz", fm.inputs), samples=16)
+    ov = OpenVINOBackend()
+
+    def quantized(b: Backend, int8: frozenset[str] = frozenset()) -> set[str]:
+        return set(b.plan(fm, table, PlanOptions(int8_nodes=int8)).compute_nodes)
+
+    assert not {"mul0", "mul1"} & quantized(ov)
+    one = quantized(ov, frozenset({"mul1"}))
+    assert "mul1" in one and "mul0" not in one
+    assert {"mul0", "mul1"} <= quantized(ov, ALL)
+    ort = OnnxRuntimeBackend()
+    v = PlanVariant("silu-float", "", ort, float_ops=frozenset({"Sigmoid", "Mul"}))
+    opts = v.options(PlanOptions(), fm)
+    assert opts.float_nodes == {"sig0", "mul0", "sig1", "mul1"}
+    assert not {"sig0", "mul0"} & set(ort.plan(fm, table, opts).compute_nodes)
+    assert {"sig0", "mul0"} <= quantized(ort)
 
 
-def test_real_profiles_attribute_every_weighted_layer(tmp_path: Path) -> None:
-    """In each runtime's own profile, float and INT8, every Conv and Gemm of the model
-    gets a time: the search can decide every layer."""
+def test_real_profiles_attribute_every_region(tmp_path: Path) -> None:
+    """In each runtime's own profile, float and every INT8 plan variant, every weighted
+    layer with its activation gets a time: the search can decide every region."""
     from quantship.backends.base import Artifact, SessionSettings
     from quantship.exporter.manifest import artifacts_in
-    from quantship.exporter.plan_search import _node_ms, weighted_names
+    from quantship.exporter.plan_regions import region_ms, region_names
+    from quantship.types import Precision
 
-    model = save(tiny_cnn(), tmp_path / "cnn.onnx")
+    model = save(silu_cnn(), tmp_path / "silu.onnx")
     np.savez(tmp_path / "calib.npz", images=images(32))
-    backends = [b for b in ("onnxruntime", "openvino") if registry.get(b).available() is None]
-    res = api.export(model, tmp_path / "calib.npz", tmp_path / "o", backends=",".join(backends),
-                     samples=24, bench=False)  # fmt: skip
-    names = weighted_names(onnx.load(str(tmp_path / "o/float/model.onnx")))
-    weighted = set(names.values())
-    float_art = Artifact("", "onnx", tmp_path / "o", ("float/model.onnx",), "float")
+    float_art = Artifact("", "onnx", tmp_path / "f", ("float/model.onnx",), "float")
+    names = region_names(onnx.load(str(model)))
     feeds = {"images": images(1)}
-    for art in artifacts_in(tmp_path / "o", res.manifest):
-        b = registry.get(art.backend)
-        for a, prec in ((art, None), (float_art, b.capabilities().default_precision)):
-            with b.session(a, SessionSettings(threads=1, precision=prec)) as s:
-                got = _node_ms(s.profile(feeds, 2), names)
-            assert set(got) == weighted, (art.backend, prec, sorted(weighted - set(got)))
+    for backend in ("onnxruntime", "openvino"):
+        b = registry.get(backend)
+        if b.available() is not None:
+            continue
+        for plan in ["rules", *(v.name for v in b.plan_variants())]:
+            out = tmp_path / f"{backend}-{plan}"
+            res = api.export(model, tmp_path / "calib.npz", out, backends=backend, samples=24,
+                             bench=False, plan=plan)  # fmt: skip
+            (art,) = artifacts_in(out, res.manifest)
+            runs: list[tuple[Artifact, Precision | None]] = [(art, None)]
+            if plan == "rules":
+                float_art = Artifact("", "onnx", out, ("float/model.onnx",), "float")
+                runs.append((float_art, b.capabilities().default_precision))
+            for a, prec in runs:
+                with b.session(a, SessionSettings(threads=1, precision=prec)) as s:
+                    got = region_ms(s.profile(feeds, 2), names)
+                assert set(got) == {"conv0", "conv1", "conv2", "fc"}, (backend, plan, prec)
 
 
 @pytest.fixture
