@@ -45,6 +45,7 @@ def export(
     bench: bool = True,
     threads: int | None = None,
     plan: str = "rules",
+    algorithms: str | Sequence[str] | None = None,
     ui: UI = SILENT,
 ) -> ExportResult:
     """Quantize ``model`` for each backend into ``out``; see ``quantship export --help``."""
@@ -75,6 +76,7 @@ def export(
         bench=bench,
         threads=threads,
         plan=plan,
+        algorithms=algorithms,
     )
     return run_export(opts, ui)
 

@@ -70,6 +70,7 @@ def _run(args: argparse.Namespace) -> int:
             bench=not args.no_bench,
             threads=args.threads,
             plan=args.plan,
+            algorithms=args.algorithms,
             ui=ui,
         )
         ui.note(f"wrote {result.out}/manifest.json")

@@ -191,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
         "budget; cached per model, runtime and CPU), or a variant's name (default: rules)",
     )
     e.add_argument(
+        "--algorithms",
+        default=None,
+        metavar="LIST",
+        help="pre-quantization algorithms, comma-separated: cle (cross-layer equalization), "
+        "smoothquant (LayerNorm-fed matrix products), bias-correction; or a preset: none "
+        "(default: none)",
+    )
+    e.add_argument(
         "--max-drop",
         type=float,
         metavar="X",

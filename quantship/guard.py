@@ -99,7 +99,10 @@ class Evaluator:
         metric: Metric | None = None,
         labels: npt.NDArray[Any] | None = None,
         threads: int | None = None,
+        reference: FloatModel | None = None,
     ) -> None:
+        """``reference``: the fp32 model errors are measured against (default ``model``;
+        another where a pre-quantization algorithm changed the model INT8 is made from)."""
         from quantship.backends.base import SessionSettings
         from quantship.calibration.runner import ort_session
 
@@ -108,7 +111,8 @@ class Evaluator:
         self.model, self.table, self.backend, self.feeds = model, table, backend, feeds
         self.metric, self.labels = metric, labels
         self.settings = SessionSettings(threads=threads)
-        ref = ort_session(model.proto, weights_dir=model.weights_dir)
+        r = reference or model
+        ref = ort_session(r.proto, weights_dir=r.weights_dir)
         self.ref = [ref.run(None, f) for f in feeds]
         self.float_score = self._score(self.ref) if metric is not None else 0.0
         self.count = 0

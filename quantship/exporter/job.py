@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quantship.algorithms import Algorithms
 from quantship.backends import registry
 from quantship.backends.base import Artifact, Backend, PlanOptions
 from quantship.bench.verdict import Budget
@@ -61,6 +62,7 @@ class ExportOptions:
     bench: bool = True
     threads: int | None = None
     plan: str = "rules"  # a plan variant's name, or "search" (exporter/plan_search.py)
+    algorithms: str | Sequence[str] | None = None  # quantship/algorithms: names or a preset
 
     def __post_init__(self) -> None:
         if self.samples is not None and self.samples < 1:
@@ -73,6 +75,7 @@ class ExportOptions:
             raise QuantshipError("--metric sets what --max-drop measures; give --max-drop too")
         if self.metric is not None and self.held_out is None:
             raise QuantshipError("--metric needs --held-out data with labels")
+        Algorithms.parse(self.algorithms)
         if self.calib is None and self.calib_cache is None:
             raise DataError(
                 "give calibration data (--calib) or a calibration table (--calib-cache)"
@@ -273,10 +276,22 @@ def build(
     the accuracy guard (with --max-drop), then the artifact. Returns the artifacts,
     each backend's figures, and (guarded, benchmarked) the all-INT8 artifacts to time
     beside the guarded ones."""
+    from quantship.algorithms import BIAS_SAMPLES, before_planning, for_plan
     from quantship.exporter.pipeline import build_artifact
     from quantship.guard import Evaluator, guard, held_feeds, held_labels, load_metric
 
-    fm, held = loaded.fm, loaded.held
+    algos = Algorithms.parse(opts.algorithms)
+    held = loaded.held
+    # What INT8 is made from: the prepared model, changed by the algorithms asked for.
+    fm, table, algo_report = before_planning(
+        loaded.fm, table, loaded.data, held.calib_stop, algos, ui
+    )
+    q_loaded = dataclasses.replace(loaded, fm=fm)
+    calib_feeds = (
+        held_feeds(loaded.data, 0, held.calib_stop, BIAS_SAMPLES, fm.fixed_batch)
+        if loaded.data is not None and algos.names
+        else []
+    )
     metric_fn = load_metric(opts.metric) if opts.metric is not None else None
     guard_feeds: list[Feed] = []
     labels = None
@@ -292,12 +307,14 @@ def build(
     figures: dict[str, dict[str, Any]] = {}
     unguarded: dict[str, Artifact] = {}
     for backend in chosen:
-        choice = plan_choice(opts, loaded, table, options, backend, float_art, stage, ui)
+        choice = plan_choice(opts, q_loaded, table, options, backend, float_art, stage, ui)
         b = choice.variant.backend
         planned = choice.variant.options(options, fm)
+        b_fm, b_algos = for_plan(fm, table, b, planned, calib_feeds, algos, ui)
         b_options, guarded = planned, None
         if opts.max_drop is not None:
-            evaluator = Evaluator(fm, table, b, guard_feeds, metric_fn, labels, opts.threads)
+            evaluator = Evaluator(b_fm, table, b, guard_feeds, metric_fn, labels, opts.threads,
+                                  reference=loaded.fm)  # fmt: skip
             res = guard(evaluator, planned, opts.max_drop, ui)
             b_options = dataclasses.replace(
                 planned, float_nodes=planned.float_nodes | frozenset(res.float_nodes)
@@ -308,10 +325,12 @@ def build(
                 f"1 - cosine {res.before:.4g} -> {res.after:.4g} ({res.evaluations} evaluations, "
                 f"{res.seconds:.1f} s)"
             )
-        art, plan_summary = build_artifact(b, fm, table, b_options, stage, ui)
+        art, plan_summary = build_artifact(b, b_fm, table, b_options, stage, ui)
         release_memory()
         artifacts.append(art)
         figures[b.name] = {"plan": plan_summary, "plan_variant": choice.variant.name}
+        if algos.names:
+            figures[b.name]["algorithms"] = {"names": list(algos.names), **algo_report, **b_algos}
         if choice.record is not None:
             figures[b.name]["plan_search"] = choice.record
         if guarded is not None:
@@ -320,7 +339,7 @@ def build(
                 # The guard's latency cost: the all-INT8 artifact, timed beside the
                 # guarded one, built inside the staging folder and deleted afterwards.
                 unguarded[b.name], _ = build_artifact(
-                    b, fm, table, planned, stage / ".unguarded", SILENT
+                    b, b_fm, table, planned, stage / ".unguarded", SILENT
                 )
     return artifacts, figures, unguarded
 

@@ -1,0 +1,120 @@
+"""Pre-quantization algorithms, each a pure step on the float model (and its
+calibration table): ``--algorithms cle,bias-correction`` or a preset.
+
+- ``cle``: cross-layer equalization (``cle.py``) and ``smoothquant`` (``smoothquant.py``)
+  change the model every backend plans from; it is calibrated again, since its
+  activations' ranges change;
+- ``bias-correction``: per backend, for the plan it will build (``bias_correction.py``).
+
+The float model written to ``float/`` and the fp32 reference every figure is measured
+against stay the user's prepared model: the algorithms change only what INT8 is made from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from quantship.backends.base import Backend, PlanOptions
+from quantship.calibration.data import CalibrationData
+from quantship.calibration.table import CalibrationTable
+from quantship.errors import DataError, QuantshipError, closest
+from quantship.exporter.load import FloatModel
+from quantship.types import Feed
+from quantship.ui import SILENT, UI
+
+NAMES = ("cle", "smoothquant", "bias-correction")
+PRESETS: dict[str, tuple[str, ...]] = {"none": ()}
+DEFAULT = "none"
+# Calibration samples bias correction compares float and INT8 outputs on.
+BIAS_SAMPLES = 32
+
+
+@dataclass(frozen=True)
+class Algorithms:
+    names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for n in self.names:
+            if n not in NAMES:
+                raise QuantshipError(
+                    f"--algorithms: unknown algorithm {n!r} ({closest(n, [*NAMES, *PRESETS])}); "
+                    f"known: {', '.join(NAMES)}, or a preset: {', '.join(PRESETS)}"
+                )
+
+    @classmethod
+    def parse(cls, spec: str | Sequence[str] | None) -> Algorithms:
+        """``"cle,bias-correction"``, a preset name, or a list of names; in the order of
+        ``NAMES`` whatever order they are given in."""
+        if spec is None:
+            spec = DEFAULT
+        items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+        names: list[str] = []
+        for s in filter(None, items):
+            names.extend(PRESETS.get(s, (s,)))
+        cls(tuple(names))  # unknown names fail here
+        return cls(tuple(n for n in NAMES if n in names))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names
+
+
+def before_planning(
+    fm: FloatModel,
+    table: CalibrationTable,
+    data: CalibrationData | None,
+    calib_stop: int | None,
+    algorithms: Algorithms,
+    ui: UI = SILENT,
+) -> tuple[FloatModel, CalibrationTable, dict[str, Any]]:
+    """The model and table every backend plans from."""
+    report: dict[str, Any] = {}
+    changed = fm
+    asked = [n for n in ("cle", "smoothquant") if n in algorithms]
+    if asked and data is None:
+        raise DataError(
+            f"--algorithms {','.join(asked)} calibrates the changed model again: give --calib "
+            "data (a --calib-cache table alone is not enough)"
+        )
+    if "cle" in algorithms:
+        from quantship.algorithms.cle import equalize
+
+        changed, rep = equalize(changed, table)
+        report["cle"] = rep.to_json()
+        ui.note(changed.notes[-1])
+    if "smoothquant" in algorithms:
+        from quantship.algorithms.smoothquant import smooth
+
+        assert data is not None
+        changed, sq = smooth(changed, data, calib_stop, ui)
+        report["smoothquant"] = sq.to_json()
+        ui.note(f"SmoothQuant: {sq.smoothed} of {sq.groups} LayerNorm(s) smoothed")
+    if changed is not fm:
+        from quantship.calibration.runner import calibrate
+
+        assert data is not None
+        table = calibrate(changed, data, samples=calib_stop, histograms=table.histograms, ui=ui)
+    return changed, table, report
+
+
+def for_plan(
+    fm: FloatModel,
+    table: CalibrationTable,
+    backend: Backend,
+    options: PlanOptions,
+    feeds: list[Feed],
+    algorithms: Algorithms,
+    ui: UI = SILENT,
+) -> tuple[FloatModel, dict[str, Any]]:
+    """The model ``backend`` builds its plan from."""
+    report: dict[str, Any] = {}
+    if "bias-correction" in algorithms:
+        from quantship.algorithms.bias_correction import correct_biases
+
+        if not feeds:
+            raise DataError("--algorithms bias-correction needs calibration samples (--calib)")
+        fm, rep = correct_biases(fm, table, backend, options, feeds, ui)
+        report["bias_correction"] = rep.to_json()
+        ui.note(f"{backend.name}: {fm.notes[-1]}")
+    return fm, report

@@ -1,0 +1,103 @@
+"""A pre-quantization step's changes to a float model: new values for some of its
+initializers, new initializers and replaced nodes, applied to a copy (the input model
+is not touched)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+from onnx import numpy_helper
+
+from quantship.exporter.graph import GraphView
+from quantship.exporter.load import FloatModel
+
+
+class ModelEdit:
+    def __init__(self, fm: FloatModel) -> None:
+        self.fm = fm
+        self.view: GraphView = fm.view()
+        self.values: dict[str, npt.NDArray[Any]] = {}  # changed or new initializers
+        self._read: dict[str, npt.NDArray[Any]] = {}
+        self.nodes: dict[int, onnx.NodeProto] = {}
+        self.added: list[str] = []  # new initializers, in the order made
+
+    def node(self, idx: int) -> onnx.NodeProto:
+        """The node as edited so far."""
+        node: onnx.NodeProto = self.nodes.get(idx, self.view.nodes[idx])
+        return node
+
+    def weight(self, node: onnx.NodeProto, slot: int) -> str | None:
+        """The initializer a node reads at ``slot``, if only this node reads it (so
+        changing it changes nothing else)."""
+        if slot >= len(node.input) or not node.input[slot]:
+            return None
+        name = str(node.input[slot])
+        if name in self.added:
+            return name
+        if name not in self.view.initializers or len(self.view.consumers(name)) != 1:
+            return None
+        return name
+
+    def own(self, idx: int, slot: int) -> str | None:
+        """The initializer node ``idx`` reads at ``slot``, made its own first where other
+        nodes read it too (clean-up merges equal constants, such as zero biases of one
+        size); None where that input is not an initializer."""
+        node = self.node(idx)
+        name = self.weight(node, slot)
+        if name is not None:
+            return name
+        if slot >= len(node.input) or node.input[slot] not in self.view.initializers:
+            return None
+        return self.set_input(idx, slot, f"{node.input[slot]}.{idx}", self.value(node.input[slot]))
+
+    def value(self, name: str) -> npt.NDArray[Any]:
+        """The current value (float32) of an initializer, as changed so far."""
+        if name in self.values:
+            return self.values[name]
+        if name not in self._read:
+            v = self.view.constant_value(name)
+            assert v is not None, name
+            self._read[name] = np.array(v, dtype=np.float32)
+        return self._read[name]
+
+    def set(self, name: str, value: npt.NDArray[Any]) -> None:
+        self.values[name] = np.ascontiguousarray(value, dtype=np.float32)
+
+    def set_input(self, idx: int, slot: int, name: str, value: npt.NDArray[Any]) -> str:
+        """A new initializer (named ``name``, made unique) read by node ``idx`` at
+        ``slot``; the slot is appended where the node has fewer inputs."""
+        taken = {*self.view.initializers, *self.view.producer, *self.added}
+        unique, k = name, 1
+        while unique in taken:
+            unique, k = f"{name}_{k}", k + 1
+        self.added.append(unique)
+        self.set(unique, value)
+        new = onnx.NodeProto()
+        new.CopyFrom(self.node(idx))
+        while len(new.input) <= slot:
+            new.input.append("")
+        new.input[slot] = unique
+        self.nodes[idx] = new
+        return unique
+
+    def replace_node(self, idx: int, node: onnx.NodeProto) -> None:
+        self.nodes[idx] = node
+
+    def apply(self, note: str) -> FloatModel:
+        """A copy of the model with the changes; an unchanged model as it is."""
+        if not (self.values or self.nodes):
+            return self.fm
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.fm.proto)
+        g = proto.graph
+        for t in g.initializer:
+            if t.name in self.values:
+                t.CopyFrom(numpy_helper.from_array(self.values[t.name], t.name))
+        g.initializer.extend(numpy_helper.from_array(self.values[n], n) for n in self.added)
+        for idx, node in self.nodes.items():
+            g.node[idx].CopyFrom(node)
+        return dataclasses.replace(self.fm, proto=proto, notes=(*self.fm.notes, note))
