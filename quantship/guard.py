@@ -9,9 +9,10 @@ once and cached; every evaluation reuses the one calibration table.
 
 - ``sensitivity``: for each quantizable node, the error when only that node is in
   INT8. One evaluation per node.
-- ``guard``: quantize everything; while the error exceeds the budget, return the most
-  sensitive remaining node to float and measure again. At most 1 + 2·N evaluations for
-  N quantizable nodes, said before starting.
+- ``guard``: quantize everything; if the error exceeds the budget, return regions
+  (``guard_regions``: a layer with its activation, an attention block) to float, the
+  most error per ms of latency first, in growing batches, then bisect for the fewest.
+  At most 1 + R + 2·⌈log₂ R⌉ + 1 evaluations for R regions, said before starting.
 - ``resolve_exclusions``: ``--exclude`` regular expressions (matched against whole node
   names) and ``--exclude-op`` op types; a pattern that matches nothing is an error
   naming the closest node names.
@@ -19,6 +20,7 @@ once and cached; every evaluation reuses the one calibration table.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -182,6 +184,9 @@ class GuardResult:
     float_nodes: tuple[str, ...]
     evaluations: int
     seconds: float
+    regions: tuple[tuple[str, ...], ...] = ()  # returned to float, in the order chosen
+    cost_ms: float | None = None  # latency they add, as estimated (profile or cost model)
+    cost_source: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -190,40 +195,116 @@ class GuardResult:
             "before": self.before,
             "after": self.after,
             "float_nodes": list(self.float_nodes),
+            "float_regions": [list(r) for r in self.regions],
+            "estimated_cost_ms": self.cost_ms,
+            "cost_source": self.cost_source,
             "evaluations": self.evaluations,
             "seconds": round(self.seconds, 2),
         }
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> GuardResult | None:
+        """A cached result, or None where the record is not one."""
+        try:
+            return cls(
+                float(d["budget"]), float(d["before"]), float(d["after"]),
+                tuple(str(n) for n in d["float_nodes"]), int(d["evaluations"]),
+                float(d["seconds"]), tuple(tuple(str(n) for n in r) for r in d["float_regions"]),
+                None if d["estimated_cost_ms"] is None else float(d["estimated_cost_ms"]),
+                str(d["cost_source"]),
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+Costs = Callable[[list[tuple[str, ...]]], tuple[dict[str, float], str]]
+
 
 def guard(
-    evaluator: Evaluator, options: PlanOptions, max_drop: float, ui: UI = SILENT
+    evaluator: Evaluator,
+    options: PlanOptions,
+    max_drop: float,
+    ui: UI = SILENT,
+    costs: Costs | None = None,
 ) -> GuardResult:
-    """Return the most sensitive nodes to float, one at a time, until the error is
-    within ``max_drop``."""
+    """Return regions to float until the error is within ``max_drop``: regions ranked
+    by how much accuracy each costs in INT8 (its error when only it is INT8) per ms it
+    adds in float (``costs``; regions whose float is no slower first), then added in
+    growing batches (1, 2, 4, … regions) until the budget holds, and the smallest
+    prefix that holds found by bisection within the last batch."""
+    from quantship.guard_regions import guard_regions, region_costs
+
     t0 = time.perf_counter()
-    nodes = quantizable_nodes(evaluator.model, evaluator.table, evaluator.backend, options)
+    m, t, b = evaluator.model, evaluator.table, evaluator.backend
+    nodes = quantizable_nodes(m, t, b, options)
+    regions = guard_regions(m, nodes)
+    bound = 1 + len(regions) + 2 * max(1, math.ceil(math.log2(max(len(regions), 1)))) + 1
     ui.note(
-        f"accuracy guard: budget {max_drop:g} (1 - cosine); at most {1 + 2 * len(nodes)} evaluations"
+        f"accuracy guard: budget {max_drop:g} (1 - cosine); {len(nodes)} quantized nodes in "
+        f"{len(regions)} regions; at most {bound} evaluations"
     )
     before = evaluator.error(options)
     if before <= max_drop:
         return GuardResult(max_drop, before, before, (), evaluator.count, time.perf_counter() - t0)
-    ranked = sensitivity(evaluator, options, ui)
-    chosen: list[str] = []
-    err = before
-    for s in ranked:
-        chosen.append(s.node)
-        err = evaluator.error(replace(options, float_nodes=options.float_nodes | frozenset(chosen)))
-        if err <= max_drop:
-            break
-    if err > max_drop:
-        raise QuantshipError(
-            f"--max-drop {max_drop:g}: even with every quantizable node in float the error is {err:.4g}; "
-            "check the calibration data or raise the budget"
-        )
+    sens = region_sensitivity(evaluator, options, regions, ui)
+    if costs is None:
+        cost, source = region_costs(b, m, t, options, None, {}, regions, evaluator.settings.threads)
+    else:
+        cost, source = costs(regions)
+    rank = sorted(regions, key=lambda r: _priority(sens[r[0]], cost.get(r[0], 0.0)))
+
+    def error_with(k: int) -> float:
+        keep = frozenset(n for r in rank[:k] for n in r)
+        return evaluator.error(replace(options, float_nodes=options.float_nodes | keep))
+
+    lo, k, hi, err = 0, 1, None, before
+    while hi is None:
+        k = min(k, len(rank))
+        e = error_with(k)
+        if e <= max_drop:
+            hi, err = k, e
+        elif k == len(rank):
+            raise QuantshipError(
+                f"--max-drop {max_drop:g}: even with every quantizable node in float the error "
+                f"is {e:.4g}; check the calibration data or raise the budget"
+            )
+        else:
+            lo, k = k, 2 * k
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        e = error_with(mid)
+        if e <= max_drop:
+            hi, err = mid, e
+        else:
+            lo = mid
+    chosen = tuple(rank[:hi])
     return GuardResult(
-        max_drop, before, err, tuple(chosen), evaluator.count, time.perf_counter() - t0
-    )
+        max_drop, before, err, tuple(n for r in chosen for n in r), evaluator.count,
+        time.perf_counter() - t0, chosen, round(sum(cost.get(r[0], 0.0) for r in chosen), 4),
+        source,
+    )  # fmt: skip
+
+
+def _priority(error: float, cost: float) -> tuple[int, float]:
+    """Regions free to keep float (no slower in float) first, most sensitive first;
+    then the most error removed per ms added."""
+    if cost <= 0:
+        return (0, -error)
+    return (1, -error / cost)
+
+
+def region_sensitivity(
+    evaluator: Evaluator, options: PlanOptions, regions: list[tuple[str, ...]], ui: UI = SILENT
+) -> dict[str, float]:
+    """Per region (by its first node), the error with only that region in INT8."""
+    every = frozenset(n for r in regions for n in r)
+    out: dict[str, float] = {}
+    with ui.progress("region sensitivity", len(regions)) as advance:
+        for r in regions:
+            others = (every - set(r)) | options.float_nodes
+            out[r[0]] = evaluator.error(replace(options, float_nodes=others))
+            advance(1)
+    return out
 
 
 def sensitivity_plot(rows: list[Sensitivity], path: Any, top: int = 20) -> bool:

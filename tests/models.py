@@ -148,3 +148,45 @@ def run_ort(
     src = str(model) if isinstance(model, Path) else model.SerializeToString()
     s = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
     return [np.asarray(o) for o in s.run(None, feeds)]
+
+
+def silu_cnn(seed: int = 0) -> onnx.ModelProto:
+    """Conv → SiLU (Sigmoid, Mul) → Conv → SiLU → Conv → Relu → GlobalAveragePool →
+    Flatten → Gemm, with a dynamic batch: a detector's blocks in small."""
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+    x, cin = "images", 3
+    for k, act in enumerate(("silu", "silu", "relu")):
+        w = (rng.standard_normal((8, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))).astype(np.float32)
+        inits += [
+            numpy_helper.from_array(w, f"w{k}"),
+            numpy_helper.from_array(rng.uniform(-0.1, 0.1, 8).astype(np.float32), f"b{k}"),
+        ]
+        nodes.append(
+            helper.make_node(
+                "Conv", [x, f"w{k}", f"b{k}"], [f"c{k}"], name=f"conv{k}", pads=[1, 1, 1, 1]
+            )
+        )
+        if act == "silu":
+            nodes += [
+                helper.make_node("Sigmoid", [f"c{k}"], [f"s{k}"], name=f"sig{k}"),
+                helper.make_node("Mul", [f"c{k}", f"s{k}"], [f"a{k}"], name=f"mul{k}"),
+            ]
+        else:
+            nodes.append(helper.make_node("Relu", [f"c{k}"], [f"a{k}"], name=f"relu{k}"))
+        x, cin = f"a{k}", 8
+    fc = (rng.standard_normal((10, 8)) * 0.3).astype(np.float32)
+    inits.append(numpy_helper.from_array(fc, "fc.w"))
+    nodes += [
+        helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc.w"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "silu_cnn",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

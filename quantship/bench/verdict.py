@@ -11,6 +11,10 @@ from dataclasses import dataclass
 # Without --max-drop: INT8 or bf16 must stay this close to fp32 (cosine of outputs on
 # held-out data) to count as the same model.
 DEFAULT_MIN_COSINE = 0.999
+# An INT8 artifact the accuracy guard returned layers to float for must be at most this
+# fraction of the float model's size: one larger keeps so much in float that the user
+# is better served by the float model (the accuracy issue's rule).
+MAX_GUARDED_SIZE = 0.5
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class Option:
     is_float: bool
     p50_ms: float | None
     cosine: float | None
+    size_ratio: float | None = None  # a guarded INT8 artifact's size / the float model's
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,8 @@ def decide(options: Sequence[Option], budget: Budget) -> Verdict:
         return Verdict(None, None, {}, (), "latency not measured: no verdict")
     if all(o.cosine is None for o in options if not _is_reference(o)):
         return _unmeasured(timed)
-    ok = [o for o in timed if budget.meets(o.cosine)]
+    too_big = [o for o in timed if not o.is_float and (o.size_ratio or 0.0) > MAX_GUARDED_SIZE]
+    ok = [o for o in timed if budget.meets(o.cosine) and o not in too_big]
     best_float = min((o for o in ok if o.is_float), key=_p50, default=None)
     speedup = _speedups(timed, best_float)
     warnings: list[str] = []
@@ -88,6 +94,11 @@ def decide(options: Sequence[Option], budget: Budget) -> Verdict:
             warnings.append(
                 f"{o.label} ({_p50(o):.3g} ms) is slower than the float model in "
                 f"{best_float.label} ({_p50(best_float):.3g} ms)"
+            )
+        if o in too_big:
+            warnings.append(
+                f"{o.label} is {o.size_ratio:.2f}x the float model's size with the layers the "
+                f"accuracy guard kept in float (more than {MAX_GUARDED_SIZE}x): not recommended"
             )
         if not budget.meets(o.cosine):
             warnings.append(
@@ -102,6 +113,8 @@ def decide(options: Sequence[Option], budget: Budget) -> Verdict:
             f"fastest within the budget: {best.label}, the float model ({_p50(best):.3g} ms); "
             "no INT8 artifact within the budget beats it on this machine"
         )
+        if any(not o.is_float for o in timed):
+            line += ": INT8 does not pay for this model within this budget, deploy the float model"
     else:
         versus = (
             f", {speedup[best.key]:.2f}x the fastest float ({best_float.label})"

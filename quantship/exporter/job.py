@@ -277,8 +277,9 @@ def build(
     each backend's figures, and (guarded, benchmarked) the all-INT8 artifacts to time
     beside the guarded ones."""
     from quantship.algorithms import BIAS_SAMPLES, before_planning, for_plan
+    from quantship.exporter.guard_step import run_guard
     from quantship.exporter.pipeline import build_artifact
-    from quantship.guard import Evaluator, guard, held_feeds, held_labels, load_metric
+    from quantship.guard import Evaluator, held_feeds, held_labels, load_metric
 
     algos = Algorithms.parse(opts.algorithms)
     held = loaded.held
@@ -313,18 +314,15 @@ def build(
         b_fm, b_algos = for_plan(fm, table, b, planned, calib_feeds, algos, ui)
         b_options, guarded = planned, None
         if opts.max_drop is not None:
-            evaluator = Evaluator(b_fm, table, b, guard_feeds, metric_fn, labels, opts.threads,
-                                  reference=loaded.fm)  # fmt: skip
-            res = guard(evaluator, planned, opts.max_drop, ui)
+            res = run_guard(
+                Evaluator(b_fm, table, b, guard_feeds, metric_fn, labels, opts.threads,
+                          reference=loaded.fm),
+                planned, opts.max_drop, opts.metric, held, float_art, ui,
+            )  # fmt: skip
             b_options = dataclasses.replace(
                 planned, float_nodes=planned.float_nodes | frozenset(res.float_nodes)
             )
             guarded = res.to_json()
-            ui.note(
-                f"{b.name}: accuracy guard kept {len(res.float_nodes)} node(s) in float; "
-                f"1 - cosine {res.before:.4g} -> {res.after:.4g} ({res.evaluations} evaluations, "
-                f"{res.seconds:.1f} s)"
-            )
         art, plan_summary = build_artifact(b, b_fm, table, b_options, stage, ui)
         release_memory()
         artifacts.append(art)

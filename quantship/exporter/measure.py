@@ -75,7 +75,9 @@ def measure(
     verdict = decide(
         [
             Option(c.key, c.label, c.is_float, p50.get(c.key),
-                   (fidelity.get(c.key) or {}).get("cosine"))
+                   (fidelity.get(c.key) or {}).get("cosine"),
+                   c.artifact.size_bytes() / float_art.size_bytes()
+                   if c.backend.name in unguarded and not c.is_float else None)
             for c in [*floats, *arts]
         ],
         budget,

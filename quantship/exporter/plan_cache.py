@@ -45,25 +45,54 @@ def cache_key(
     """Everything the decision depends on: the model, calibration table and options,
     the held-out data it was judged on and the sample it was timed with, each plan,
     the budget, the runtime, the CPU, the threads and quantship's own version."""
-    from quantship import __version__
-    from quantship.bench.machine import cpu_info
-
     what = {
-        "model": fm.sha256,
-        "table": hashlib.sha256(table.to_text().encode()).hexdigest(),
-        "options": options.to_json(),
-        "held": [held.note, held.start, held.stop],
+        **_inputs(backend, fm, table, options, threads, held),
         "sample": {k: list(v.shape) for k, v in (sample or {}).items()},
-        "backend": backend.name,
-        "runtime": backend.version(),
-        "quantship": __version__,
-        "machine": cpu_info(),
-        "threads": threads,
         "plans": [[v.name, v.what, *map(sorted, _sets(v))] for v in variants],
         "min_cosine": min_cosine,
         "search": search_settings,
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def guard_key(
+    backend: Backend,
+    fm: FloatModel,
+    table: CalibrationTable,
+    options: PlanOptions,
+    threads: int | None,
+    held: HeldOut,
+    max_drop: float,
+    metric: str | None,
+) -> str:
+    """The accuracy guard's decision: its ranking uses latencies measured here, so a
+    second export reuses the first's regions and its artifacts are byte-identical."""
+    what = {**_inputs(backend, fm, table, options, threads, held), "guard": [max_drop, metric]}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def _inputs(
+    backend: Backend,
+    fm: FloatModel,
+    table: CalibrationTable,
+    options: PlanOptions,
+    threads: int | None,
+    held: HeldOut,
+) -> dict[str, Any]:
+    from quantship import __version__
+    from quantship.bench.machine import cpu_info
+
+    return {
+        "model": fm.sha256,
+        "table": hashlib.sha256(table.to_text().encode()).hexdigest(),
+        "options": options.to_json(),
+        "held": [held.note, held.start, held.stop],
+        "backend": backend.name,
+        "runtime": backend.version(),
+        "quantship": __version__,
+        "machine": cpu_info(),
+        "threads": threads,
+    }
 
 
 def _sets(v: PlanVariant) -> tuple[frozenset[str], ...]:

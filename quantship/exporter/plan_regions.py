@@ -16,7 +16,7 @@ more plan, measured like every other.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import onnx
@@ -74,15 +74,21 @@ def _activation(y: str, readers: Mapping[str, list[onnx.NodeProto]]) -> list[onn
     return []
 
 
-def region_names(model: onnx.ModelProto) -> dict[str, str]:
-    """Every name a runtime may give a region's layer → the region (its weighted node):
-    its nodes' names, the tensors they write, and those tensors' Q and DQ nodes."""
-    by_name = {n.name: n for n in model.graph.node if n.name}
+def region_names(
+    model: onnx.ModelProto, groups: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, str]:
+    """Every name a runtime may give a region's layer → the region: its nodes' names,
+    the tensors they write, and those tensors' Q and DQ nodes. ``groups``: region →
+    its node names (default: the weighted regions, by their weighted node)."""
+    if groups is None:
+        groups = {k: (k, *r.activations) for k, r in regions_of(model).items()}
+    # Unnamed nodes go by the name GraphView gives them.
+    by_name = {n.name or f"{n.op_type}_{i}": n for i, n in enumerate(model.graph.node)}
     out: dict[str, str] = {}
-    for key, r in regions_of(model).items():
-        for name in (key, *r.activations):
+    for key, names in groups.items():
+        for name in names:
             out[name] = key
-            for t in by_name[name].output:
+            for t in by_name[name].output if name in by_name else ():
                 if t:
                     out.setdefault(t, key)
     return out

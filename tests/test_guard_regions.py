@@ -1,0 +1,147 @@
+"""The accuracy guard on regions: what goes to float together, the order (error per
+latency cost, free regions first), evaluations in growing batches, the decision
+cached, and a verdict that does not recommend a guarded INT8 that does not pay."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+from models import images, save, silu_cnn
+from onnx import TensorProto, helper, numpy_helper
+
+from quantship import api
+from quantship.backends.base import PlanOptions
+from quantship.bench.verdict import Budget, Option, decide
+from quantship.exporter.load import FloatModel, load_model
+from quantship.guard import Evaluator, _priority, guard
+from quantship.guard_regions import guard_regions
+
+
+def attention() -> onnx.ModelProto:
+    """x → Q, K, V projections → Q·Kᵀ → Div → Softmax → ·V → output projection."""
+    rng = np.random.default_rng(0)
+    d = 16
+    inits = [numpy_helper.from_array((rng.standard_normal((d, d)) * 0.3).astype(np.float32), n)
+             for n in ("wq", "wk", "wv", "wo")]  # fmt: skip
+    inits.append(numpy_helper.from_array(np.array(4.0, np.float32), "sqrt_d"))
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"], name="proj_q"),
+        helper.make_node("MatMul", ["x", "wk"], ["k"], name="proj_k"),
+        helper.make_node("MatMul", ["x", "wv"], ["v"], name="proj_v"),
+        helper.make_node("Transpose", ["k"], ["kt"], name="kt", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["s"], name="scores"),
+        helper.make_node("Div", ["s", "sqrt_d"], ["s2"], name="scale"),
+        helper.make_node("Softmax", ["s2"], ["p"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["p", "v"], ["c"], name="context"),
+        helper.make_node("MatMul", ["c", "wo"], ["y"], name="proj_o"),
+    ]
+    graph = helper.make_graph(
+        nodes, "attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, d])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, d])], inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_regions_keep_a_layer_with_its_activation_and_an_attention_block(tmp_path: Path) -> None:
+    fm = load_model(save(silu_cnn(), tmp_path / "c.onnx"))
+    got = guard_regions(fm, ["conv0", "sig0", "mul0", "conv1", "sig1", "mul1", "conv2", "fc"])
+    assert got == [("conv0", "sig0", "mul0"), ("conv1", "sig1", "mul1"), ("conv2",), ("fc",)]
+    fm = load_model(save(attention(), tmp_path / "a.onnx"))
+    names = ["proj_q", "proj_k", "proj_v", "scores", "context", "proj_o"]
+    got = guard_regions(fm, names)
+    assert ("scores", "context") in got and ("proj_q",) in got and len(got) == 5
+
+
+def test_free_regions_first_then_error_per_ms() -> None:
+    # float no slower: first whatever its error; then most error per ms
+    keys = {"free": _priority(0.001, -0.1), "a": _priority(0.01, 1.0), "b": _priority(0.01, 0.1),
+            "c": _priority(0.05, 10.0)}  # fmt: skip
+    assert sorted(keys, key=keys.__getitem__) == ["free", "b", "a", "c"]
+
+
+class Planted(Evaluator):
+    """The real model, backend and plans, with the error replaced by a planted one (a
+    test of the guard's search, not of a runtime): each region adds its harm while it
+    is INT8."""
+
+    def __init__(self, fm: FloatModel, harm: dict[str, float]) -> None:
+        from quantship.backends.onnxruntime import OnnxRuntimeBackend
+        from quantship.calibration.runner import calibrate
+        from quantship.calibration.sources import open_data
+
+        np.savez(Path(str(fm.source)).parent / "calib.npz", images=images(8))
+        data = open_data(Path(str(fm.source)).parent / "calib.npz", fm.inputs)
+        super().__init__(fm, calibrate(fm, data, samples=8), OnnxRuntimeBackend(),
+                         [{"images": images(1)}])  # fmt: skip
+        self.harm = harm
+
+    def error(self, options: PlanOptions) -> float:
+        self.count += 1
+        return sum(h for n, h in self.harm.items() if n not in options.float_nodes)
+
+
+def chain(n: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "images"
+    for k in range(n):
+        cin = 3 if k == 0 else 4
+        w = (rng.standard_normal((4, cin, 3, 3)) * 0.3).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{k}"))
+        nodes += [helper.make_node("Conv", [x, f"w{k}"], [f"c{k}"], name=f"conv{k}", pads=[1] * 4),
+                  helper.make_node("Relu", [f"c{k}"], [f"r{k}"], name=f"relu{k}")]  # fmt: skip
+        x = f"r{k}"
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 4, 16, 16])], inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_growing_batches_find_the_fewest_regions_within_few_evaluations(tmp_path: Path) -> None:
+    fm = load_model(save(chain(16), tmp_path / "chain.onnx"))
+    harm = {f"conv{k}": 0.001 for k in range(16)}
+    harm.update(conv3=0.05, conv9=0.04, conv12=0.03)  # three fragile layers
+    ev = Planted(fm, harm)
+    res = guard(ev, PlanOptions(), 0.02)
+    assert set(res.float_nodes) == {"conv3", "conv9", "conv12"}
+    # 1 + 16 sensitivities + batches 1, 2, 4 + bisection between 2 and 4
+    assert res.evaluations <= 1 + 16 + 2 * 4 + 1 and res.evaluations < 1 + 2 * 16
+    # equally harmful, one costs 10x more in float: the cheap one goes
+    ev = Planted(fm, {**{f"conv{k}": 0.0 for k in range(16)}, "conv2": 0.03, "conv5": 0.03})
+    res = guard(ev, PlanOptions(), 0.04,
+                costs=lambda regions: ({r[0]: 10.0 if r[0] == "conv2" else 1.0 for r in regions},
+                                       "planted"))  # fmt: skip
+    assert res.float_nodes == ("conv5",) and res.cost_ms == 1.0 and res.cost_source == "planted"
+
+
+def test_guarded_int8_larger_than_half_the_float_is_not_recommended() -> None:
+    opts = [Option("ort:float:fp32", "fp32", True, 10.0, 1.0),
+            Option("ort:int8", "int8 guarded", False, 8.0, 0.999, size_ratio=0.7)]  # fmt: skip
+    v = decide(opts, Budget(0.99))
+    assert v.choice == "ort:float:fp32"
+    assert "INT8 does not pay" in v.line and any("0.70x the float model's size" in w
+                                                 for w in v.warnings)  # fmt: skip
+    v = decide([opts[0], replace(opts[1], size_ratio=0.4)], Budget(0.99))
+    assert v.choice == "ort:int8"
+
+
+def test_the_guards_decision_is_cached_and_artifacts_repeat(tmp_path: Path) -> None:
+    model = save(silu_cnn(), tmp_path / "m.onnx")
+    rng = np.random.default_rng(1)
+    x = images(48)
+    x[::12, 0, 2, 2] = 500.0  # rare outliers that ruin the first layer's input grid
+    np.savez(tmp_path / "calib.npz", images=x)
+    np.savez(tmp_path / "held.npz", images=rng.standard_normal((16, 3, 16, 16)).astype(np.float32))
+    runs = []
+    for k in range(2):
+        res = api.export(model, tmp_path / "calib.npz", tmp_path / f"o{k}", max_drop=0.001,
+                         held_out=tmp_path / "held.npz", method="minmax", bench=False)  # fmt: skip
+        (a,) = res.manifest["artifacts"]
+        runs.append((a["accuracy_guard"], [f["sha256"] for f in a["files"]]))
+    assert runs[0] == runs[1]
+    g = runs[0][0]
+    assert g["float_regions"] and all(isinstance(r, list) for r in g["float_regions"])
+    assert g["cost_source"].startswith("ms, from onnxruntime's per-layer profiles")
