@@ -195,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="LIST",
         help="pre-quantization algorithms, comma-separated: cle (cross-layer equalization), "
-        "smoothquant (LayerNorm-fed matrix products), bias-correction; or a preset: none "
-        "(default: none)",
+        "smoothquant (LayerNorm-fed matrix products), adaround (learned weight rounding, "
+        "needs torch), bias-correction; or a preset: none (default: none)",
     )
     e.add_argument(
         "--max-drop",

@@ -4,7 +4,8 @@ calibration table): ``--algorithms cle,bias-correction`` or a preset.
 - ``cle``: cross-layer equalization (``cle.py``) and ``smoothquant`` (``smoothquant.py``)
   change the model every backend plans from; it is calibrated again, since its
   activations' ranges change;
-- ``bias-correction``: per backend, for the plan it will build (``bias_correction.py``).
+- ``adaround`` (``adaround.py``, needs torch) then ``bias-correction``
+  (``bias_correction.py``): per backend, for the plan it will build.
 
 The float model written to ``float/`` and the fp32 reference every figure is measured
 against stay the user's prepared model: the algorithms change only what INT8 is made from.
@@ -24,7 +25,7 @@ from quantship.exporter.load import FloatModel
 from quantship.types import Feed
 from quantship.ui import SILENT, UI
 
-NAMES = ("cle", "smoothquant", "bias-correction")
+NAMES = ("cle", "smoothquant", "adaround", "bias-correction")
 PRESETS: dict[str, tuple[str, ...]] = {"none": ()}
 DEFAULT = "none"
 # Calibration samples bias correction compares float and INT8 outputs on.
@@ -109,6 +110,14 @@ def for_plan(
 ) -> tuple[FloatModel, dict[str, Any]]:
     """The model ``backend`` builds its plan from."""
     report: dict[str, Any] = {}
+    if "adaround" in algorithms:
+        from quantship.algorithms.adaround import adaround
+
+        if not feeds:
+            raise DataError("--algorithms adaround needs calibration samples (--calib)")
+        fm, ar = adaround(fm, table, backend, options, feeds, ui)
+        report["adaround"] = ar.to_json()
+        ui.note(f"{backend.name}: {fm.notes[-1]} in {ar.seconds:.1f} s")
     if "bias-correction" in algorithms:
         from quantship.algorithms.bias_correction import correct_biases
 
