@@ -210,6 +210,41 @@ def fidelity(
     return {k: m.result(str(held)).to_json() for k, m in meters.items()}
 
 
+def candidate_fidelity(
+    model: Path, held: Path, cands: list[Any], threads: int
+) -> tuple[dict[str, Any], dict[str, list[Any]], list[Any]]:
+    """Every candidate (float options, INT8 artifacts, peers' files) against the fp32
+    model in ONNX Runtime on the held-out samples, each in its own runtime: the
+    ``Fidelity`` by candidate key, each candidate's first output per sample, and the
+    reference's."""
+    import contextlib
+
+    from quantship.backends.base import SessionSettings
+    from quantship.backends.onnxruntime import OrtSession
+    from quantship.bench.fidelity import FidelityMeter
+    from quantship.calibration.sources import open_data
+    from quantship.exporter.load import load_model
+
+    fm = load_model(model)
+    meters = {c.key: FidelityMeter(fm.outputs) for c in cands}
+    outs: dict[str, list[Any]] = {c.key: [] for c in cands}
+    ref_outs: list[Any] = []
+    with contextlib.ExitStack() as stack:
+        ref = stack.enter_context(OrtSession(model, SessionSettings(threads=threads)))
+        sessions = {
+            c.key: stack.enter_context(c.backend.session(c.artifact, c.settings(threads)))
+            for c in cands
+        }
+        for feed in open_data(held, fm.inputs, role="held-out").samples():
+            r = ref.run(feed)
+            ref_outs.append(r[0])
+            for k, s in sessions.items():
+                o = s.run(feed)
+                meters[k].update(r, o)
+                outs[k].append(o[0])
+    return {k: m.result(str(held)) for k, m in meters.items()}, outs, ref_outs
+
+
 def latency(
     float_model: Path, models: dict[str, Path], threads: int, duration: float
 ) -> list[dict[str, Any]]:

@@ -13,7 +13,6 @@ benchmarks/results/plan_search_profiles.json.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     RESULTS,
     WORK,
+    candidate_fidelity,
     job_summary,
     machine,
     machine_line,
@@ -100,12 +100,9 @@ def run_model(
     name: str, samples: int, held: int, duration: float, limit_mb: float
 ) -> dict[str, Any]:
     from quantship.backends.base import SessionSettings
-    from quantship.backends.onnxruntime import OrtSession
-    from quantship.bench.fidelity import FidelityMeter
     from quantship.bench.profile import Profile
     from quantship.bench.run import bench_candidates, make_feeds
     from quantship.bench.timing import BenchSettings
-    from quantship.calibration.sources import open_data
     from quantship.exporter.load import load_model
 
     paths = prepare(name, samples, held)
@@ -128,18 +125,8 @@ def run_model(
     fm = load_model(paths["model"])
     settings = SessionSettings(threads=THREADS)
     print(f"[{name}] fidelity of {len(cands)} candidates ...", flush=True)
-    meters = {c.key: FidelityMeter(fm.outputs) for c in cands}
-    with contextlib.ExitStack() as stack:
-        ref = stack.enter_context(OrtSession(paths["model"], SessionSettings(threads=THREADS)))
-        sessions = {
-            c.key: stack.enter_context(c.backend.session(c.artifact, c.settings(THREADS)))
-            for c in cands
-        }
-        for feed in open_data(paths["held"], fm.inputs, role="held-out").samples():
-            r = ref.run(feed)
-            for k, s in sessions.items():
-                meters[k].update(r, s.run(feed))
-    fid = {k: m.result(str(paths["held"])).cosine for k, m in meters.items()}
+    results, _, _ = candidate_fidelity(paths["model"], paths["held"], cands, THREADS)
+    fid = {k: f.cosine for k, f in results.items()}
     print(
         f"[{name}] latency of {len(cands)} candidates, interleaved, batch {BATCHES} ...", flush=True
     )

@@ -147,7 +147,9 @@ def nncf_job(
     model: str, calib: str, out: str, samples: int, preset: str = "default"
 ) -> dict[str, Any]:
     """NNCF's post-training quantization of the OpenVINO model, at its default preset
-    (symmetric activations) or ``mixed`` (asymmetric activations)."""
+    (symmetric activations; FastBiasCorrection on), ``mixed`` (asymmetric activations),
+    ``no-bc`` (bias correction off) or ``transformer`` (``model_type=TRANSFORMER``, which
+    turns SmoothQuant on)."""
     import nncf
     import openvino as ov
 
@@ -169,6 +171,12 @@ def nncf_job(
     kwargs: dict[str, Any] = {}
     if preset == "mixed":
         kwargs["preset"] = nncf.QuantizationPreset.MIXED
+    elif preset == "no-bc":
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+        kwargs["advanced_parameters"] = AdvancedQuantizationParameters(disable_bias_correction=True)
+    elif preset == "transformer":
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
     q = nncf.quantize(ov_model, nncf.Dataset(Lazy()), subset_size=samples, **kwargs)
     ov.save_model(q, out, compress_to_fp16=False)
     return {"quantize_s": time.perf_counter() - t0}

@@ -83,7 +83,10 @@ def before_planning(
 
         changed, rep = equalize(changed, table)
         report["cle"] = rep.to_json()
-        ui.note(changed.notes[-1])
+        ui.note(
+            f"cross-layer equalization: {rep.pairs} convolution pair(s), {rep.relu6_replaced} "
+            "ReLU6 → ReLU where the data stays below 6"
+        )
     if "smoothquant" in algorithms:
         from quantship.algorithms.smoothquant import smooth
 
@@ -117,7 +120,9 @@ def for_plan(
             raise DataError("--algorithms adaround needs calibration samples (--calib)")
         fm, ar = adaround(fm, table, backend, options, feeds, ui)
         report["adaround"] = ar.to_json()
-        ui.note(f"{backend.name}: {fm.notes[-1]} in {ar.seconds:.1f} s")
+        ui.note(
+            f"{backend.name}: AdaRound: {ar.done} of {ar.layers} layer(s) in {ar.seconds:.1f} s"
+        )
     if "bias-correction" in algorithms:
         from quantship.algorithms.bias_correction import correct_biases
 
@@ -125,5 +130,5 @@ def for_plan(
             raise DataError("--algorithms bias-correction needs calibration samples (--calib)")
         fm, rep = correct_biases(fm, table, backend, options, feeds, ui)
         report["bias_correction"] = rep.to_json()
-        ui.note(f"{backend.name}: {fm.notes[-1]}")
+        ui.note(f"{backend.name}: bias correction: {rep.layers} layer(s), {rep.samples} samples")
     return fm, report

@@ -52,7 +52,7 @@ def cache_key(
         "min_cosine": min_cosine,
         "search": search_settings,
     }
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+    return _digest(what)
 
 
 def guard_key(
@@ -67,7 +67,12 @@ def guard_key(
 ) -> str:
     """The accuracy guard's decision: its ranking uses latencies measured here, so a
     second export reuses the first's regions and its artifacts are byte-identical."""
-    what = {**_inputs(backend, fm, table, options, threads, held), "guard": [max_drop, metric]}
+    return _digest(
+        {**_inputs(backend, fm, table, options, threads, held), "guard": [max_drop, metric]}
+    )
+
+
+def _digest(what: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 

@@ -297,3 +297,23 @@ def test_adaround_export_is_deterministic(tmp_path: Path) -> None:
         assert a["algorithms"]["names"] == ["adaround", "bias-correction"]
         files.append([f["sha256"] for f in a["files"]])
     assert files[0] == files[1]
+
+
+def test_tensorrt_plans_get_the_algorithms_and_stay_valid(tmp_path: Path) -> None:
+    """The TensorRT plan (symmetric int8) takes every algorithm; its QDQ model still
+    passes TensorRT's rules, and its fidelity is measured in ONNX Runtime."""
+    pytest.importorskip("torch")
+    from models import silu_cnn
+
+    from quantship.backends.tensorrt_check import check_tensorrt
+
+    path = save(silu_cnn(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", images=images(40))
+    res = api.export(path, tmp_path / "calib.npz", tmp_path / "o", backends="tensorrt",
+                     samples=32, bench=False, algorithms="cle,adaround,bias-correction")  # fmt: skip
+    (a,) = res.manifest["artifacts"]
+    assert a["algorithms"]["adaround"]["done"] == 4
+    assert a["algorithms"]["bias_correction"]["layers"] == 4
+    assert a["fidelity"]["cosine"] > 0.99
+    qdq = onnx.load(str(tmp_path / "o" / a["path"]))
+    assert check_tensorrt(qdq) == []
