@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup demo test lint typecheck unit bench aimet clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,13 @@ test: lint typecheck unit
 bench: setup
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/vs_onnxruntime.py
+
+# AIMET (a peer) in its own environment: its pins differ from ours. Then run
+# AIMET_RUNNER='.aimet-venv/bin/python benchmarks/aimet_runner.py' benchmarks/accuracy_algorithms.py
+aimet:
+	$(PYTHON) -m venv .aimet-venv
+	.aimet-venv/bin/pip install --quiet torch==2.13.0
+	.aimet-venv/bin/pip install --quiet aimet-onnx==2.42.0 torch==2.13.0
 
 clean:
 	rm -rf $(VENV) demo-out build .pytest_cache .mypy_cache .ruff_cache
