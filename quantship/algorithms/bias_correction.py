@@ -8,7 +8,8 @@ calibration samples in ONNX Runtime, and each quantized layer's output (before i
 activation) is compared per channel: the mean difference is subtracted from that
 layer's bias (a bias is added where there was none). The comparison is of the whole
 INT8 model, upstream errors included; ``ROUNDS`` passes let each correction see the
-ones before it.
+ones before it. A round is kept only if the INT8 model's outputs on the samples come
+closer to the float model's (1 − cosine); otherwise the model is left as it was.
 
 A layer's bias is its Conv / ConvTranspose / Gemm bias, or the constant a MatMul's
 output is added to (a Linear layer as exporters write it).
@@ -47,12 +48,15 @@ class Target:
 class BiasReport:
     layers: int
     samples: int
-    rounds: int
-    mean_shift: float  # mean |correction| / mean |bias| over the layers, the last round
+    rounds: int  # rounds of correction kept (0: none made the INT8 outputs closer)
+    mean_shift: float  # mean |correction| / mean |bias| over the layers, the last round kept
+    error_before: float  # 1 - cosine of the INT8 outputs on the samples, uncorrected
+    error_after: float  # and as kept
 
     def to_json(self) -> dict[str, Any]:
-        return {"layers": self.layers, "samples": self.samples, "rounds": self.rounds,
-                "relative_shift": round(self.mean_shift, 6)}  # fmt: skip
+        return {"layers": self.layers, "samples": self.samples, "rounds_kept": self.rounds,
+                "relative_shift": round(self.mean_shift, 6),
+                "error_before": self.error_before, "error_after": self.error_after}  # fmt: skip
 
 
 def correct_biases(
@@ -70,32 +74,49 @@ def correct_biases(
     shift = 0.0
     targets: list[Target] = []
     original = fm  # what each round's INT8 model is compared with
-    with ui.progress("bias correction", ROUNDS * len(feeds)) as advance:
-        for _ in range(ROUNDS):
+    outputs = list(fm.outputs)
+    # (error of the INT8 model's outputs on the samples, the model, its corrections' size)
+    tried: list[tuple[float, FloatModel, float]] = []
+    with ui.progress("bias correction", (ROUNDS + 1) * len(feeds)) as advance:
+        for r in range(ROUNDS + 1):
             plan = backend.plan(fm, table, options)
             edit = ModelEdit(fm)
             targets = find_targets(edit, set(plan.compute_nodes))
-            if not targets:
-                break
-            names = [t.tensor for t in targets]
+            names = [*outputs, *(t.tensor for t in targets if t.tensor not in outputs)]
             qdq = _with_outputs(write_qdq(fm, plan), names)
             ref = ort_session(_with_outputs(original.proto, names), weights_dir=fm.weights_dir)
             run = ort_session(qdq, weights_dir=fm.weights_dir)
             diff = [np.zeros(0)] * len(targets)
+            err = 0.0
             for feed in feeds:
-                f = ref.run(names, feed)
-                q = run.run(names, feed)
+                f = dict(zip(names, ref.run(names, feed), strict=True))
+                q = dict(zip(names, run.run(names, feed), strict=True))
+                err += max(_error(q[o], f[o]) for o in outputs)
                 for k, t in enumerate(targets):
-                    d = _channel_mean(q[k] - f[k], t.axis)
+                    d = _channel_mean(q[t.tensor] - f[t.tensor], t.axis)
                     diff[k] = d if not diff[k].size else diff[k] + d
                 advance(1)
             del ref, run, qdq
+            tried.append((err / max(len(feeds), 1), fm, shift))
+            if r == ROUNDS or not targets:
+                break
             shift = _apply(edit, targets, [d / len(feeds) for d in diff])
             fm = edit.apply("bias correction")
+    # A correction is kept only where it made the INT8 model's outputs closer to the
+    # float model's on these samples (the first, uncorrected, wins ties): an estimate
+    # from few samples can be noisier than the shift it corrects.
+    best = min(range(len(tried)), key=lambda i: (tried[i][0], i))
+    err, fm, shift = tried[best]
     notes = tuple(n for n in fm.notes if n != "bias correction")
-    report = BiasReport(len(targets), len(feeds), ROUNDS, shift)
-    note = f"bias correction: {report.layers} layer(s) on {report.samples} calibration sample(s)"
+    report = BiasReport(len(targets), len(feeds), best, shift, tried[0][0], err)
+    note = f"bias correction: {report.layers} layer(s), {best} round(s) kept"
     return replace(fm, notes=(*notes, note)), report
+
+
+def _error(q: npt.NDArray[Any], f: npt.NDArray[Any]) -> float:
+    a, b = np.ravel(q).astype(np.float64), np.ravel(f).astype(np.float64)
+    den = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return 1.0 - float(a @ b) / den if den > 0 else 0.0
 
 
 def find_targets(edit: ModelEdit, quantized: set[str]) -> list[Target]:
