@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
-from quantship.algorithms.edit import ModelEdit
+from quantship.algorithms.edit import ModelEdit, with_outputs
 from quantship.backends.base import Backend, PlanOptions
 from quantship.calibration.qparams import QuantParams, quantize, weight_params
 from quantship.calibration.table import CalibrationTable
@@ -141,11 +141,10 @@ def _collect(
     fm: FloatModel, edit: ModelEdit, layers: list[Layer], feeds: list[Feed]
 ) -> dict[int, npt.NDArray[np.float32]]:
     """Per layer, crops (conv: padded input windows) or rows (products) of its input."""
-    from quantship.algorithms.bias_correction import _with_outputs
     from quantship.calibration.runner import ort_session
 
     names = sorted({edit.node(x.node).input[0] for x in layers})
-    sess = ort_session(_with_outputs(fm.proto, names), weights_dir=fm.weights_dir)
+    sess = ort_session(with_outputs(fm.proto, names), weights_dir=fm.weights_dir)
     rng = np.random.default_rng(0)
     got: dict[int, list[npt.NDArray[np.float32]]] = {x.node: [] for x in layers}
     for feed in feeds:

@@ -23,9 +23,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnx
-from onnx import helper
 
-from quantship.algorithms.edit import ModelEdit
+from quantship.algorithms.edit import ModelEdit, with_outputs
 from quantship.backends.base import Backend, PlanOptions
 from quantship.calibration.table import CalibrationTable
 from quantship.exporter.load import FloatModel
@@ -83,8 +82,8 @@ def correct_biases(
             edit = ModelEdit(fm)
             targets = find_targets(edit, set(plan.compute_nodes))
             names = [*outputs, *(t.tensor for t in targets if t.tensor not in outputs)]
-            qdq = _with_outputs(write_qdq(fm, plan), names)
-            ref = ort_session(_with_outputs(original.proto, names), weights_dir=fm.weights_dir)
+            qdq = with_outputs(write_qdq(fm, plan), names)
+            ref = ort_session(with_outputs(original.proto, names), weights_dir=fm.weights_dir)
             run = ort_session(qdq, weights_dir=fm.weights_dir)
             diff = [np.zeros(0)] * len(targets)
             err = 0.0
@@ -152,14 +151,6 @@ def _plain_gemm(n: onnx.NodeProto) -> bool:
 def _bias_vector(edit: ModelEdit, n: onnx.NodeProto, slot: int) -> bool:
     name = n.input[slot] if slot < len(n.input) else ""
     return name in edit.view.initializers and edit.value(name).ndim == 1
-
-
-def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    m.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in names if t not in have)
-    return m
 
 
 def _channel_mean(x: npt.NDArray[Any], axis: int) -> npt.NDArray[Any]:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from quantship.exporter.graph import GraphView
 from quantship.exporter.load import FloatModel
@@ -101,3 +101,12 @@ class ModelEdit:
         for idx, node in self.nodes.items():
             g.node[idx].CopyFrom(node)
         return dataclasses.replace(self.fm, proto=proto, notes=(*self.fm.notes, note))
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs ``names`` (intermediate tensors to compare)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    m.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in names if t not in have)
+    return m

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from quantship.algorithms.edit import ModelEdit
+from quantship.algorithms.edit import ModelEdit, with_outputs
 from quantship.calibration.data import CalibrationData
 from quantship.calibration.qparams import dequantize, params_from_range, quantize, weight_params
 from quantship.exporter.load import FloatModel
@@ -145,12 +145,11 @@ def _collect(
 ) -> dict[str, npt.NDArray[np.float32]]:
     """Up to ``ROWS`` rows (the last axis: channels) of each tensor on calibration data,
     every row's channel max included through the per-channel maxima."""
-    from quantship.algorithms.bias_correction import _with_outputs
     from quantship.calibration.runner import ort_session
     from quantship.guard import held_feeds
 
     feeds = held_feeds(data, 0, samples, SAMPLES, fm.fixed_batch)
-    sess = ort_session(_with_outputs(fm.proto, tensors), weights_dir=fm.weights_dir)
+    sess = ort_session(with_outputs(fm.proto, tensors), weights_dir=fm.weights_dir)
     rng = np.random.default_rng(0)
     rows: dict[str, list[npt.NDArray[np.float32]]] = {t: [] for t in tensors}
     peak: dict[str, npt.NDArray[np.float32]] = {}

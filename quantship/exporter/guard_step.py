@@ -4,9 +4,12 @@ a second export reuses the first's decision and writes byte-identical artifacts)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
-from quantship.backends.base import Artifact, PlanOptions
+from quantship.backends.base import Artifact, Backend, PlanOptions
+from quantship.calibration.table import CalibrationTable
+from quantship.exporter.load import FloatModel
 from quantship.exporter.plan_cache import cache_read, cache_write, guard_key
 from quantship.exporter.split import HeldOut
 from quantship.guard import Evaluator, GuardResult, guard
@@ -15,7 +18,11 @@ from quantship.ui import UI
 
 
 def run_guard(
-    evaluator: Evaluator,
+    evaluator_for: Callable[[], Evaluator],
+    backend: Backend,
+    fm: FloatModel,
+    table: CalibrationTable,
+    threads: int | None,
     planned: PlanOptions,
     max_drop: float,
     metric: str | None,
@@ -23,13 +30,15 @@ def run_guard(
     float_art: Artifact,
     ui: UI,
 ) -> GuardResult:
-    b, fm, table = evaluator.backend, evaluator.model, evaluator.table
-    threads = evaluator.settings.threads
+    """``evaluator_for`` makes the guard's evaluator (it runs the fp32 model on the
+    held-out samples), called only when the decision is not in the cache."""
+    b = backend
     key = guard_key(b, fm, table, planned, threads, held, max_drop, metric)
     res = GuardResult.from_json(cache_read(key) or {})
     if res is not None:
         ui.note(f"{b.name}: accuracy guard's regions from the cache (measured earlier)")
     else:
+        evaluator = evaluator_for()
         costs = partial(region_costs, b, fm, table, planned, float_art, evaluator.feeds[0],
                         threads=threads)  # fmt: skip
         res = guard(evaluator, planned, max_drop, ui, costs)

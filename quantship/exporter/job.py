@@ -14,6 +14,7 @@ import dataclasses
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -315,9 +316,9 @@ def build(
         b_options, guarded = planned, None
         if opts.max_drop is not None:
             res = run_guard(
-                Evaluator(b_fm, table, b, guard_feeds, metric_fn, labels, opts.threads,
-                          reference=loaded.fm),
-                planned, opts.max_drop, opts.metric, held, float_art, ui,
+                partial(Evaluator, b_fm, table, b, guard_feeds, metric_fn, labels, opts.threads,
+                        reference=loaded.fm),
+                b, b_fm, table, opts.threads, planned, opts.max_drop, opts.metric, held, float_art, ui,
             )  # fmt: skip
             b_options = dataclasses.replace(
                 planned, float_nodes=planned.float_nodes | frozenset(res.float_nodes)
