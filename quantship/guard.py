@@ -2,17 +2,20 @@
 accuracy budget holds.
 
 The measure is ``1 − cosine`` to the float model's outputs (the lowest over outputs,
-averaged over held-out samples), computed in the target runtime (``qdq_session``): the
-runtimes do not all compute the QDQ model alike (OpenVINO requantizes where a QDQ
-simulation does not), so a plan is judged as it will run. Float outputs are computed
-once and cached; every evaluation reuses the one calibration table.
+averaged over held-out samples: the same samples, batched alike, as the export's
+fidelity figure), computed in the target runtime (``qdq_session``): the runtimes do
+not all compute the QDQ model alike (OpenVINO requantizes where a QDQ simulation does
+not), so a plan is judged as it will run. Float outputs are computed once and cached;
+every evaluation reuses the one calibration table.
 
-- ``sensitivity``: for each quantizable node, the error when only that node is in
-  INT8. One evaluation per node.
-- ``guard``: quantize everything; if the error exceeds the budget, return regions
-  (``guard_regions``: a layer with its activation, an attention block) to float, the
-  most error per ms of latency first, in growing batches, then bisect for the fewest.
-  At most 1 + R + 2·⌈log₂ R⌉ + 1 evaluations for R regions, said before starting.
+- ``score_regions``: per region (``guard_regions``: a layer with its activation, an
+  attention block), the error with only that region in INT8, less the error with every
+  region float (the runtime's own: OpenVINO's bf16 layers), and its cost in float.
+  ``quantship sensitivity`` shows them ranked.
+- ``guard``: quantize everything; if the error exceeds the budget, return regions to
+  float, the most error taken away per ms of latency added first, in growing batches,
+  then bisect for the fewest. At most 2 + R + 2·⌈log₂ R⌉ + 1 evaluations for R
+  regions, said before starting.
 - ``resolve_exclusions``: ``--exclude`` regular expressions (matched against whole node
   names) and ``--exclude-op`` op types; a pattern that matches nothing is an error
   naming the closest node names.
@@ -106,16 +109,20 @@ class Evaluator:
         """``reference``: the fp32 model errors are measured against (default ``model``;
         another where a pre-quantization algorithm changed the model INT8 is made from)."""
         from quantship.backends.base import SessionSettings
-        from quantship.calibration.runner import ort_session
+        from quantship.calibration.runner import consecutive_batches, ort_session
+        from quantship.exporter.split import FIDELITY_BATCH
 
         if not feeds:
             raise QuantshipError("the accuracy guard needs held-out samples (--held-out)")
         self.model, self.table, self.backend, self.feeds = model, table, backend, feeds
         self.metric, self.labels = metric, labels
         self.settings = SessionSettings(threads=threads)
+        # Runs of up to FIDELITY_BATCH consecutive samples of one shape (in order, so labels
+        # still line up), as the export's fidelity measurement batches them.
+        self.runs = feeds if model.fixed_batch else consecutive_batches(feeds, FIDELITY_BATCH)
         r = reference or model
         ref = ort_session(r.proto, weights_dir=r.weights_dir)
-        self.ref = [ref.run(None, f) for f in feeds]
+        self.ref = [ref.run(None, f) for f in self.runs]
         self.float_score = self._score(self.ref) if metric is not None else 0.0
         self.count = 0
 
@@ -137,7 +144,7 @@ class Evaluator:
         qdq = write_qdq(self.model, self.backend.plan(self.model, self.table, options))
         with self.backend.qdq_session(qdq, self.model, self.settings) as s:
             del qdq
-            outs = [s.run(f) for f in self.feeds]
+            outs = [s.run(f) for f in self.runs]
         if self.metric is not None:
             return self.float_score - self._score(outs)
         meter = FidelityMeter(self.model.outputs)
@@ -154,29 +161,6 @@ def quantizable_nodes(
 
 
 @dataclass(frozen=True)
-class Sensitivity:
-    node: str
-    op_type: str
-    error: float
-
-
-def sensitivity(evaluator: Evaluator, options: PlanOptions, ui: UI = SILENT) -> list[Sensitivity]:
-    """The error with only each node in INT8, most sensitive first."""
-    m, t, b = evaluator.model, evaluator.table, evaluator.backend
-    nodes = quantizable_nodes(m, t, b, options)
-    view = m.view()
-    op = {view.node_name(i): n.op_type for i, n in enumerate(view.nodes)}
-    ui.note(f"sensitivity: {len(nodes)} evaluations on {len(evaluator.feeds)} held-out samples")
-    out = []
-    with ui.progress("sensitivity", len(nodes)) as advance:
-        for n in nodes:
-            others = frozenset(set(nodes) - {n}) | options.float_nodes
-            out.append(Sensitivity(n, op[n], evaluator.error(replace(options, float_nodes=others))))
-            advance(1)
-    return sorted(out, key=lambda s: (-s.error, s.node))
-
-
-@dataclass(frozen=True)
 class GuardResult:
     budget: float
     before: float
@@ -187,6 +171,7 @@ class GuardResult:
     regions: tuple[tuple[str, ...], ...] = ()  # returned to float, in the order chosen
     cost_ms: float | None = None  # latency they add, as estimated (profile or cost model)
     cost_source: str = ""
+    floor: float | None = None  # the error with every region in float (the runtime's own)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -194,6 +179,7 @@ class GuardResult:
             "measure": "1 - cosine",
             "before": self.before,
             "after": self.after,
+            "floor": self.floor,
             "float_nodes": list(self.float_nodes),
             "float_regions": [list(r) for r in self.regions],
             "estimated_cost_ms": self.cost_ms,
@@ -211,13 +197,49 @@ class GuardResult:
                 tuple(str(n) for n in d["float_nodes"]), int(d["evaluations"]),
                 float(d["seconds"]), tuple(tuple(str(n) for n in r) for r in d["float_regions"]),
                 None if d["estimated_cost_ms"] is None else float(d["estimated_cost_ms"]),
-                str(d["cost_source"]),
+                str(d["cost_source"]), None if d["floor"] is None else float(d["floor"]),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError):
             return None
 
 
 Costs = Callable[[list[tuple[str, ...]]], tuple[dict[str, float], str]]
+
+
+@dataclass(frozen=True)
+class RegionScore:
+    """One region as the guard and ``quantship sensitivity`` see it."""
+
+    nodes: tuple[str, ...]
+    error: float  # 1 - cosine with only this region in INT8
+    gain: float  # what it adds to the all-float error: the error it would take away in float
+    cost: float  # what keeping it float costs (ms, or cost-model units)
+
+
+def score_regions(
+    evaluator: Evaluator,
+    options: PlanOptions,
+    regions: list[tuple[str, ...]],
+    costs: Costs | None,
+    ui: UI = SILENT,
+) -> tuple[list[RegionScore], float, str]:
+    """Every region's error alone in INT8, less the error with every region float (the
+    runtime's own float error, e.g. OpenVINO's bf16 layers: it would be there whichever
+    region stays INT8), and its cost in float. Returns the scores, that floor and where
+    the costs come from."""
+    from quantship.guard_regions import region_costs
+
+    m, t, b = evaluator.model, evaluator.table, evaluator.backend
+    every = frozenset(n for r in regions for n in r)
+    floor = evaluator.error(replace(options, float_nodes=options.float_nodes | every))
+    errors = region_sensitivity(evaluator, options, regions, ui)
+    if costs is None:
+        cost, source = region_costs(b, m, t, options, None, {}, regions, evaluator.settings.threads)
+    else:
+        cost, source = costs(regions)
+    scores = [RegionScore(r, errors[r[0]], max(0.0, errors[r[0]] - floor), cost.get(r[0], 0.0))
+              for r in regions]  # fmt: skip
+    return scores, floor, source
 
 
 def guard(
@@ -228,33 +250,36 @@ def guard(
     costs: Costs | None = None,
 ) -> GuardResult:
     """Return regions to float until the error is within ``max_drop``: regions ranked
-    by how much accuracy each costs in INT8 (its error when only it is INT8) per ms it
-    adds in float (``costs``; regions whose float is no slower first), then added in
-    growing batches (1, 2, 4, … regions) until the budget holds, and the smallest
-    prefix that holds found by bisection within the last batch."""
-    from quantship.guard_regions import guard_regions, region_costs
+    by the error each adds in INT8 (its error alone in INT8 less the all-float error)
+    per ms it adds in float (``costs``; see ``ranked``), then added in growing batches
+    (1, 2, 4, … regions) until the budget holds, and the smallest prefix that holds
+    found by bisection within the last batch."""
+    from quantship.guard_regions import guard_regions
 
     t0 = time.perf_counter()
     m, t, b = evaluator.model, evaluator.table, evaluator.backend
     nodes = quantizable_nodes(m, t, b, options)
     regions = guard_regions(m, nodes)
-    bound = 1 + len(regions) + 2 * max(1, math.ceil(math.log2(max(len(regions), 1)))) + 1
+    bound = 2 + len(regions) + 2 * max(1, math.ceil(math.log2(max(len(regions), 1)))) + 1
     ui.note(
         f"accuracy guard: budget {max_drop:g} (1 - cosine); {len(nodes)} quantized nodes in "
-        f"{len(regions)} regions; at most {bound} evaluations"
+        f"{len(regions)} regions; at most {bound} evaluations on {len(evaluator.feeds)} "
+        "held-out samples"
     )
     before = evaluator.error(options)
     if before <= max_drop:
         return GuardResult(max_drop, before, before, (), evaluator.count, time.perf_counter() - t0)
-    sens = region_sensitivity(evaluator, options, regions, ui)
-    if costs is None:
-        cost, source = region_costs(b, m, t, options, None, {}, regions, evaluator.settings.threads)
-    else:
-        cost, source = costs(regions)
-    rank = sorted(regions, key=lambda r: _priority(sens[r[0]], cost.get(r[0], 0.0)))
+    scores, floor, source = score_regions(evaluator, options, regions, costs, ui)
+    if floor > max_drop:
+        raise QuantshipError(
+            f"--max-drop {max_drop:g}: even with every quantizable node in float the error is "
+            f"{floor:.4g} in {b.name} (its own float precision on this machine); raise the "
+            "budget, or deploy the float model"
+        )
+    rank = ranked(scores)
 
     def error_with(k: int) -> float:
-        keep = frozenset(n for r in rank[:k] for n in r)
+        keep = frozenset(n for r in rank[:k] for n in r.nodes)
         return evaluator.error(replace(options, float_nodes=options.float_nodes | keep))
 
     lo, k, hi, err = 0, 1, None, before
@@ -263,7 +288,7 @@ def guard(
         e = error_with(k)
         if e <= max_drop:
             hi, err = k, e
-        elif k == len(rank):
+        elif k == len(rank):  # every region float is the floor, which held: not reached
             raise QuantshipError(
                 f"--max-drop {max_drop:g}: even with every quantizable node in float the error "
                 f"is {e:.4g}; check the calibration data or raise the budget"
@@ -277,20 +302,35 @@ def guard(
             hi, err = mid, e
         else:
             lo = mid
-    chosen = tuple(rank[:hi])
+    chosen = rank[:hi]
     return GuardResult(
-        max_drop, before, err, tuple(n for r in chosen for n in r), evaluator.count,
-        time.perf_counter() - t0, chosen, round(sum(cost.get(r[0], 0.0) for r in chosen), 4),
-        source,
+        max_drop, before, err, tuple(n for r in chosen for n in r.nodes), evaluator.count,
+        time.perf_counter() - t0, tuple(r.nodes for r in chosen),
+        round(sum(r.cost for r in chosen), 4), source, floor,
     )  # fmt: skip
 
 
-def _priority(error: float, cost: float) -> tuple[int, float]:
-    """Regions free to keep float (no slower in float) first, most sensitive first;
-    then the most error removed per ms added."""
-    if cost <= 0:
-        return (0, -error)
-    return (1, -error / cost)
+# A region returned to float costs more than its own layers' times show: a dequantize
+# where it starts, a quantize where it ends, a layout reorder. Per-layer profiles do not
+# see those (on the PP-OCR-style recogniser, regions whose profiled float time was lower
+# made the guarded model 23 % slower than all-INT8), so no region counts as free: each
+# costs at least this share of the median |cost| of the regions.
+MIN_COST_SHARE = 0.1
+
+
+def ranked(scores: Sequence[RegionScore]) -> list[RegionScore]:
+    """Regions most worth returning to float first: the most error taken away per unit
+    of cost (each cost at least ``MIN_COST_SHARE`` of the median); regions whose float
+    takes no error away (``gain`` 0) last, the cheapest of them first."""
+    mags = sorted(abs(s.cost) for s in scores if s.cost)
+    least = MIN_COST_SHARE * mags[len(mags) // 2] if mags else 1.0
+
+    def key(s: RegionScore) -> tuple[int, float]:
+        if s.gain <= 0:
+            return (1, s.cost)
+        return (0, -s.gain / max(s.cost, least))
+
+    return sorted(scores, key=key)
 
 
 def region_sensitivity(
@@ -305,29 +345,6 @@ def region_sensitivity(
             out[r[0]] = evaluator.error(replace(options, float_nodes=others))
             advance(1)
     return out
-
-
-def sensitivity_plot(rows: list[Sensitivity], path: Any, top: int = 20) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    rows = rows[:top]
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
-    ax.barh(
-        [f"{r.node} ({r.op_type})" for r in rows][::-1],
-        [r.error for r in rows][::-1],
-        color="#d62728",
-    )
-    ax.set_xlabel("1 - cosine with only this node in INT8")
-    ax.set_title("most sensitive layers")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
 
 
 def held_labels(path: Any, start: int, count: int) -> npt.NDArray[Any]:

@@ -1,10 +1,10 @@
-"""``quantship sensitivity``: per-layer sensitivity to INT8, ranked, as a table, JSON
-and a bar chart."""
+"""``quantship sensitivity``: per-region sensitivity to INT8 and the cost of keeping each
+region float, ranked as the accuracy guard ranks them, as a table, JSON and a bar chart."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quantship.backends import registry
 from quantship.backends.base import PlanOptions
@@ -13,6 +13,9 @@ from quantship.calibration.sources import open_data
 from quantship.errors import QuantshipError
 from quantship.exporter.output import write_json
 from quantship.ui import SILENT, UI
+
+if TYPE_CHECKING:
+    from quantship.guard import RegionScore
 
 
 def sensitivity(
@@ -27,15 +30,23 @@ def sensitivity(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     ui: UI = SILENT,
 ) -> list[dict[str, Any]]:
-    """Per-layer sensitivity: the error with only each node in INT8, ranked, written to
-    ``out/sensitivity.json`` and ``out/sensitivity.png``."""
+    """Per-region sensitivity, as the accuracy guard sees it: for each region (a layer
+    with its activation, an attention block) the error with only it in INT8, what it
+    adds to the error of the all-float model in this runtime, and the latency keeping it
+    float costs (from the runtime's per-layer profiles where it has a profiler); ranked
+    by what the guard would return to float first. Written to ``out/sensitivity.json``
+    and ``out/sensitivity.png``."""
+    import tempfile
+
+    from quantship.backends.base import Artifact
     from quantship.calibration.runner import calibrate
     from quantship.exporter.source import load_float_model
-    from quantship.exporter.split import split_data
-    from quantship.guard import Evaluator, held_feeds, sensitivity_plot
-    from quantship.guard import sensitivity as rank
+    from quantship.exporter.split import DEFAULT_HELD_OUT, split_data
+    from quantship.guard import Evaluator, held_feeds, quantizable_nodes, ranked, score_regions
+    from quantship.guard_regions import guard_regions, region_costs
 
     chosen, _ = registry.available(backend)
+    b = chosen[0]
     fm, data, _ = load_float_model(
         model, calib, input_shapes=input_shapes, images=None, weights=None
     )
@@ -44,31 +55,93 @@ def sensitivity(
     assert data is not None
     table = calibrate(fm, data, samples=split.calib_stop, histograms=True, ui=ui)
     feeds = (
-        held_feeds(split.data, split.start, split.stop, batch=fm.fixed_batch) if split.data else []
+        held_feeds(split.data, split.start, split.stop, DEFAULT_HELD_OUT, fm.fixed_batch)
+        if split.data
+        else []
     )
     try:
         options = PlanOptions(method=MethodSpec(method))  # type: ignore[arg-type]
     except ValueError as e:
         raise QuantshipError(str(e)) from None
-    rows = rank(Evaluator(fm, table, chosen[0], feeds), options, ui)
+    ev = Evaluator(fm, table, b, feeds)
+    regions = guard_regions(fm, quantizable_nodes(fm, table, b, options))
+    ui.note(f"sensitivity: {len(regions) + 2} evaluations on {len(feeds)} held-out samples")
+    with tempfile.TemporaryDirectory(prefix="quantship-sens-") as tmp:
+        fm.save(Path(tmp) / "model.onnx")
+        float_art = Artifact("", "onnx", Path(tmp), ("model.onnx",), precision="float")
+
+        def costs(rs: list[tuple[str, ...]]) -> tuple[dict[str, float], str]:
+            return region_costs(b, fm, table, options, float_art, feeds[0], rs, None)
+
+        scores, floor, source = score_regions(ev, options, regions, costs, ui)
+    all_int8 = ev.error(options)
+    view = fm.view()
+    op = {view.node_name(i): n.op_type for i, n in enumerate(view.nodes)}
+    order = ranked(scores)
+    rows = [
+        {"node": s.nodes[0], "nodes": list(s.nodes), "op_types": [op[n] for n in s.nodes],
+         "error": s.error, "gain": s.gain, "cost": s.cost}
+        for s in order
+    ]  # fmt: skip
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
-    result = [{"node": r.node, "op_type": r.op_type, "error": r.error} for r in rows]
     write_json(
         outp / "sensitivity.json",
         {
             "model": str(model),
-            "backend": chosen[0].name,
-            "measure": "1 - cosine with only this node in INT8",
+            "backend": b.name,
+            "measure": "1 - cosine; error: with only this region in INT8; gain: error less "
+            "the all-float error (what returning the region to float can take away)",
+            "all_int8_error": all_int8,
+            "all_float_error": floor,
+            "cost_unit": source,
+            "order": "what the accuracy guard returns to float first: most gain per cost",
             "held_out": split.note,
-            "nodes": result,
+            "regions": rows,
         },
     )
-    ui.table(
-        "per-layer sensitivity (most sensitive first)",
-        ["node", "op", "1 - cosine"],
-        [[r.node, r.op_type, f"{r.error:.3g}"] for r in rows[:20]],
+    ui.note(
+        f"{b.name}: 1 - cosine {all_int8:.3g} with every region INT8, {floor:.3g} with every "
+        f"region float; cost: {source}"
     )
-    if not sensitivity_plot(rows, outp / "sensitivity.png"):
+    table_rows = [
+        [s.nodes[0], "+".join(op[n] for n in s.nodes), f"{s.error:.3g}", f"{s.gain:.3g}",
+         f"{s.cost:.3g}"]
+        for s in order[:20]
+    ]  # fmt: skip
+    ui.table(
+        "per-region sensitivity (the accuracy guard's order: most error taken away per cost)",
+        ["region", "ops", "1 - cosine alone", "gain", "cost"],
+        table_rows,
+    )
+    if not sensitivity_plot(order, op, floor, outp / "sensitivity.png"):
         ui.note("plot skipped: matplotlib is not installed (pip install 'quantship[plot]')")
-    return result
+    return rows
+
+
+def sensitivity_plot(
+    scores: list[RegionScore], op: dict[str, str], floor: float, path: Path, top: int = 20
+) -> bool:
+    """The regions that add the most error in INT8, as bars; the all-float error as a line."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = sorted(scores, key=lambda s: -s.gain)[:top]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
+    ax.barh(
+        [f"{s.nodes[0]} ({'+'.join(op[n] for n in s.nodes)})" for s in rows][::-1],
+        [s.error for s in rows][::-1],
+        color="#d62728",
+    )
+    ax.axvline(floor, color="#444444", linestyle="--", label="every region float")
+    ax.set_xlabel("1 - cosine with only this region in INT8")
+    ax.set_title("regions that add the most error in INT8")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -74,15 +74,17 @@ def fragile(tmp_path: Path) -> tuple[Path, Path, Path]:
     return model, tmp_path / "calib.npz", tmp_path / "held.npz"
 
 
-def test_sensitivity_ranks_the_planted_layer_first(
+def test_sensitivity_ranks_the_planted_region_first(
     tmp_path: Path, fragile: tuple[Path, Path, Path]
 ) -> None:
     model, calib, held = fragile
     rows = api.sensitivity(model, calib, tmp_path / "sens", held_out=held, method="minmax")
-    assert rows[0]["node"] == "conv1"
+    assert rows[0]["nodes"] == ["conv1"]
     assert rows[0]["error"] > 10 * rows[1]["error"]
+    assert rows[0]["gain"] > 10 * max(r["gain"] for r in rows[1:])
     saved = json.loads((tmp_path / "sens/sensitivity.json").read_text())
-    assert saved["nodes"][0]["node"] == "conv1"
+    assert saved["regions"][0]["node"] == "conv1"
+    assert saved["regions"][0]["gain"] > 0.5 * saved["all_int8_error"] > 0
     assert (tmp_path / "sens/sensitivity.png").stat().st_size > 1000
 
 

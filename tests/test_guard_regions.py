@@ -1,5 +1,5 @@
-"""The accuracy guard on regions: what goes to float together, the order (error per
-latency cost, free regions first), evaluations in growing batches, the decision
+"""The accuracy guard on regions: what goes to float together, the order (error taken
+away per latency cost, no region free), evaluations in growing batches, the decision
 cached, and a verdict that does not recommend a guarded INT8 that does not pay."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from quantship import api
 from quantship.backends.base import PlanOptions
 from quantship.bench.verdict import Budget, Option, decide
 from quantship.exporter.load import FloatModel, load_model
-from quantship.guard import Evaluator, _priority, guard
+from quantship.guard import Evaluator, RegionScore, guard, ranked
 from quantship.guard_regions import guard_regions
 
 
@@ -55,11 +55,20 @@ def test_regions_keep_a_layer_with_its_activation_and_an_attention_block(tmp_pat
     assert ("scores", "context") in got and ("proj_q",) in got and len(got) == 5
 
 
-def test_free_regions_first_then_error_per_ms() -> None:
-    # float no slower: first whatever its error; then most error per ms
-    keys = {"free": _priority(0.001, -0.1), "a": _priority(0.01, 1.0), "b": _priority(0.01, 0.1),
-            "c": _priority(0.05, 10.0)}  # fmt: skip
-    assert sorted(keys, key=keys.__getitem__) == ["free", "b", "a", "c"]
+def test_order_is_error_taken_away_per_cost_and_no_region_is_free() -> None:
+    def score(name: str, gain: float, cost: float) -> RegionScore:
+        return RegionScore((name,), gain + 1e-3, gain, cost)
+
+    scores = [score("a", 0.01, 1.0), score("b", 0.01, 0.1), score("c", 0.05, 10.0),
+              score("free", 0.002, -0.1), score("useless", 0.0, -1.0),
+              score("useless-dear", 0.0, 1.0)]  # fmt: skip
+    # The median |cost| is 1.0, so every region costs at least 0.1: "free" (float
+    # profiled faster) is ranked by 0.002 / 0.1, behind "b" (0.01 / 0.1), ahead of "a"
+    # (0.01 / 1) and "c" (0.05 / 10); regions that take no error away come last, cheapest
+    # first.
+    assert [s.nodes[0] for s in ranked(scores)] == [
+        "b", "free", "a", "c", "useless", "useless-dear"
+    ]
 
 
 class Planted(Evaluator):

@@ -110,15 +110,18 @@ def for_plan(
     feeds: list[Feed],
     algorithms: Algorithms,
     ui: UI = SILENT,
+    learned: dict[str, Any] | None = None,
 ) -> tuple[FloatModel, dict[str, Any]]:
-    """The model ``backend`` builds its plan from."""
+    """The model ``backend`` builds its plan from. ``learned``: one dict passed for every
+    backend of an export, so what AdaRound learned for one backend's weight grid is
+    reused by another with the same grid."""
     report: dict[str, Any] = {}
     if "adaround" in algorithms:
         from quantship.algorithms.adaround import adaround
 
         if not feeds:
             raise DataError("--algorithms adaround needs calibration samples (--calib)")
-        fm, ar = adaround(fm, table, backend, options, feeds, ui)
+        fm, ar = adaround(fm, table, backend, options, feeds, ui, learned)
         report["adaround"] = ar.to_json()
         ui.note(
             f"{backend.name}: AdaRound: {ar.done} of {ar.layers} layer(s) in {ar.seconds:.1f} s"

@@ -62,12 +62,19 @@ class AdaRoundReport:
     done: int
     kept_nearest: int  # channels that kept nearest rounding (their grid would move)
     seconds: float
-    mse_ratio: float  # mean over layers: output error after / with nearest rounding
+    mse_ratio: float  # mean over the layers learned here: output error after / with nearest
+    reused: int = 0  # layers whose rounding was learned for another backend's same grid
 
     def to_json(self) -> dict[str, Any]:
         return {"layers": self.layers, "done": self.done, "channels_nearest": self.kept_nearest,
                 "seconds": round(self.seconds, 1), "mse_ratio": round(self.mse_ratio, 4),
-                "iterations": ITERATIONS}  # fmt: skip
+                "iterations": ITERATIONS, "reused": self.reused}  # fmt: skip
+
+
+# Learned weights by what they were learned from (the layer's float weights, its scales,
+# its kind): two backends whose plans share a layer's weight grid (ONNX Runtime and
+# OpenVINO both store int8 symmetric per-channel weights) share what was learned for it.
+Learned = dict[str, "npt.NDArray[np.float32]"]
 
 
 def adaround(
@@ -77,7 +84,10 @@ def adaround(
     options: PlanOptions,
     feeds: list[Feed],
     ui: UI = SILENT,
+    learned: Learned | None = None,
 ) -> tuple[FloatModel, AdaRoundReport]:
+    """``learned``: weights learned for other backends' plans in this export, reused
+    where a layer's weight grid is the same, and added to."""
     try:
         import torch
     except ImportError:
@@ -87,22 +97,32 @@ def adaround(
     t0 = time.perf_counter()
     torch.manual_seed(0)
     edit = ModelEdit(fm)
+    learned = {} if learned is None else learned
     layers = find_layers(edit, backend.plan(fm, table, options))
-    samples = _collect(fm, edit, layers, feeds)
-    done, nearest, ratios = 0, 0, []
+    keys = {x.node: _key(edit, x) for x in layers}
+    todo = [x for x in layers if keys[x.node] not in learned]
+    samples = _collect(fm, edit, todo, feeds) if todo else {}
+    done, nearest, reused, ratios = 0, 0, 0, []
     with ui.progress("AdaRound", len(layers)) as advance:
         for layer in layers:
+            key = keys[layer.node]
+            if key in learned:
+                edit.set(layer.weight, learned[key])
+                done, reused = done + 1, reused + 1
+                advance(1)
+                continue
             if time.perf_counter() - t0 > MAX_SECONDS:
                 break
             w = edit.value(layer.weight)
             q, ratio = _learn(torch, edit.node(layer.node), layer, w, samples[layer.node])
             new, kept = _on_grid(w, q, layer.params)
             edit.set(layer.weight, new)
+            learned[key] = new
             done, nearest = done + 1, nearest + kept
             ratios.append(ratio)
             advance(1)
     report = AdaRoundReport(len(layers), done, nearest, time.perf_counter() - t0,
-                            float(np.mean(ratios)) if ratios else 1.0)  # fmt: skip
+                            float(np.mean(ratios)) if ratios else 1.0, reused)  # fmt: skip
     return edit.apply(f"AdaRound: {done} of {len(layers)} layer(s)"), report
 
 
@@ -127,6 +147,17 @@ def find_layers(edit: ModelEdit, plan: Any) -> list[Layer]:
             continue
         out.append(Layer(idx, c.tensor, c.params, kind))
     return sorted(out, key=lambda x: x.node)
+
+
+def _key(edit: ModelEdit, layer: Layer) -> str:
+    import hashlib
+
+    h = hashlib.sha256(layer.kind.encode())
+    h.update(np.ascontiguousarray(edit.value(layer.weight), np.float32).tobytes())
+    h.update(np.ascontiguousarray(layer.params.scale, np.float32).tobytes())
+    h.update(str(layer.params.axis).encode())
+    h.update(edit.node(layer.node).SerializeToString())
+    return h.hexdigest()
 
 
 def _attr(n: onnx.NodeProto, name: str, default: int) -> int:

@@ -194,6 +194,18 @@ def batches(
         yield _stack(buf), len(buf)
 
 
+def consecutive_batches(feeds: list[Feed], size: int) -> list[Feed]:
+    """Runs of up to ``size`` consecutive samples of one shape, stacked, in order (a
+    sample's place is kept, so labels scored against the outputs still line up)."""
+    out: list[list[Feed]] = []
+    for f in feeds:
+        if out and len(out[-1]) < size and shape_key(out[-1][0]) == shape_key(f):
+            out[-1].append(f)
+        else:
+            out.append([f])
+    return [_stack(run) for run in out]
+
+
 def _stack(feeds: list[Feed]) -> Feed:
     if len(feeds) == 1:
         return feeds[0]

@@ -17,11 +17,9 @@ from quantship.calibration.runner import batches
 from quantship.calibration.table import CalibrationTable
 from quantship.exporter.load import FloatModel
 from quantship.exporter.qdq import write_qdq
-from quantship.exporter.split import HeldOut
+from quantship.exporter.split import FIDELITY_BATCH, HeldOut
 from quantship.types import Feed
 from quantship.ui import UI
-
-FIDELITY_BATCH = 8
 
 
 def build_artifact(

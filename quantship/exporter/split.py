@@ -8,6 +8,8 @@ from quantship.calibration.data import CalibrationData
 
 DEFAULT_SAMPLES = 256
 DEFAULT_HELD_OUT = 100
+# Held-out samples run together when fidelity is measured (the export's, the guard's).
+FIDELITY_BATCH = 8
 
 
 @dataclass(frozen=True)

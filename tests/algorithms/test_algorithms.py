@@ -182,6 +182,17 @@ def test_bias_correction_removes_the_shift_rounding_leaves(tmp_path: Path) -> No
     assert all(np.array_equal(w[k], w0[k]) for k in ("conv1.w", "conv2.w"))
 
 
+def test_bias_correction_leaves_channels_whose_shift_is_within_its_noise() -> None:
+    from quantship.algorithms.bias_correction import significant
+
+    noise = np.tile([1.0, -1.0], 16)  # 32 samples, mean 0, standard error ~0.18
+    per_sample = np.stack([noise + 5.0, noise, noise + 0.3], axis=1)
+    got = significant(per_sample)
+    assert got[0] == pytest.approx(5.0)  # a shift far beyond its noise
+    assert got[1] == got[2] == 0.0  # within two standard errors of 0: not corrected
+    assert significant(per_sample[:1])[1] == per_sample[0, 1]  # one sample: taken as it is
+
+
 def test_bias_correction_in_export_is_recorded_and_deterministic(tmp_path: Path) -> None:
     path = save(biased(), tmp_path / "m.onnx")
     np.savez(tmp_path / "calib.npz", images=images(48))
@@ -297,6 +308,31 @@ def test_adaround_export_is_deterministic(tmp_path: Path) -> None:
         assert a["algorithms"]["names"] == ["adaround", "bias-correction"]
         files.append([f["sha256"] for f in a["files"]])
     assert files[0] == files[1]
+
+
+def test_adaround_learns_once_for_backends_that_share_a_weight_grid(tmp_path: Path) -> None:
+    """ONNX Runtime and OpenVINO store the same int8 symmetric per-channel weights: the
+    second backend reuses every layer the first learned, and gets the same weights."""
+    pytest.importorskip("torch")
+    from models import silu_cnn
+
+    from quantship.algorithms.adaround import adaround
+    from quantship.backends.base import PlanOptions
+    from quantship.backends.onnxruntime import OnnxRuntimeBackend
+    from quantship.backends.openvino import OpenVINOBackend
+
+    fm, table, _ = _load_and_calibrate(tmp_path, silu_cnn())
+    feeds = [{"images": images(2, seed=s)} for s in range(4)]
+    learned: dict[str, Any] = {}
+    ort_fm, first = adaround(fm, table, OnnxRuntimeBackend(), PlanOptions(), feeds,
+                             learned=learned)  # fmt: skip
+    ov_fm, second = adaround(fm, table, OpenVINOBackend(), PlanOptions(), feeds, learned=learned)
+    assert first.reused == 0 and first.done == 4 and len(learned) == 4
+    assert second.reused == second.done == 4
+    w1 = {t.name: numpy_helper.to_array(t) for t in ort_fm.proto.graph.initializer}
+    w2 = {t.name: numpy_helper.to_array(t) for t in ov_fm.proto.graph.initializer}
+    for name, w in w1.items():
+        np.testing.assert_array_equal(w2[name], w)
 
 
 def test_tensorrt_plans_get_the_algorithms_and_stay_valid(tmp_path: Path) -> None:
