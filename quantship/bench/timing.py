@@ -23,13 +23,16 @@ import numpy as np
 @dataclass(frozen=True)
 class BenchSettings:
     """Warm-up (runs, or at least ``warmup_seconds``), then ``iterations`` rounds or
-    ``duration`` seconds in all, whichever ends first (at least ``min_iterations``)."""
+    ``duration`` seconds in all, whichever ends first (at least ``min_iterations`` runs
+    of each candidate, and at least ``min_rounds`` rounds of blocks: the interleaving
+    only evens out a noisy neighbour over several rounds)."""
 
     warmup: int = 10
     warmup_seconds: float = 0.0
     iterations: int | None = None
     duration: float = 10.0
     min_iterations: int = 10
+    min_rounds: int = 1
     block_seconds: float = 0.2
     settle_max_seconds: float = 1.0
     batches: tuple[int, ...] = (1,)
@@ -46,6 +49,8 @@ class BenchSettings:
             raise ValueError(f"batch sizes must be >= 1, got {self.batches}")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be >= 1")
+        if self.min_rounds < 1:
+            raise ValueError("min_rounds must be >= 1")
         if self.settle_max_seconds < 0:
             raise ValueError("settle_max_seconds must be non-negative")
 
@@ -173,7 +178,11 @@ def measure_interleaved(
         n = len(samples[label])
         if settings.iterations is not None:
             return n >= settings.iterations
-        return n >= settings.min_iterations and time.perf_counter() >= deadline
+        return (
+            n >= settings.min_iterations
+            and rounds >= settings.min_rounds
+            and time.perf_counter() >= deadline
+        )
 
     while not all(done(label) for label in labels):
         shift = rounds % len(labels)

@@ -35,6 +35,19 @@ def test_interleaving_runs_each_candidate_equally() -> None:
     assert runs == [("a", 2), ("b", 2), ("a", 101), ("b", 202), ("a", 152), ("b", 51)]
 
 
+def test_min_rounds_outlasts_a_short_duration() -> None:
+    """A duration that one round of blocks already spends still gives every candidate
+    ``min_rounds`` blocks: the rounds are what even out a noisy neighbour."""
+    calls: list[str] = []
+    runners = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    settings = BenchSettings(warmup=1, duration=1e-6, min_iterations=1, min_rounds=4,
+                             settle_max_seconds=0.0)  # fmt: skip
+    stats = measure_interleaved(runners, settings, batch=1)
+    # each block is one untimed run and 100 timed ones (these runners are that fast)
+    assert stats["a"].iterations == stats["b"].iterations == 4 * 100
+    assert len([k for k, _ in itertools.groupby(calls[2:])]) >= 4
+
+
 def test_a_block_waits_until_the_previous_candidates_threads_are_idle() -> None:
     """Runtimes keep worker threads spinning after a run (ONNX Runtime's, for tens of
     milliseconds by default); a block that started at once would share the cores with
@@ -84,6 +97,8 @@ def test_settings_validate() -> None:
         BenchSettings(duration=0)
     with pytest.raises(ValueError):
         BenchSettings(iterations=0)
+    with pytest.raises(ValueError):
+        BenchSettings(min_rounds=0)
 
 
 def test_gpu_sessions_get_a_device_time_row_beside_the_wall_clock() -> None:
