@@ -17,19 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import onnx
-
+from quantship.backends.attention import attention_products
 from quantship.backends.base import Artifact, Backend, PlanOptions, SessionSettings
 from quantship.calibration.table import CalibrationTable
-from quantship.exporter.graph import GraphView
 from quantship.exporter.load import FloatModel
 from quantship.exporter.plan_regions import WEIGHTED, region_ms, region_names, regions_of
 from quantship.types import Feed
 
 COST_MODEL = {"weighted": 1.0, "other": 0.1}
 PROFILE_RUNS = 10
-# Between a Softmax and the products around it: scaling, masking, casts.
-_ATTENTION_PATH = frozenset({"Div", "Mul", "Add", "Sub", "Where", "Cast", "Dropout", "Identity"})
 
 
 def guard_regions(model: FloatModel, quantized: Sequence[str]) -> list[tuple[str, ...]]:
@@ -41,10 +37,7 @@ def guard_regions(model: FloatModel, quantized: Sequence[str]) -> list[tuple[str
     q = set(quantized)
     taken: set[str] = set()
     regions: list[tuple[str, ...]] = []
-    for i, n in enumerate(view.nodes):
-        if n.op_type != "Softmax":
-            continue
-        pair = [m for m in (_score_product(view, i), _context_product(view, i)) if m is not None]
+    for pair in attention_products(view):
         members = tuple(names[m] for m in pair if names[m] in q and names[m] not in taken)
         if members:
             regions.append(members)
@@ -56,42 +49,6 @@ def guard_regions(model: FloatModel, quantized: Sequence[str]) -> list[tuple[str
             taken.update(members)
     regions += [(n,) for n in quantized if n not in taken]
     return sorted(regions, key=lambda r: min(order.get(n, 0) for n in r))
-
-
-def _is_runtime_product(view: GraphView, node: onnx.NodeProto) -> bool:
-    return node.op_type == "MatMul" and not any(view.is_constant(x) for x in node.input)
-
-
-def _score_product(view: GraphView, softmax: int) -> int | None:
-    idx = softmax
-    for _ in range(6):
-        node = view.nodes[idx]
-        data = [x for x in node.input if not view.is_constant(x)]
-        up = view.producer.get(data[0]) if data else None
-        if up is None:
-            return None
-        idx = up
-        p = view.nodes[idx]
-        if _is_runtime_product(view, p):
-            return idx
-        if p.op_type not in _ATTENTION_PATH:
-            return None
-    return None
-
-
-def _context_product(view: GraphView, softmax: int) -> int | None:
-    t = view.nodes[softmax].output[0]
-    for _ in range(3):
-        uses = view.consumers(t)
-        if len(uses) != 1:
-            return None
-        node = view.nodes[uses[0].node]
-        if _is_runtime_product(view, node):
-            return int(uses[0].node)
-        if node.op_type not in ("Cast", "Dropout", "Identity"):
-            return None
-        t = node.output[0]
-    return None
 
 
 def region_costs(

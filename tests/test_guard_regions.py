@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from models import images, save, silu_cnn
+from models import attention, images, save, silu_cnn
 from onnx import TensorProto, helper, numpy_helper
 
 from quantship import api
@@ -18,31 +18,6 @@ from quantship.bench.verdict import Budget, Option, decide
 from quantship.exporter.load import FloatModel, load_model
 from quantship.guard import Evaluator, RegionScore, guard, ranked
 from quantship.guard_regions import guard_regions
-
-
-def attention() -> onnx.ModelProto:
-    """x → Q, K, V projections → Q·Kᵀ → Div → Softmax → ·V → output projection."""
-    rng = np.random.default_rng(0)
-    d = 16
-    inits = [numpy_helper.from_array((rng.standard_normal((d, d)) * 0.3).astype(np.float32), n)
-             for n in ("wq", "wk", "wv", "wo")]  # fmt: skip
-    inits.append(numpy_helper.from_array(np.array(4.0, np.float32), "sqrt_d"))
-    nodes = [
-        helper.make_node("MatMul", ["x", "wq"], ["q"], name="proj_q"),
-        helper.make_node("MatMul", ["x", "wk"], ["k"], name="proj_k"),
-        helper.make_node("MatMul", ["x", "wv"], ["v"], name="proj_v"),
-        helper.make_node("Transpose", ["k"], ["kt"], name="kt", perm=[0, 2, 1]),
-        helper.make_node("MatMul", ["q", "kt"], ["s"], name="scores"),
-        helper.make_node("Div", ["s", "sqrt_d"], ["s2"], name="scale"),
-        helper.make_node("Softmax", ["s2"], ["p"], name="softmax", axis=-1),
-        helper.make_node("MatMul", ["p", "v"], ["c"], name="context"),
-        helper.make_node("MatMul", ["c", "wo"], ["y"], name="proj_o"),
-    ]
-    graph = helper.make_graph(
-        nodes, "attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, d])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, d])], inits,
-    )  # fmt: skip
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def test_regions_keep_a_layer_with_its_activation_and_an_attention_block(tmp_path: Path) -> None:

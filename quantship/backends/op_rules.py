@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from quantship.backends.planning import OpRule
+from quantship.backends.planning import Check, OpRule
 from quantship.calibration.qparams import QDType
 from quantship.exporter.graph import GraphView, get_attr
 
@@ -52,6 +52,19 @@ def matmul_check(node: onnx.NodeProto, view: GraphView) -> str | None:
     if len(node.input) > 1 and view.is_constant(node.input[1]) and _rank(view, node.input[1]) != 2:
         return "MatMul with a constant B that is not 2-D"
     return None
+
+
+def both(*checks: Check) -> Check:
+    """A check that passes where every one of ``checks`` does (the first reason else)."""
+
+    def check(node: onnx.NodeProto, view: GraphView) -> str | None:
+        for c in checks:
+            reason = c(node, view)
+            if reason:
+                return reason
+        return None
+
+    return check
 
 
 def conv_check(node: onnx.NodeProto, view: GraphView) -> str | None:

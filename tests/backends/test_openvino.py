@@ -17,7 +17,7 @@ pytest.importorskip(
 )
 
 from quantship import api
-from quantship.backends.base import PlanOptions, SessionSettings
+from quantship.backends.base import PlanOptions, QuantPlan, SessionSettings
 from quantship.backends.openvino import OpenVINOBackend
 
 
@@ -193,3 +193,61 @@ def test_float_baselines_are_what_openvino_runs_by_default(
         e for e in [*res.manifest["baselines"], *res.manifest["artifacts"]] if e["recommended"]
     ]
     assert [e["key"] for e in chosen] == [v["choice"]]
+
+
+def test_attention_products_stay_float_so_openvino_fuses_the_block(tmp_path: Path) -> None:
+    """Multi-head attention as PyTorch exports it: the projections are INT8, the scores
+    and context products stay float (with a reason), and OpenVINO then fuses the block
+    into one ScaledDotProductAttention; with those products quantized, it does not."""
+    pytest.importorskip("torch")
+    from dataclasses import replace
+
+    import torch
+
+    from quantship.backends.openvino import _convert
+    from quantship.calibration.runner import calibrate
+    from quantship.calibration.sources import open_data
+    from quantship.exporter.load import load_model
+    from quantship.exporter.qdq import write_qdq
+
+    class Attention(torch.nn.Module):
+        def __init__(self, d: int = 32, heads: int = 4) -> None:
+            super().__init__()
+            self.heads = heads
+            self.qkv, self.proj = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            n, t, d = x.shape
+            h = self.heads
+            q, k, v = self.qkv(x).reshape(n, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+            a = torch.softmax((q * (d // h) ** -0.5) @ k.transpose(-1, -2), dim=-1)
+            out: torch.Tensor = self.proj((a @ v).transpose(1, 2).reshape(n, t, d))
+            return out
+
+    torch.manual_seed(0)
+    path = tmp_path / "attn.onnx"
+    torch.onnx.export(Attention().eval(), (torch.randn(1, 12, 32),), str(path),
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N"}},
+                      opset_version=17, dynamo=False)  # fmt: skip
+    fm = load_model(path)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal((16, 12, 32)).astype(np.float32))
+    table = calibrate(fm, open_data(tmp_path / "c.npz", fm.inputs), samples=16)
+    backend = OpenVINOBackend()
+    plan = backend.plan(fm, table, PlanOptions())
+    kept = {f.node: f.reason for f in plan.float_nodes if f.op_type == "MatMul"}
+    assert len(kept) == 2 and all("attention" in r for r in kept.values())
+    assert sum(n.endswith("MatMul") for n in plan.compute_nodes) == 2  # qkv and proj
+
+    def ops(p: QuantPlan) -> set[str]:
+        return {o.get_type_name() for o in _convert(write_qdq(fm, p), fm).get_ordered_ops()}
+
+    assert "ScaledDotProductAttention" in ops(plan)
+    # The same plan with the products quantized (the rule relaxed): no fusion.
+    from quantship.backends import openvino as ov_backend
+    from quantship.backends.op_rules import input_side_ops
+    from quantship.backends.planning import make_plan
+
+    relaxed = {**ov_backend.RULES.ops, "MatMul": input_side_ops()["MatMul"]}
+    rules = replace(ov_backend.RULES, ops=relaxed)
+    assert "ScaledDotProductAttention" not in ops(make_plan(fm, table, PlanOptions(), rules))
