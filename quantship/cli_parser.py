@@ -313,7 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--out", type=Path, required=True)
     ds.add_argument("--quiet", "-q", action="store_true")
 
-    se = sub.add_parser("sensitivity", help="per-layer sensitivity to INT8, ranked")
+    se = sub.add_parser(
+        "sensitivity",
+        help="per-region sensitivity to INT8 and the cost of keeping each region float, "
+        "ranked as the accuracy guard ranks them",
+    )
     se.add_argument("model")
     se.add_argument("--calib", required=True, metavar="DATA")
     se.add_argument("--held-out", metavar="DATA")
