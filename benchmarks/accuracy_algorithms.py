@@ -339,9 +339,7 @@ def report(args: Any, m: dict[str, Any], results: list[dict[str, Any]]) -> None:
         + md_table(["model", "algorithms", "export s", "report"], times)
         + "\n\nThe accuracy guard, per export and backend (1 − cosine on the guard's held-out "
         "samples: with every region INT8, with every region float in that runtime, and as "
-        "kept):\n\n"
-        + md_table(GUARD_COLUMNS, guards)
-        + "\n"
+        "kept):\n\n" + md_table(GUARD_COLUMNS, guards) + "\n"
     )
     write_results("accuracy_algorithms", {"args": vars(args), "machine": m, "results": results}, md)
     print(md)

@@ -113,7 +113,9 @@ def _anon_bytes(pid: int) -> int:
 CNNS = "resnet18,mobilenetv2,detector640"
 
 
-def parser(doc: str | None, models: str = CNNS, samples: int = 256) -> argparse.ArgumentParser:
+def parser(
+    doc: str | None, models: str = CNNS, samples: int = 256, held: int = 32
+) -> argparse.ArgumentParser:
     """The options every model benchmark takes: which models, how many calibration
     and held-out samples; the script adds its own."""
     ap = argparse.ArgumentParser(
@@ -121,7 +123,7 @@ def parser(doc: str | None, models: str = CNNS, samples: int = 256) -> argparse.
     )
     ap.add_argument("--models", default=models)
     ap.add_argument("--samples", type=int, default=samples)
-    ap.add_argument("--held", type=int, default=32)
+    ap.add_argument("--held", type=int, default=held)
     return ap
 
 

@@ -62,7 +62,9 @@ def main() -> int:
     from quantship.ui import SILENT
 
     ap = parser(__doc__)
-    ap.add_argument("--duration", type=float, default=10.0, help="timed seconds, all variants interleaved")
+    ap.add_argument(
+        "--duration", type=float, default=10.0, help="timed seconds, all variants interleaved"
+    )
     args = ap.parse_args()
     results: list[dict[str, Any]] = []
     rows: list[list[str]] = []
