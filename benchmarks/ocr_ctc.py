@@ -34,8 +34,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from seq_ctc import BLANK, exact  # the same CTC decoding and line metric
 
-HEIGHT, WIDTH, CLASSES, BLANK = 32, 192, 11, 10
+HEIGHT, WIDTH, CLASSES = 32, 192, 11  # 10 digits and the CTC blank, BLANK (10)
 FRAMES = WIDTH // 4
 MAX_DIGITS = 6
 DIGIT = 32  # an 8×8 digit upscaled to this many pixels
@@ -170,23 +171,6 @@ def lines(
         img += rng.normal(0, 0.04, img.shape).astype(np.float32)
         x[i] = (np.clip(img, 0, 1) - 0.5) / 0.5
     return x, y
-
-
-def greedy(logits: npt.NDArray[Any]) -> list[list[int]]:
-    out = []
-    for seq in np.argmax(logits, axis=-1):
-        s, prev = [], -1
-        for c in seq:
-            if c != prev and c != BLANK:
-                s.append(int(c))
-            prev = int(c)
-        out.append(s)
-    return out
-
-
-def exact(logits: npt.NDArray[Any], y: npt.NDArray[Any]) -> float:
-    want = [[int(c) for c in row if c >= 0] for row in y]
-    return float(np.mean([a == b for a, b in zip(greedy(logits), want, strict=True)]))
 
 
 def _split() -> tuple[Any, npt.NDArray[np.float32], npt.NDArray[Any], npt.NDArray[Any]]:
