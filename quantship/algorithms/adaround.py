@@ -95,13 +95,12 @@ def adaround(
             "--algorithms adaround learns roundings with torch: pip install 'quantship[torch]'"
         ) from None
     t0 = time.perf_counter()
-    torch.manual_seed(0)
     edit = ModelEdit(fm)
     learned = {} if learned is None else learned
     layers = find_layers(edit, backend.plan(fm, table, options))
     keys = {x.node: _key(edit, x) for x in layers}
     todo = [x for x in layers if keys[x.node] not in learned]
-    samples = _collect(fm, edit, todo, feeds) if todo else {}
+    samples = _collect(fm, edit, todo, feeds, keys) if todo else {}
     done, nearest, reused, ratios = 0, 0, 0, []
     with ui.progress("AdaRound", len(layers)) as advance:
         for layer in layers:
@@ -112,8 +111,9 @@ def adaround(
                 advance(1)
                 continue
             if time.perf_counter() - t0 > MAX_SECONDS:
-                break
+                continue  # out of time: no more learning, but layers learned already apply
             w = edit.value(layer.weight)
+            torch.manual_seed(_seed(key))  # a layer's result depends on that layer alone
             q, ratio = _learn(torch, edit.node(layer.node), layer, w, samples[layer.node])
             new, kept = _on_grid(w, q, layer.params)
             edit.set(layer.weight, new)
@@ -160,6 +160,10 @@ def _key(edit: ModelEdit, layer: Layer) -> str:
     return h.hexdigest()
 
 
+def _seed(key: str) -> int:
+    return int(key[:8], 16)
+
+
 def _attr(n: onnx.NodeProto, name: str, default: int) -> int:
     return next((int(a.i) for a in n.attribute if a.name == name), default)
 
@@ -169,14 +173,16 @@ def _ints(n: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
 
 
 def _collect(
-    fm: FloatModel, edit: ModelEdit, layers: list[Layer], feeds: list[Feed]
+    fm: FloatModel, edit: ModelEdit, layers: list[Layer], feeds: list[Feed], keys: dict[int, str]
 ) -> dict[int, npt.NDArray[np.float32]]:
-    """Per layer, crops (conv: padded input windows) or rows (products) of its input."""
+    """Per layer, crops (conv: padded input windows) or rows (products) of its input,
+    drawn with the layer's own generator (seeded by its key), so which other layers are
+    learned alongside it changes nothing."""
     from quantship.calibration.runner import ort_session
 
     names = sorted({edit.node(x.node).input[0] for x in layers})
     sess = ort_session(with_outputs(fm.proto, names), weights_dir=fm.weights_dir)
-    rng = np.random.default_rng(0)
+    rngs = {x.node: np.random.default_rng(_seed(keys[x.node])) for x in layers}
     got: dict[int, list[npt.NDArray[np.float32]]] = {x.node: [] for x in layers}
     for feed in feeds:
         values = dict(zip(names, sess.run(names, feed), strict=True))
@@ -185,9 +191,9 @@ def _collect(
             a = np.asarray(values[node.input[0]], np.float32)
             if x.kind == "conv":
                 kernel = list(edit.value(x.weight).shape[2:])
-                got[x.node].append(_crops(a, node, kernel, rng))
+                got[x.node].append(_crops(a, node, kernel, rngs[x.node]))
             else:
-                got[x.node].append(_rows(a, rng))
+                got[x.node].append(_rows(a, rngs[x.node]))
     return {k: np.concatenate(v, axis=0) for k, v in got.items()}
 
 

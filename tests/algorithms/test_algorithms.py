@@ -333,6 +333,21 @@ def test_adaround_learns_once_for_backends_that_share_a_weight_grid(tmp_path: Pa
     w2 = {t.name: numpy_helper.to_array(t) for t in ov_fm.proto.graph.initializer}
     for name, w in w1.items():
         np.testing.assert_array_equal(w2[name], w)
+    # What is reused is what the backend would have learned alone, and a layer's result
+    # does not depend on which other layers are learned with it (conv0 float here).
+    ov_alone, _ = adaround(fm, table, OpenVINOBackend(), PlanOptions(), feeds, learned={})
+    fewer, report = adaround(fm, table, OpenVINOBackend(),
+                             PlanOptions(float_nodes=frozenset({"conv0"})), feeds, learned={})  # fmt: skip
+    assert report.done == 3
+    w3 = {t.name: numpy_helper.to_array(t) for t in ov_alone.proto.graph.initializer}
+    w4 = {t.name: numpy_helper.to_array(t) for t in fewer.proto.graph.initializer}
+    w0 = {t.name: numpy_helper.to_array(t) for t in fm.proto.graph.initializer}
+    changed = [n for n, w in w0.items() if not np.array_equal(w, w4[n])]
+    assert len(changed) == 3  # conv1, conv2 and fc learned, conv0 left as it was
+    for name, w in w2.items():
+        np.testing.assert_array_equal(w3[name], w)
+        if name in changed:
+            np.testing.assert_array_equal(w4[name], w)
 
 
 def test_tensorrt_plans_get_the_algorithms_and_stay_valid(tmp_path: Path) -> None:
