@@ -2,8 +2,9 @@
 accuracy budget holds.
 
 The measure is ``1 − cosine`` to the float model's outputs (the lowest over outputs,
-averaged over held-out samples: the same samples, batched alike, as the export's
-fidelity figure), computed in the target runtime (``qdq_session``): the runtimes do
+averaged over held-out samples: the samples the export's fidelity figure is measured
+on, in runs of up to ``FIDELITY_BATCH`` consecutive samples of one shape), computed in
+the target runtime (``qdq_session``): the runtimes do
 not all compute the QDQ model alike (OpenVINO requantizes where a QDQ simulation does
 not), so a plan is judged as it will run. Float outputs are computed once and cached;
 every evaluation reuses the one calibration table.
@@ -14,7 +15,7 @@ every evaluation reuses the one calibration table.
   ``quantship sensitivity`` shows them ranked.
 - ``guard``: quantize everything; if the error exceeds the budget, return regions to
   float, the most error taken away per ms of latency added first, in growing batches,
-  then bisect for the fewest. At most 2 + R + 2·⌈log₂ R⌉ + 1 evaluations for R
+  then bisect for the fewest. At most 2 + R + 2·⌈log₂ R⌉ evaluations for R
   regions, said before starting.
 - ``resolve_exclusions``: ``--exclude`` regular expressions (matched against whole node
   names) and ``--exclude-op`` op types; a pattern that matches nothing is an error
@@ -120,7 +121,7 @@ class Evaluator:
         # Runs of up to FIDELITY_BATCH consecutive samples of one shape (in order, so labels
         # still line up), as the export's fidelity measurement batches them.
         self.runs = feeds if model.fixed_batch else consecutive_batches(feeds, FIDELITY_BATCH)
-        r = reference or model
+        self.reference = r = reference or model
         ref = ort_session(r.proto, weights_dir=r.weights_dir)
         self.ref = [ref.run(None, f) for f in self.runs]
         self.float_score = self._score(self.ref) if metric is not None else 0.0
@@ -151,6 +152,11 @@ class Evaluator:
         for o, r in zip(outs, self.ref, strict=True):
             meter.update(r, o)
         return max(0.0, 1.0 - meter.result("guard").cosine)
+
+
+def sample_count(feeds: Sequence[Feed]) -> int:
+    """Samples in feeds (a fixed-batch model's feed holds a batch of them)."""
+    return sum(next(iter(f.values())).shape[0] for f in feeds if f)
 
 
 def quantizable_nodes(
@@ -260,21 +266,26 @@ def guard(
     m, t, b = evaluator.model, evaluator.table, evaluator.backend
     nodes = quantizable_nodes(m, t, b, options)
     regions = guard_regions(m, nodes)
-    bound = 2 + len(regions) + 2 * max(1, math.ceil(math.log2(max(len(regions), 1)))) + 1
+    bound = 2 + len(regions) + 2 * max(1, math.ceil(math.log2(max(len(regions), 1))))
     ui.note(
         f"accuracy guard: budget {max_drop:g} (1 - cosine); {len(nodes)} quantized nodes in "
-        f"{len(regions)} regions; at most {bound} evaluations on {len(evaluator.feeds)} "
-        "held-out samples"
+        f"{len(regions)} regions; at most {bound} evaluations on "
+        f"{sample_count(evaluator.feeds)} held-out samples"
     )
     before = evaluator.error(options)
     if before <= max_drop:
         return GuardResult(max_drop, before, before, (), evaluator.count, time.perf_counter() - t0)
     scores, floor, source = score_regions(evaluator, options, regions, costs, ui)
     if floor > max_drop:
+        why = (
+            "its own float precision on this machine"
+            if evaluator.model is evaluator.reference
+            else "its own float precision on this machine, and the pre-quantization "
+            "algorithms' changes to the float weights: try without --algorithms"
+        )
         raise QuantshipError(
             f"--max-drop {max_drop:g}: even with every quantizable node in float the error is "
-            f"{floor:.4g} in {b.name} (its own float precision on this machine); raise the "
-            "budget, or deploy the float model"
+            f"{floor:.4g} in {b.name} ({why}); raise the budget, or deploy the float model"
         )
     rank = ranked(scores)
 
@@ -285,14 +296,10 @@ def guard(
     lo, k, hi, err = 0, 1, None, before
     while hi is None:
         k = min(k, len(rank))
-        e = error_with(k)
+        # Every region float is the floor's plan, measured already and within the budget.
+        e = floor if k == len(rank) else error_with(k)
         if e <= max_drop:
             hi, err = k, e
-        elif k == len(rank):  # every region float is the floor, which held: not reached
-            raise QuantshipError(
-                f"--max-drop {max_drop:g}: even with every quantizable node in float the error "
-                f"is {e:.4g}; check the calibration data or raise the budget"
-            )
         else:
             lo, k = k, 2 * k
     while hi - lo > 1:

@@ -38,11 +38,18 @@ def sensitivity(
     and ``out/sensitivity.png``."""
     import tempfile
 
-    from quantship.backends.base import Artifact
     from quantship.calibration.runner import calibrate
+    from quantship.exporter.job import write_float
     from quantship.exporter.source import load_float_model
     from quantship.exporter.split import DEFAULT_HELD_OUT, split_data
-    from quantship.guard import Evaluator, held_feeds, quantizable_nodes, ranked, score_regions
+    from quantship.guard import (
+        Evaluator,
+        held_feeds,
+        quantizable_nodes,
+        ranked,
+        sample_count,
+        score_regions,
+    )
     from quantship.guard_regions import guard_regions, region_costs
 
     chosen, _ = registry.available(backend)
@@ -65,10 +72,11 @@ def sensitivity(
         raise QuantshipError(str(e)) from None
     ev = Evaluator(fm, table, b, feeds)
     regions = guard_regions(fm, quantizable_nodes(fm, table, b, options))
-    ui.note(f"sensitivity: {len(regions) + 2} evaluations on {len(feeds)} held-out samples")
+    ui.note(
+        f"sensitivity: {len(regions) + 2} evaluations on {sample_count(feeds)} held-out samples"
+    )
     with tempfile.TemporaryDirectory(prefix="quantship-sens-") as tmp:
-        fm.save(Path(tmp) / "model.onnx")
-        float_art = Artifact("", "onnx", Path(tmp), ("model.onnx",), precision="float")
+        float_art = write_float(Path(tmp), fm, table)
 
         def costs(rs: list[tuple[str, ...]]) -> tuple[dict[str, float], str]:
             return region_costs(b, fm, table, options, float_art, feeds[0], rs, None)

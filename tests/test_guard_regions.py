@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from models import attention, images, save, silu_cnn
 from onnx import TensorProto, helper, numpy_helper
 
 from quantship import api
 from quantship.backends.base import PlanOptions
 from quantship.bench.verdict import Budget, Option, decide
+from quantship.errors import QuantshipError
 from quantship.exporter.load import FloatModel, load_model
 from quantship.guard import Evaluator, RegionScore, guard, ranked
 from quantship.guard_regions import guard_regions
@@ -91,14 +93,27 @@ def test_growing_batches_find_the_fewest_regions_within_few_evaluations(tmp_path
     ev = Planted(fm, harm)
     res = guard(ev, PlanOptions(), 0.02)
     assert set(res.float_nodes) == {"conv3", "conv9", "conv12"}
-    # 1 + 16 sensitivities + batches 1, 2, 4 + bisection between 2 and 4
-    assert res.evaluations <= 1 + 16 + 2 * 4 + 1 and res.evaluations < 1 + 2 * 16
+    # all INT8, all float (the floor), 16 sensitivities, batches 1, 2, 4, bisection
+    # between 2 and 4
+    assert res.evaluations == 1 + 1 + 16 + 3 + 1
     # equally harmful, one costs 10x more in float: the cheap one goes
     ev = Planted(fm, {**{f"conv{k}": 0.0 for k in range(16)}, "conv2": 0.03, "conv5": 0.03})
     res = guard(ev, PlanOptions(), 0.04,
                 costs=lambda regions: ({r[0]: 10.0 if r[0] == "conv2" else 1.0 for r in regions},
                                        "planted"))  # fmt: skip
     assert res.float_nodes == ("conv5",) and res.cost_ms == 1.0 and res.cost_source == "planted"
+
+
+def test_a_budget_below_the_runtimes_own_float_error_is_refused(tmp_path: Path) -> None:
+    fm = load_model(save(chain(4), tmp_path / "chain.onnx"))
+    # "runtime" is no node: its error is there with every region float, as a runtime's
+    # own reduced float precision is.
+    ev = Planted(fm, {"conv0": 0.01, "runtime": 0.003})
+    with pytest.raises(QuantshipError, match=r"--max-drop 0.002: .* the error is 0.003 "):
+        guard(ev, PlanOptions(), 0.002)
+    assert ev.count == 1 + 1 + 4  # all INT8, the floor, the sensitivities; no search
+    res = guard(Planted(fm, {"conv0": 0.01, "runtime": 0.003}), PlanOptions(), 0.005)
+    assert res.float_nodes == ("conv0",) and res.after == 0.003 and res.floor == 0.003
 
 
 def test_guarded_int8_larger_than_half_the_float_is_not_recommended() -> None:

@@ -300,10 +300,8 @@ def build(
     if opts.max_drop is not None and held.data is not None:
         # The samples the export's fidelity is measured on: per-sample errors are heavy-
         # tailed (on the PP-OCR-style recogniser five of 256 lines carry two thirds of
-        # 1 - cosine), so a guard tuned on fewer misses its budget on them. A task metric
-        # needs more samples than a cosine does to resolve a small drop.
-        limit = DEFAULT_HELD_OUT if metric_fn is None else 1000
-        guard_feeds = held_feeds(held.data, held.start, held.stop, limit, fm.fixed_batch)
+        # 1 - cosine), so a guard tuned on fewer misses its budget on them.
+        guard_feeds = held_feeds(held.data, held.start, held.stop, DEFAULT_HELD_OUT, fm.fixed_batch)
     if metric_fn is not None:
         assert opts.held_out is not None
         count = sum(next(iter(f.values())).shape[0] for f in guard_feeds)
