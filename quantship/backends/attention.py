@@ -5,6 +5,8 @@ The accuracy guard keeps them together as one region; OpenVINO's plan leaves the
 
 from __future__ import annotations
 
+import weakref
+
 import onnx
 
 from quantship.exporter.graph import GraphView
@@ -52,50 +54,45 @@ def context_product(view: GraphView, softmax: int) -> int | None:
     return None
 
 
+def _around(view: GraphView) -> list[tuple[int | None, int | None]]:
+    """Per Softmax, its score and context products (node indices, None where absent)."""
+    return [(score_product(view, i), context_product(view, i))
+            for i, n in enumerate(view.nodes) if n.op_type == "Softmax"]  # fmt: skip
+
+
 def attention_products(view: GraphView) -> list[tuple[int, ...]]:
     """Per Softmax that has them, its score and context products (node indices)."""
-    out = []
-    for i, n in enumerate(view.nodes):
-        if n.op_type == "Softmax":
-            pair = tuple(m for m in (score_product(view, i), context_product(view, i)) if m is not None)
-            if pair:
-                out.append(pair)
-    return out
+    pairs = [tuple(m for m in pair if m is not None) for pair in _around(view)]
+    return [p for p in pairs if p]
+
+
+# Per graph view, each product's output name → which of the two it is.
+_PRODUCTS: weakref.WeakKeyDictionary[GraphView, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def _products(view: GraphView) -> dict[str, str]:
+    got = _PRODUCTS.get(view)
+    if got is None:
+        got = {}
+        for pair in _around(view):
+            for kind, m in zip(("scores", "context"), pair, strict=True):
+                if m is not None and view.nodes[m].output:
+                    got[view.nodes[m].output[0]] = kind
+        _PRODUCTS[view] = got
+    return got
 
 
 def not_attention_product(node: onnx.NodeProto, view: GraphView) -> str | None:
     """A rule check: None, or why ``node`` stays float because it is one of an attention
-    block's products. OpenVINO fuses MatMul → scale/mask → Softmax → MatMul into one
+    block's products (the pairs of ``attention_products``, which the guard keeps as one
+    region). OpenVINO fuses MatMul → scale/mask → Softmax → MatMul into one
     ScaledDotProductAttention kernel only when no FakeQuantize sits inside the block;
     with them it runs the block as separate, slower layers. Measured on the PP-OCR-style
     recogniser (benchmarks/ocr_ctc.py; AVX-512 VNNI, no AMX, 2 threads, 20 interleaved
     rounds, two runs): the INT8 model with these products float was 1.06-1.16x the bf16
     float model's speed, with them quantized 0.99-1.00x, at the same 1 - cosine (2.15e-3
     vs 2.16e-3); NNCF, which quantizes after OpenVINO has fused the block, 1.10-1.11x."""
-    if not is_runtime_product(view, node):
+    kind = _products(view).get(node.output[0]) if node.output else None
+    if kind is None:
         return None
-    # Scores: the output reaches a Softmax through PATH ops.
-    t, steps = node.output[0], 0
-    while steps < 6:
-        uses = view.consumers(t)
-        if len(uses) != 1:
-            break
-        nxt = view.nodes[uses[0].node]
-        if nxt.op_type == "Softmax":
-            return "an attention block's scores product (kept whole for OpenVINO's attention fusion)"
-        if nxt.op_type not in PATH or not nxt.output:
-            break
-        t, steps = nxt.output[0], steps + 1
-    # Context: an input comes from a Softmax through casts.
-    for x in node.input:
-        p = view.producer.get(x)
-        for _ in range(3):
-            if p is None:
-                break
-            pn = view.nodes[p]
-            if pn.op_type == "Softmax":
-                return "an attention block's context product (kept whole for OpenVINO's attention fusion)"
-            if pn.op_type not in _PASS or not pn.input:
-                break
-            p = view.producer.get(pn.input[0])
-    return None
+    return f"an attention block's {kind} product (kept whole for OpenVINO's attention fusion)"

@@ -54,12 +54,13 @@ def matmul_check(node: onnx.NodeProto, view: GraphView) -> str | None:
     return None
 
 
-def both(*checks: Check) -> Check:
-    """A check that passes where every one of ``checks`` does (the first reason else)."""
+def both(*checks: Check | None) -> Check:
+    """A check that passes where every one of ``checks`` does (the first reason else);
+    None: no check."""
 
     def check(node: onnx.NodeProto, view: GraphView) -> str | None:
         for c in checks:
-            reason = c(node, view)
+            reason = c(node, view) if c is not None else None
             if reason:
                 return reason
         return None

@@ -63,7 +63,6 @@ from quantship.backends.op_rules import (
     both,
     input_side_ops,
     kernels_note,
-    matmul_check,
 )
 from quantship.backends.openvino_session import (
     OVSession,
@@ -82,7 +81,10 @@ from quantship.types import Feed, Precision
 OV_OPS: dict[str, OpRule] = {
     **input_side_ops(),
     # An attention block's products stay float: see attention.not_attention_product.
-    "MatMul": replace(input_side_ops()["MatMul"], check=both(matmul_check, not_attention_product)),
+    "MatMul": replace(
+        input_side_ops()["MatMul"],
+        check=both(input_side_ops()["MatMul"].check, not_attention_product),
+    ),
 }
 # Quantization moves above Split, Concat, Resize and MaxPool so OpenVINO moves int8
 # data and requantizes nothing after them (as NNCF places it); a Concat's inputs share
