@@ -50,12 +50,14 @@ from quantship.backends.base import (
 from quantship.backends.op_rules import (
     activations_note,
     binary_check,
+    both,
     conv_check,
     embedding_table,
     gemm_axis,
     gemm_check,
     input_side_ops,
     kernels_note,
+    not_gelu_part,
 )
 from quantship.backends.planning import OpRule, Rules, make_plan
 from quantship.backends.variants import ALL, PlanVariant
@@ -74,7 +76,7 @@ ORT_OPS: dict[str, OpRule] = {
     # Float-output integer MatMul, inputs quantized: the same rule as OpenVINO/TensorRT.
     "MatMul": input_side_ops()["MatMul"],
     "Add": OpRule("compute", act_inputs=(0, 1), check=binary_check),
-    "Mul": OpRule("compute", act_inputs=(0, 1), check=binary_check),
+    "Mul": OpRule("compute", act_inputs=(0, 1), check=both(binary_check, not_gelu_part)),
     "GlobalAveragePool": OpRule("compute"),
     "AveragePool": OpRule("compute"),
     "Concat": OpRule("compute", act_inputs=None),

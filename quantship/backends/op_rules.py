@@ -81,6 +81,30 @@ def binary_check(node: onnx.NodeProto, view: GraphView) -> str | None:
     return None
 
 
+# A GELU as exporters write it: x · 0.5 · (1 + erf(x / √2)), or with tanh of a cubic.
+_GELU_CORE = frozenset({"Erf", "Tanh"})
+
+
+def not_gelu_part(node: onnx.NodeProto, view: GraphView) -> str | None:
+    """A rule check: None, or why a Mul stays float because it is a decomposed GELU's
+    product with ``1 + erf(…)`` (or ``1 + tanh(…)``). A GELU stays float in every
+    backend (its input's range is resolved badly in 8 bits, and no runtime has an
+    integer kernel for it); quantizing this Mul also gives the matrix product before the
+    GELU a quantized consumer beside its float ones (the Div or Pow into erf/tanh), and
+    ONNX Runtime then fuses that product into no integer kernel at all: it ran float,
+    dequantizing its int8 weight on every run (a MiniLM-shaped encoder, 6 FFN products,
+    2.1-2.4 ms each of weight dequantization at 128 tokens; benchmarks/transformers.py)."""
+    for x in node.input:
+        p = view.producer.get(x)
+        if p is None or view.nodes[p].op_type != "Add":
+            continue
+        for y in view.nodes[p].input:
+            q = view.producer.get(y)
+            if q is not None and view.nodes[q].op_type in _GELU_CORE:
+                return "part of a GELU (x · (1 + erf(…))), which stays float"
+    return None
+
+
 def table_check(node: onnx.NodeProto, view: GraphView) -> str | None:
     if int(get_attr(node, "axis", 0)) != 0:
         return "Gather along an axis other than 0"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -218,3 +219,52 @@ def test_split_runs_on_uint8(tmp_path: Path) -> None:
     assert report["Conv"]["integer"] == 3 and report["Concat"]["integer"] == 1
     # only the model input's Q (and the logits' path) remain outside integer kernels
     assert report["quantize_dequantize_ops"] <= 3
+
+
+def _gelu_ffn() -> onnx.ModelProto:
+    """A transformer's feed-forward block as exporters write it: MatMul + bias, GELU
+    decomposed into Div → Erf → Add → Mul → Mul, MatMul + bias."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+
+    def init(name: str, arr: Any) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.asarray(arr, np.float32), name)
+
+    inits = [init("w1", rng.standard_normal((16, 64)) * 0.3), init("b1", rng.standard_normal(64) * 0.1),
+             init("w2", rng.standard_normal((64, 16)) * 0.2), init("b2", np.zeros(16)),
+             init("sqrt2", np.sqrt(2.0)), init("one", 1.0), init("half", 0.5)]  # fmt: skip
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h0"], name="ff1"),
+        helper.make_node("Add", ["h0", "b1"], ["h"], name="ff1_bias"),
+        helper.make_node("Div", ["h", "sqrt2"], ["d"], name="gelu_div"),
+        helper.make_node("Erf", ["d"], ["e"], name="gelu_erf"),
+        helper.make_node("Add", ["e", "one"], ["e1"], name="gelu_add"),
+        helper.make_node("Mul", ["h", "e1"], ["m"], name="gelu_mul"),
+        helper.make_node("Mul", ["m", "half"], ["g"], name="gelu_half"),
+        helper.make_node("MatMul", ["g", "w2"], ["y0"], name="ff2"),
+        helper.make_node("Add", ["y0", "b2"], ["y"], name="ff2_bias"),
+    ]
+    graph = helper.make_graph(
+        nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 16])], inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_decomposed_gelu_stays_float_so_the_product_before_it_fuses(tmp_path: Path) -> None:
+    """Quantizing the GELU's Mul gave the first product a quantized consumer beside the
+    float Div, and ORT then fused that product into nothing: a float MatMul that
+    dequantized its weight on every run."""
+    x = np.random.default_rng(1).standard_normal((32, 8, 16)).astype(np.float32)
+    fm, table = _prepare(tmp_path, _gelu_ffn(), (1, 8, 16), x)
+    plan = OnnxRuntimeBackend().plan(fm, table, PlanOptions())  # type: ignore[arg-type]
+    why = {f.node: f.reason for f in plan.float_nodes}
+    assert "GELU" in why["gelu_mul"]
+    path = tmp_path / "q.onnx"
+    onnx.save_model(write_qdq(fm, plan), str(path))
+    assert fused_kernels(path)["MatMul"] == {"total": 2, "integer": 2}
+    out = run_ort(path, {"x": x[:4]})[0]
+    ref = run_ort(tmp_path / "m.onnx", {"x": x[:4]})[0]
+    cos = float(np.sum(out * ref) / (np.linalg.norm(out) * np.linalg.norm(ref)))
+    assert cos > 0.99

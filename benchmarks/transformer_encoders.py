@@ -1,0 +1,296 @@
+"""Transformer encoders to INT8 against what a user would run without us: ONNX Runtime
+and OpenVINO float at their default precision (OpenVINO: bf16 where the CPU has it)
+and fp32, ONNX Runtime's ``quantize_dynamic`` (per-channel int8 weights: the recipe
+sentence-transformers ships for CPUs) and ``quantize_static`` (QDQ, per-channel,
+uint8 activations), NNCF with ``model_type=TRANSFORMER``, and quantship's ONNX Runtime
+and OpenVINO artifacts. All from the same model file and the same token data.
+
+Models (Hugging Face ``BertModel`` built from a config, random weights, exported with
+the legacy exporter, ``last_hidden_state`` out; nothing is downloaded):
+- ``minilm``: the shape of a small published sentence encoder (MiniLM-L6: 6 layers of
+  384, 12 heads);
+- ``bert-base``: 12 layers of 768.
+
+Data: random token ids with an attention mask (the second half of each sentence
+padded at random lengths), ``--length`` tokens, 256 calibration sentences, 64 held out.
+Fidelity, against the fp32 model in ONNX Runtime on the held-out sentences: 1 − cosine
+of ``last_hidden_state``, the cosine of mean-pooled sentence embeddings (the mask
+applied), and how often each held-out sentence keeps its nearest neighbour among the
+others. Latency: batch 1 at ``--length`` tokens, 2 threads, every candidate timed
+interleaved in one run. Export time: quantship's whole export (load, clean-up,
+calibration, both backends' artifacts, fidelity) without the latency measurement.
+
+    python benchmarks/transformer_encoders.py [--models minilm,bert-base] [--length 128]
+
+Results: benchmarks/results/transformer_encoders.{json,md}. (Not ``transformers.py``: a
+file of that name in this folder would shadow Hugging Face's package for every script
+here that builds a model with it, and for mypy.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import WORK, candidate_fidelity, machine, machine_line, md_table, write_results
+
+THREADS = 2
+NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def bert_config(name: str) -> Any:
+    from transformers import BertConfig
+
+    if name == "minilm":
+        return BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6,
+                          num_attention_heads=12, intermediate_size=1536)  # fmt: skip
+    if name == "bert-base":
+        return BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
+                          num_attention_heads=12, intermediate_size=3072)  # fmt: skip
+    raise SystemExit(f"unknown model {name!r}: minilm or bert-base")
+
+
+def tokens(n: int, t: int, vocab: int, seed: int) -> dict[str, npt.NDArray[np.int64]]:
+    r = np.random.default_rng(seed)
+    lengths = r.integers(max(2, t // 2), t + 1, n)
+    mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int64)
+    ids = r.integers(1000, vocab, (n, t)).astype(np.int64) * mask
+    types = np.zeros((n, t), np.int64)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def prepare(name: str, length: int, n_calib: int, n_held: int) -> dict[str, Path]:
+    import torch
+    from transformers import BertModel
+
+    d = WORK / f"transformers-{name}-{length}"
+    paths = {"model": d / "model.onnx", "calib": d / "calib.npz", "held": d / "held.npz"}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = bert_config(name)
+    torch.manual_seed(0)
+    model: Any = BertModel(cfg, add_pooling_layer=False)
+    model.eval()
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = model
+
+        def forward(self, ids: Any, mask: Any, types: Any) -> Any:
+            out = self.bert(input_ids=ids, attention_mask=mask, token_type_ids=types)
+            return out.last_hidden_state
+
+    ex = tokens(2, 16, cfg.vocab_size, 0)
+    dyn = {n: {0: "batch", 1: "sequence"} for n in (*NAMES, "last_hidden_state")}
+    torch.onnx.export(
+        Encoder().eval(), tuple(torch.from_numpy(ex[n]) for n in NAMES), str(paths["model"]),
+        input_names=list(NAMES), output_names=["last_hidden_state"], dynamic_axes=dyn,
+        opset_version=17, dynamo=False,
+    )  # fmt: skip
+    np.savez(paths["calib"], allow_pickle=False, **tokens(n_calib, length, cfg.vocab_size, 1))
+    np.savez(paths["held"], allow_pickle=False, **tokens(n_held, length, cfg.vocab_size, 2))
+    return paths
+
+
+def feeds(path: Path) -> list[dict[str, npt.NDArray[np.int64]]]:
+    with np.load(path) as z:
+        arrays = {n: z[n] for n in NAMES}
+    return [{n: a[i : i + 1] for n, a in arrays.items()} for i in range(len(arrays[NAMES[0]]))]
+
+
+def ort_dynamic(model: Path, out: Path) -> float:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    t0 = time.perf_counter()
+    quantize_dynamic(model, out, per_channel=True, weight_type=QuantType.QInt8)
+    return time.perf_counter() - t0
+
+
+def ort_static(model: Path, calib: Path, out: Path) -> float:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.it = iter(feeds(calib))
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self.it, None)
+
+    t0 = time.perf_counter()
+    quantize_static(model, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+    return time.perf_counter() - t0
+
+
+def nncf_transformer(model: Path, calib: Path, out: Path) -> float:
+    import nncf
+    import openvino as ov
+
+    t0 = time.perf_counter()
+    data = feeds(calib)
+    q = nncf.quantize(ov.convert_model(model), nncf.Dataset(data), subset_size=len(data),
+                      model_type=nncf.ModelType.TRANSFORMER)  # fmt: skip
+    ov.save_model(q, out, compress_to_fp16=False)
+    return time.perf_counter() - t0
+
+
+def sentence_fidelity(
+    outs: list[npt.NDArray[Any]], ref: list[npt.NDArray[Any]], masks: npt.NDArray[np.int64]
+) -> tuple[float, float]:
+    """Mean-pooled sentence embeddings: their mean cosine to the reference's, and the
+    share of sentences whose nearest other sentence is the reference's."""
+
+    def pool(hs: list[npt.NDArray[Any]]) -> npt.NDArray[np.float64]:
+        h = np.concatenate(hs).astype(np.float64)
+        m = masks[: len(h), :, None].astype(np.float64)
+        e = (h * m).sum(1) / m.sum(1)
+        out: npt.NDArray[np.float64] = e / np.linalg.norm(e, axis=1, keepdims=True)
+        return out
+
+    a, b = pool(outs), pool(ref)
+    cos = float(np.mean(np.sum(a * b, axis=1)))
+
+    def nearest(e: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
+        s = e @ e.T
+        np.fill_diagonal(s, -np.inf)
+        out: npt.NDArray[np.intp] = s.argmax(1)
+        return out
+
+    return cos, float(np.mean(nearest(a) == nearest(b)))
+
+
+def run_model(name: str, length: int, duration: float) -> dict[str, Any]:
+    from quantship import api
+    from quantship.backends import registry
+    from quantship.backends.base import Artifact
+    from quantship.bench.run import Candidate, bench_candidates, float_candidates
+    from quantship.bench.timing import BenchSettings
+    from quantship.exporter.load import load_model
+    from quantship.exporter.manifest import artifacts_in
+    from quantship.ui import UI
+
+    paths = prepare(name, length, 256, 64)
+    d = WORK / f"transformers-{name}-{length}" / "runs"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    seconds: dict[str, float] = {}
+    print(f"[{name}] quantship export (onnxruntime, openvino) ...", flush=True)
+    t0 = time.perf_counter()
+    res = api.export(paths["model"], paths["calib"], d / "quantship", backends="onnxruntime,openvino",
+                     held_out=paths["held"], samples=256, threads=THREADS, bench=False,
+                     ui=UI(quiet=True))  # fmt: skip
+    seconds["quantship"] = time.perf_counter() - t0
+    ort, ov = registry.get("onnxruntime"), registry.get("openvino")
+    user_float = Artifact("", "onnx", paths["model"].parent, (paths["model"].name,), "float")
+    cands = float_candidates(user_float, [ort, ov])
+    for a in artifacts_in(d / "quantship", res.manifest):
+        label = f"quantship {a.backend}"
+        cands.append(Candidate(label, registry.get(a.backend), a, variant="quantship"))
+    peers = {
+        "ort quantize_dynamic": (d / "ort-dynamic.onnx", "onnx", ort),
+        "ort quantize_static": (d / "ort-static.onnx", "onnx-qdq", ort),
+        "nncf transformer": (d / "nncf-transformer.xml", "openvino-ir", ov),
+    }
+    for label, (out, fmt, b) in peers.items():
+        print(f"[{name}] {label} ...", flush=True)
+        if label == "ort quantize_dynamic":
+            seconds[label] = ort_dynamic(paths["model"], out)
+        elif label == "ort quantize_static":
+            seconds[label] = ort_static(paths["model"], paths["calib"], out)
+        else:
+            seconds[label] = nncf_transformer(paths["model"], paths["calib"], out)
+        files = (out.name, out.with_suffix(".bin").name) if fmt == "openvino-ir" else (out.name,)
+        art = Artifact(b.name, fmt, out.parent, files)
+        cands.append(Candidate(label, b, art, variant=label.replace(" ", "-")))
+    print(f"[{name}] fidelity of {len(cands)} candidates ...", flush=True)
+    fid, outs, ref = candidate_fidelity(paths["model"], paths["held"], cands, THREADS)
+    with np.load(paths["held"]) as z:
+        masks = z["attention_mask"]
+    rows: dict[str, dict[str, Any]] = {}
+    for c in cands:
+        cos, nn = sentence_fidelity(outs[c.key], ref, masks)
+        rows[c.key] = {"label": c.label, "float": c.is_float, "cosine": fid[c.key].cosine,
+                       "sentence_cosine": cos, "same_nearest": nn,
+                       "bytes": c.artifact.size_bytes()}  # fmt: skip
+    print(f"[{name}] latency of {len(cands)} candidates, interleaved, batch 1 ...", flush=True)
+    fm = load_model(paths["model"])
+    bs = BenchSettings(warmup=5, duration=duration * len(cands), min_iterations=20,
+                       min_rounds=10, threads=THREADS, batches=(1,))  # fmt: skip
+    # Timed on a held-out sentence (random ids would index past the vocabulary).
+    for s in bench_candidates(cands, fm.inputs, bs, sample=feeds(paths["held"])[0]):
+        if s.mode == "latency":
+            rows[s.key]["p50_ms"] = s.p50_ms
+    return {"model": name, "length": length, "export_s": seconds, "candidates": rows,
+            "plans": {a["backend"]: a.get("plan") for a in res.manifest["artifacts"]}}  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--models", default="minilm")
+    ap.add_argument("--length", type=int, default=128)
+    ap.add_argument("--duration", type=float, default=2.0, help="timed seconds per candidate")
+    args = ap.parse_args()
+    results = [run_model(m, args.length, args.duration) for m in args.models.split(",")]
+    m = machine()
+    table = []
+    for r in results:
+        fastest = min(v["p50_ms"] for v in r["candidates"].values() if v["float"])
+        for v in r["candidates"].values():
+            table.append([r["model"], v["label"], f"{v['p50_ms']:.2f}", f"{fastest / v['p50_ms']:.2f}x",
+                          f"{1 - v['cosine']:.2e}", f"{v['sentence_cosine']:.4f}",
+                          f"{v['same_nearest']:.3f}", f"{v['bytes'] / 1e6:.1f}"])  # fmt: skip
+    md = (
+        "# Transformer encoders to INT8\n\n"
+        f"Command: `python benchmarks/transformer_encoders.py --models {args.models} --length {args.length}`\n\n"
+        f"Machine: {machine_line(m)}. Batch 1, {args.length} tokens, {THREADS} threads, every "
+        "candidate timed interleaved; speed: the fastest float's p50 over the candidate's. "
+        "Fidelity against fp32 (ONNX Runtime) on 64 held-out sentences: 1 − cosine of "
+        "last_hidden_state, cosine of mean-pooled sentence embeddings, share of sentences "
+        "keeping their nearest neighbour. Random weights (built from a config).\n\n"
+        + md_table(
+            [
+                "model",
+                "candidate",
+                "p50 ms",
+                "speed vs fastest float",
+                "1 − cosine",
+                "sentence cosine",
+                "same nearest",
+                "MB",
+            ],
+            table,
+        )
+        + "\n\nExport / quantization time (s): "
+        + "; ".join(
+            f"{r['model']}: " + ", ".join(f"{k} {v:.1f}" for k, v in r["export_s"].items())
+            for r in results
+        )
+        + "\n"
+    )
+    write_results(
+        "transformer_encoders", {"machine": m, "args": vars(args), "results": results}, md
+    )
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
