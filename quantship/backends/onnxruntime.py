@@ -58,6 +58,7 @@ from quantship.backends.op_rules import (
     input_side_ops,
     kernels_note,
     not_gelu_part,
+    not_into_norm,
 )
 from quantship.backends.planning import OpRule, Rules, make_plan
 from quantship.backends.variants import ALL, PlanVariant
@@ -75,7 +76,7 @@ ORT_OPS: dict[str, OpRule] = {
     ),
     # Float-output integer MatMul, inputs quantized: the same rule as OpenVINO/TensorRT.
     "MatMul": input_side_ops()["MatMul"],
-    "Add": OpRule("compute", act_inputs=(0, 1), check=binary_check),
+    "Add": OpRule("compute", act_inputs=(0, 1), check=both(binary_check, not_into_norm)),
     "Mul": OpRule("compute", act_inputs=(0, 1), check=both(binary_check, not_gelu_part)),
     "GlobalAveragePool": OpRule("compute"),
     "AveragePool": OpRule("compute"),

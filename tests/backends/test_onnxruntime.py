@@ -268,3 +268,35 @@ def test_a_decomposed_gelu_stays_float_so_the_product_before_it_fuses(tmp_path: 
     ref = run_ort(tmp_path / "m.onnx", {"x": x[:4]})[0]
     cos = float(np.sum(out * ref) / (np.linalg.norm(out) * np.linalg.norm(ref)))
     assert cos > 0.99
+
+
+def test_a_residual_sum_into_a_layernorm_stays_float_in_every_backend(tmp_path: Path) -> None:
+    """A transformer's residual stream (an Add whose sum a LayerNorm reads) stays float;
+    a CNN's residual Add (test_every_compute_op_becomes_an_integer_kernel) does not."""
+    from onnx import TensorProto, helper
+
+    from quantship.backends.openvino import OpenVINOBackend
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((16, 16)) * 0.3).astype(np.float32), n)
+             for n in ("w1", "w2")]  # fmt: skip
+    inits += [numpy_helper.from_array(np.ones(16, np.float32), "g"),
+              numpy_helper.from_array(np.zeros(16, np.float32), "b")]  # fmt: skip
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="proj"),
+        helper.make_node("Add", ["x", "h"], ["r"], name="residual"),
+        helper.make_node("LayerNormalization", ["r", "g", "b"], ["n"], name="ln", axis=-1),
+        helper.make_node("MatMul", ["n", "w2"], ["y"], name="head"),
+    ]
+    graph = helper.make_graph(
+        nodes, "postln", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 16])], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((32, 8, 16)).astype(np.float32)
+    fm, table = _prepare(tmp_path, model, (1, 8, 16), x)
+    for backend in (OnnxRuntimeBackend(), OpenVINOBackend()):
+        plan = backend.plan(fm, table, PlanOptions())  # type: ignore[arg-type]
+        why = {f.node: f.reason for f in plan.float_nodes}
+        assert "LayerNorm" in why["residual"], backend.name
+        assert {"proj", "head"} <= set(plan.compute_nodes), backend.name
