@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "corpus"))
 
 from common import WORK, candidate_fidelity, machine, machine_line, md_table, write_results
 
@@ -70,7 +71,7 @@ def tokens(n: int, t: int, vocab: int, seed: int) -> dict[str, npt.NDArray[np.in
 
 def prepare(name: str, length: int, n_calib: int, n_held: int) -> dict[str, Path]:
     import torch
-    from transformers import BertModel
+    from families import bert_encoder
 
     d = WORK / f"transformers-{name}-{length}"
     paths = {"model": d / "model.onnx", "calib": d / "calib.npz", "held": d / "held.npz"}
@@ -78,23 +79,10 @@ def prepare(name: str, length: int, n_calib: int, n_held: int) -> dict[str, Path
         return paths
     d.mkdir(parents=True, exist_ok=True)
     cfg = bert_config(name)
-    torch.manual_seed(0)
-    model: Any = BertModel(cfg, add_pooling_layer=False)
-    model.eval()
-
-    class Encoder(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bert = model
-
-        def forward(self, ids: Any, mask: Any, types: Any) -> Any:
-            out = self.bert(input_ids=ids, attention_mask=mask, token_type_ids=types)
-            return out.last_hidden_state
-
     ex = tokens(2, 16, cfg.vocab_size, 0)
     dyn = {n: {0: "batch", 1: "sequence"} for n in (*NAMES, "last_hidden_state")}
     torch.onnx.export(
-        Encoder().eval(), tuple(torch.from_numpy(ex[n]) for n in NAMES), str(paths["model"]),
+        bert_encoder(cfg), tuple(torch.from_numpy(ex[n]) for n in NAMES), str(paths["model"]),
         input_names=list(NAMES), output_names=["last_hidden_state"], dynamic_axes=dyn,
         opset_version=17, dynamo=False,
     )  # fmt: skip

@@ -554,11 +554,12 @@ def _tokens(n: int, t: int, vocab: int, seed: int) -> Arrays:
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
-def bert(folder: Path, scale: Scale, dynamo: bool) -> Family:
+def bert_encoder(cfg: Any) -> Any:
+    """A ``BertModel`` from ``cfg`` (seeded, eval mode) taking ids, mask and token types
+    positionally and returning ``last_hidden_state``, as an exporter wants it."""
     import torch
     from transformers import BertModel
 
-    cfg = _bert_config(scale)
     torch.manual_seed(0)
     # The default attention (SDPA): exported, it masks with Where(mask, scores, -inf).
     model: Any = BertModel(cfg, add_pooling_layer=False)
@@ -573,12 +574,19 @@ def bert(folder: Path, scale: Scale, dynamo: bool) -> Family:
             out = self.bert(input_ids=ids, attention_mask=mask, token_type_ids=types)
             return out.last_hidden_state
 
+    return Encoder().eval()
+
+
+def bert(folder: Path, scale: Scale, dynamo: bool) -> Family:
+    import torch
+
+    cfg = _bert_config(scale)
     names = ["input_ids", "attention_mask", "token_type_ids"]
     ex = _tokens(2, 16, cfg.vocab_size, 0)
     args = tuple(torch.from_numpy(ex[n]) for n in names)
     dyn = {n: {0: "batch", 1: "sequence"} for n in names}
     path = _torch_export(
-        Encoder().eval(), args, folder / "model.onnx", names, ["last_hidden_state"],
+        bert_encoder(cfg), args, folder / "model.onnx", names, ["last_hidden_state"],
         {**dyn, "last_hidden_state": {0: "batch", 1: "sequence"}}, dynamo,
     )  # fmt: skip
     calib = _save_npz(folder / "calib.npz", _tokens(48, 32, cfg.vocab_size, 1))
