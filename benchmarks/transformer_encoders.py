@@ -219,7 +219,7 @@ def run_model(name: str, length: int, duration: float) -> dict[str, Any]:
     print(f"[{name}] latency of {len(cands)} candidates, interleaved, batch 1 ...", flush=True)
     fm = load_model(paths["model"])
     bs = BenchSettings(warmup=5, duration=duration * len(cands), min_iterations=20,
-                       min_rounds=10, threads=THREADS, batches=(1,))  # fmt: skip
+                       min_rounds=20, threads=THREADS, batches=(1,))  # fmt: skip
     # Timed on a held-out sentence (random ids would index past the vocabulary).
     for s in bench_candidates(cands, fm.inputs, bs, sample=feeds(paths["held"])[0]):
         if s.mode == "latency":
@@ -234,7 +234,7 @@ def main() -> int:
     )
     ap.add_argument("--models", default="minilm")
     ap.add_argument("--length", type=int, default=128)
-    ap.add_argument("--duration", type=float, default=2.0, help="timed seconds per candidate")
+    ap.add_argument("--duration", type=float, default=5.0, help="timed seconds per candidate")
     args = ap.parse_args()
     results = [run_model(m, args.length, args.duration) for m in args.models.split(",")]
     m = machine()
