@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from quantship.backends import registry
-from quantship.backends.base import SessionSettings
+from quantship.backends.base import SessionSettings, ShapeRanges
 from quantship.calibration.images import ImageOptions
 from quantship.calibration.methods import MethodSpec
 from quantship.errors import BackendError, QuantshipError
@@ -35,6 +35,7 @@ def export(
     calib_cache: str | Path | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     images: ImageOptions | None = None,
+    tokenizer: str | Path | None = None,
     weights: str | Path | None = None,
     float_nodes: Sequence[str] = (),
     exclude: Sequence[str] = (),
@@ -46,6 +47,7 @@ def export(
     threads: int | None = None,
     plan: str = "rules",
     algorithms: str | Sequence[str] | None = None,
+    pooling: str | None = None,
     ui: UI = SILENT,
 ) -> ExportResult:
     """Quantize ``model`` for each backend into ``out``; see ``quantship export --help``."""
@@ -66,6 +68,7 @@ def export(
         calib_cache=calib_cache,
         input_shapes=input_shapes,
         images=images,
+        tokenizer=Path(tokenizer) if tokenizer is not None else None,
         weights=Path(weights) if weights is not None else None,
         float_nodes=tuple(float_nodes),
         exclude=tuple(exclude),
@@ -77,6 +80,7 @@ def export(
         threads=threads,
         plan=plan,
         algorithms=algorithms,
+        pooling=pooling,
     )
     return run_export(opts, ui)
 
@@ -86,13 +90,16 @@ def build_engine(
     *,
     max_batch: int = 32,
     float_layers: Precision | None = None,
+    shapes: ShapeRanges | None = None,
     ui: UI = SILENT,
 ) -> dict[str, Any]:
     """Build the engine of each artifact in an export folder whose backend builds one
     (TensorRT), here on the deployment GPU, and record it in the manifest, which is
     rewritten only once every engine is built. Layers the plan left float run at
     ``float_layers`` (default: the runtime's fastest float here, fp16 on GPUs with fast
-    fp16). Returns what each build reported."""
+    fp16). ``shapes``: an input's (min, opt, max) shapes for the engine's profile
+    (default: batch 1 … ``max_batch``, other dynamic dimensions over the sizes the
+    calibration data covered). Returns what each build reported."""
     from quantship.exporter.manifest import artifact_entry, artifacts_in, read_manifest
 
     root = Path(folder)
@@ -114,7 +121,7 @@ def build_engine(
         if reason is not None:
             raise BackendError(f"cannot build a {backend.name} engine here: {reason}")
         ui.note(f"building the {backend.name} engine in {root} ...")
-        built = backend.build(art, max_batch, float_layers)
+        built = backend.build(art, max_batch, float_layers, shapes)
         old = manifest["artifacts"][i]
         # What was measured at export ran elsewhere (the QDQ model on a CPU): latency
         # and the verdict go; fidelity stays, saying where it was measured.

@@ -60,6 +60,7 @@ def _run(args: argparse.Namespace) -> int:
             calib_cache=args.calib_cache,
             input_shapes=shapes or None,
             images=images,
+            tokenizer=args.tokenizer,
             weights=args.weights,
             float_nodes=args.keep_float,
             exclude=args.exclude,
@@ -71,6 +72,7 @@ def _run(args: argparse.Namespace) -> int:
             threads=args.threads,
             plan=args.plan,
             algorithms=args.algorithms,
+            pooling=args.pooling,
             ui=ui,
         )
         ui.note(f"wrote {result.out}/manifest.json")
@@ -88,6 +90,7 @@ def _run(args: argparse.Namespace) -> int:
                 duration=args.duration,
                 batches=args.batch,
                 threads=args.threads,
+                lengths=args.lengths,
             )
         except ValueError as err:
             raise QuantshipError(str(err)) from None
@@ -97,6 +100,7 @@ def _run(args: argparse.Namespace) -> int:
             settings=settings,
             data=args.data,
             input_shapes=dict(args.input_shape) or None,
+            tokenizer=args.tokenizer,
             throughput_seconds=args.throughput_seconds,
             json_path=args.json,
             plot_path=args.plot,
@@ -112,6 +116,7 @@ def _run(args: argparse.Namespace) -> int:
             threads=args.threads,
             data=args.data,
             input_shapes=dict(args.input_shape) or None,
+            tokenizer=args.tokenizer,
             top=args.top,
             json_path=args.json,
             ui=ui,
@@ -139,7 +144,11 @@ def _run(args: argparse.Namespace) -> int:
         return 1 if errors else 0
     if args.command == "build-engine":
         api.build_engine(
-            args.folder, max_batch=args.max_batch, float_layers=args.float_layers, ui=ui
+            args.folder,
+            max_batch=args.max_batch,
+            float_layers=args.float_layers,
+            shapes=dict(args.shapes) or None,
+            ui=ui,
         )
         return 0
     if args.command == "sensitivity":
@@ -151,6 +160,7 @@ def _run(args: argparse.Namespace) -> int:
             backend=args.backend,
             method=args.method,
             samples=args.samples,
+            tokenizer=args.tokenizer,
             ui=ui,
         )
         return 0

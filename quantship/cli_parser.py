@@ -14,11 +14,14 @@ calibration data (--calib, --held-out):
   file.npz                one array per model input, keyed by input name, first axis = samples
   file.npy                one array, for a one-input model
   folder/                 images (jpg, png, ...), resized and normalised (see image options)
+  sentences.txt           text, one sentence a line, tokenized with --tokenizer DIR into
+                          input_ids / attention_mask / token_type_ids
   package.module:function returns an iterable of feeds: dicts of arrays (or arrays)
 
 examples:
   quantship export model.onnx --calib calib.npz --out build/
   quantship export model.onnx --calib images/ --image-size 320 --method entropy --samples 256 --out build/
+  quantship export encoder.onnx --calib sentences.txt --tokenizer my-tokenizer/ --pooling mean --out build/
   quantship export mypkg.nets:resnet --weights net.pt --calib calib.npz --out build/
 """
 
@@ -34,6 +37,17 @@ def _shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
     if not shape or any(d < 1 for d in shape):
         raise argparse.ArgumentTypeError(f"dimensions must be positive integers: {text!r}")
     return name, shape
+
+
+def _profile_arg(text: str) -> tuple[str, tuple[list[int], list[int], list[int]]]:
+    name, sep, spec = text.partition("=")
+    parts = spec.split(":")
+    if not sep or not name or len(parts) != 3:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=MIN:OPT:MAX (e.g. x=1x16:1x128:8x384), got {text!r}"
+        )
+    shapes = [_shape_arg(f"{name}={p}")[1] for p in parts]
+    return name, (list(shapes[0]), list(shapes[1]), list(shapes[2]))
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -86,7 +100,14 @@ def _run_target_args(p: argparse.ArgumentParser) -> None:
         "--backend", help="for a folder: only these backends; for a model: run it in these"
     )
     p.add_argument("--threads", type=_positive, help="CPU threads (default: the runtime's)")
-    p.add_argument("--data", metavar="DATA", help="feed a real sample instead of random inputs")
+    p.add_argument(
+        "--data",
+        metavar="DATA",
+        help="feed a real sample instead of random inputs (.npz, .npy, images, text)",
+    )
+    p.add_argument(
+        "--tokenizer", type=Path, metavar="DIR", help="for text --data: a local tokenizer folder"
+    )
     p.add_argument(
         "--input-shape",
         action="append",
@@ -151,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--calib-cache", metavar="FILE", help="reuse a calibration.json instead of a data pass"
     )
     e.add_argument(
+        "--tokenizer",
+        type=Path,
+        metavar="DIR",
+        help="for text data (one sentence a line): a local Hugging Face tokenizer folder "
+        "(tokenizer.json or vocab.txt); nothing is downloaded",
+    )
+    e.add_argument(
         "--input-shape",
         action="append",
         type=_shape_arg,
@@ -209,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PKG.MOD:FN",
         help="with --max-drop: a task metric fn(outputs, labels) -> score; labels: 'labels' in --held-out",
     )
+    e.add_argument(
+        "--pooling",
+        choices=["mean", "cls"],
+        help="for encoders: also measure sentence embeddings (the (batch, tokens, hidden) "
+        "output pooled over the attention mask, or at the first token): their cosine and "
+        "how often each held-out sample keeps its nearest neighbour (default: off)",
+    )
     e.add_argument("--threads", type=_positive, help="CPU threads for fidelity and latency runs")
     e.add_argument("--no-bench", action="store_true", help="skip the closing latency measurement")
     e.add_argument(
@@ -241,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     _run_target_args(b)
     b.add_argument(
         "--batch", type=_ints, default=(1,), metavar="1,8", help="batch sizes (default: 1)"
+    )
+    b.add_argument(
+        "--lengths",
+        type=_ints,
+        default=(),
+        metavar="16,64,128,384",
+        help="sizes for every dynamic dimension other than the batch (sequence lengths), each "
+        "measured in turn (default: the sample's, or --input-shape)",
     )
     b.add_argument("--warmup", type=int, default=10, help="warm-up runs per model (default: 10)")
     b.add_argument("--warmup-seconds", type=float, default=0.0, help="warm up at least this long")
@@ -286,6 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("folder", type=Path, help="an export output folder with a tensorrt artifact")
     be.add_argument("--max-batch", type=_positive, default=32, help="largest batch of the profile")
     be.add_argument(
+        "--shapes",
+        action="append",
+        type=_profile_arg,
+        default=[],
+        metavar="NAME=MIN:OPT:MAX",
+        help="an input's shape profile, e.g. input_ids=1x16:1x128:8x384 (repeatable; default: "
+        "batch 1 to --max-batch, other dynamic dimensions over the calibrated sizes)",
+    )
+    be.add_argument(
         "--float-layers",
         choices=["fp16", "fp32"],
         help="precision of the layers left float (default: fp16 where the GPU has fast fp16, "
@@ -327,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"]
     )
     se.add_argument("--samples", type=_positive)
+    se.add_argument(
+        "--tokenizer", type=Path, metavar="DIR", help="for text data: a local tokenizer folder"
+    )
     se.add_argument("--quiet", "-q", action="store_true")
 
     d = sub.add_parser(

@@ -10,6 +10,7 @@ from quantship.backends import registry
 from quantship.backends.base import PlanOptions
 from quantship.calibration.methods import MethodSpec
 from quantship.calibration.sources import open_data
+from quantship.calibration.text import TextOptions
 from quantship.errors import QuantshipError
 from quantship.exporter.output import write_json
 from quantship.ui import SILENT, UI
@@ -28,6 +29,7 @@ def sensitivity(
     method: str = "percentile",
     samples: int | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
+    tokenizer: str | Path | None = None,
     ui: UI = SILENT,
 ) -> list[dict[str, Any]]:
     """Per-region sensitivity, as the accuracy guard sees it: for each region (a layer
@@ -54,10 +56,15 @@ def sensitivity(
 
     chosen, _ = registry.available(backend)
     b = chosen[0]
+    tokens = TextOptions(Path(tokenizer)) if tokenizer is not None else None
     fm, data, _ = load_float_model(
-        model, calib, input_shapes=input_shapes, images=None, weights=None
+        model, calib, input_shapes=input_shapes, images=None, weights=None, tokens=tokens
     )
-    held = open_data(held_out, fm.inputs, role="held-out") if held_out is not None else None
+    held = (
+        open_data(held_out, fm.inputs, role="held-out", tokens=tokens)
+        if held_out is not None
+        else None
+    )
     split = split_data(data, samples, held)
     assert data is not None
     table = calibrate(fm, data, samples=split.calib_stop, histograms=True, ui=ui)

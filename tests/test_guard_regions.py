@@ -44,7 +44,12 @@ def test_order_is_error_taken_away_per_cost_and_no_region_is_free() -> None:
     # (0.01 / 1) and "c" (0.05 / 10); regions that take no error away come last, cheapest
     # first.
     assert [s.nodes[0] for s in ranked(scores)] == [
-        "b", "free", "a", "c", "useless", "useless-dear"
+        "b",
+        "free",
+        "a",
+        "c",
+        "useless",
+        "useless-dear",
     ]
 
 

@@ -49,6 +49,9 @@ from quantship.types import PRECISIONS, Feed, Precision
 if TYPE_CHECKING:
     from quantship.backends.variants import PlanVariant
 
+# An engine's shape profile per input: (min, opt, max) shapes (``build-engine --shapes``).
+ShapeRanges = dict[str, tuple[list[int], list[int], list[int]]]
+
 
 @dataclass(frozen=True)
 class Artifact:
@@ -243,7 +246,11 @@ class Backend(Protocol):
     ) -> Session: ...
 
     def build(
-        self, artifact: Artifact, max_batch: int, float_layers: Precision | None = None
+        self,
+        artifact: Artifact,
+        max_batch: int,
+        float_layers: Precision | None = None,
+        shapes: ShapeRanges | None = None,
     ) -> Artifact: ...
 
     def engine_unavailable(self) -> str | None: ...
@@ -273,7 +280,11 @@ class BaseBackend:
         return _Owning(backend.session(art, settings), tmp)
 
     def build(
-        self, artifact: Artifact, max_batch: int, float_layers: Precision | None = None
+        self,
+        artifact: Artifact,
+        max_batch: int,
+        float_layers: Precision | None = None,
+        shapes: ShapeRanges | None = None,
     ) -> Artifact:
         raise BackendError(f"backend {self.name!r} builds no engine")
 

@@ -36,6 +36,7 @@ from quantship.backends.base import (
     PlanOptions,
     QuantPlan,
     SessionSettings,
+    ShapeRanges,
 )
 from quantship.backends.op_rules import activations_note, input_side_ops
 from quantship.backends.planning import OpRule, Rules, make_plan
@@ -45,6 +46,7 @@ from quantship.backends.tensorrt_engine import (
     TensorRTSession,
     build_engine,
     engine_inputs,
+    engine_profiles,
     engine_unavailable,
     fastest_float_layers,
 )
@@ -114,12 +116,18 @@ class TensorRTBackend(BaseBackend):
         return f"{self.name}/model.qdq.onnx", f"{self.name}/model.engine"
 
     def build(
-        self, artifact: Artifact, max_batch: int, float_layers: Precision | None = None
+        self,
+        artifact: Artifact,
+        max_batch: int,
+        float_layers: Precision | None = None,
+        shapes: ShapeRanges | None = None,
     ) -> Artifact:
         _, engine_file = self._files
+        inputs = artifact.metadata["inputs"]
+        engine_profiles(inputs, max_batch, shapes)  # a wrong --shapes fails before any work
         info = build_engine(
-            artifact.path, artifact.root / engine_file, artifact.metadata["inputs"],
-            max_batch=max_batch, float_layers=float_layers or fastest_float_layers(),
+            artifact.path, artifact.root / engine_file, inputs, max_batch=max_batch,
+            float_layers=float_layers or fastest_float_layers(), shapes=shapes,
         )  # fmt: skip
         engine_files = (engine_file, str(Path(engine_file).with_suffix(".json")))
         files = tuple(f for f in artifact.files if f not in engine_files) + engine_files

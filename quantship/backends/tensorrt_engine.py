@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
-from quantship.backends.base import BaseSession, LayerTime, SessionSettings
+from quantship.backends.base import BaseSession, LayerTime, SessionSettings, ShapeRanges
 from quantship.errors import BackendError
 from quantship.exporter.load import FloatModel
 from quantship.types import Feed, Precision
@@ -63,27 +63,40 @@ def _gpu() -> dict[str, str]:
 
 
 def engine_inputs(model: FloatModel) -> list[dict[str, Any]]:
-    """Each input's shape and the shape its engine profile is built for: TensorRT needs
-    bounds on every dynamic dimension. The batch axis spans 1 … max_batch; another
-    dynamic dimension (a sequence length) is fixed at the calibration sample's size,
-    and the entry says so."""
+    """Each input's shape and the bounds of its engine profile: TensorRT needs bounds on
+    every dynamic dimension. The batch axis spans 1 … max_batch; another dynamic
+    dimension (a sequence length) spans the sizes the calibration data covered
+    (``min``/``max``), tuned for the first sample's (``profile``). Without a record of
+    the data's sizes it is fixed at the sample's, and the entry says so."""
     out: list[dict[str, Any]] = []
     for spec in model.inputs:
         example = model.example_shape(spec)
-        profile: list[int | None] = [
-            None if spec.shape and spec.shape[0] is None else spec.shape[0]
-        ]
+        seen = model.input_ranges.get(spec.name)
+        if seen is not None and len(seen) != len(spec.shape):
+            seen = None
+        batch = None if spec.shape and spec.shape[0] is None else spec.shape[0]
+        profile: list[int | None] = [batch]
+        lo: list[int | None] = [batch]
+        hi: list[int | None] = [batch]
         fixed = []
         for axis in range(1, len(spec.shape)):
             profile.append(example[axis])
-            if spec.shape[axis] is None:
-                fixed.append(axis)
+            if spec.shape[axis] is not None or seen is None:
+                lo.append(example[axis])
+                hi.append(example[axis])
+                if spec.shape[axis] is None:
+                    fixed.append(axis)
+            else:
+                lo.append(min(seen[axis][0], example[axis] or seen[axis][0]))
+                hi.append(max(seen[axis][1], example[axis] or seen[axis][1]))
         entry: dict[str, Any] = {"name": spec.name, "shape": list(spec.shape), "profile": profile}
+        if lo != profile or hi != profile:
+            entry["min"], entry["max"] = lo, hi
         if fixed:
             entry["fixed_for_engine"] = {
                 "axes": fixed,
                 "why": "a TensorRT profile needs bounds on dynamic dimensions; fixed at the "
-                "calibration sample's size",
+                "calibration sample's size (give build-engine --shapes to span others)",
             }
         out.append(entry)
     return out
@@ -92,14 +105,24 @@ def engine_inputs(model: FloatModel) -> list[dict[str, Any]]:
 Dims = list[int]
 
 
-def profile_shapes(spec: dict[str, Any], max_batch: int) -> tuple[Dims, Dims, Dims] | None:
+def profile_shapes(
+    spec: dict[str, Any], max_batch: int, given: tuple[Dims, Dims, Dims] | None = None
+) -> tuple[Dims, Dims, Dims] | None:
     """An input's (min, opt, max) shapes for TensorRT's optimization profile, or None
-    for a fully static input: a dynamic batch spans 1 … ``max_batch`` (tuned for 1, the
-    latency case); another dynamic dimension is fixed at its ``profile`` size."""
+    for a fully static input. ``given`` (``build-engine --shapes``) is used as it is,
+    after checking it against the input's fixed dimensions. Otherwise a dynamic batch
+    spans 1 … ``max_batch`` (tuned for 1, the latency case), and another dynamic
+    dimension spans the entry's ``min`` … ``max`` (the calibration data's sizes), tuned
+    for its ``profile`` size."""
     shape = list(spec["shape"])
+    if given is not None:
+        check_given(spec["name"], shape, given)
+        return given
     if None not in shape:
         return None
     example = list(spec.get("profile", shape))
+    mins = list(spec.get("min", example))
+    maxs = list(spec.get("max", example))
     lo, opt, hi = [], [], []
     for axis, d in enumerate(shape):
         if d is not None:
@@ -107,11 +130,52 @@ def profile_shapes(spec: dict[str, Any], max_batch: int) -> tuple[Dims, Dims, Di
         elif axis == 0:
             a, b, c = 1, 1, max_batch
         else:
-            a = b = c = int(example[axis] or 1)
+            b = int(example[axis] or 1)
+            a, c = min(int(mins[axis] or b), b), max(int(maxs[axis] or b), b)
         lo.append(a)
         opt.append(b)
         hi.append(c)
     return lo, opt, hi
+
+
+def engine_profiles(
+    inputs: list[dict[str, Any]], max_batch: int, shapes: ShapeRanges | None
+) -> ShapeRanges:
+    """Every dynamic input's (min, opt, max) shapes, ``shapes`` (``--shapes``) checked
+    and taking precedence; inputs with no dynamic dimension and no ``--shapes`` get none."""
+    names = [spec["name"] for spec in inputs]
+    unknown = sorted(set(shapes or {}) - set(names))
+    if unknown:
+        raise BackendError(
+            f"--shapes names {', '.join(map(repr, unknown))}; the model's inputs are: "
+            + ", ".join(names)
+        )
+    out: ShapeRanges = {}
+    for spec in inputs:
+        bounds = profile_shapes(spec, max_batch, (shapes or {}).get(spec["name"]))
+        if bounds is not None:
+            out[spec["name"]] = bounds
+    return out
+
+
+def check_given(name: str, shape: list[int | None], given: tuple[Dims, Dims, Dims]) -> None:
+    """``--shapes NAME=MIN:OPT:MAX``: each of the input's rank, agreeing with its fixed
+    dimensions, and MIN ≤ OPT ≤ MAX on every axis."""
+    text = ":".join("x".join(map(str, s)) for s in given)
+    for s in given:
+        if len(s) != len(shape):
+            raise BackendError(
+                f"--shapes {name}={text}: rank {len(s)}; the input has rank {len(shape)} "
+                f"({'x'.join('?' if d is None else str(d) for d in shape)})"
+            )
+    for axis, d in enumerate(shape):
+        lo, opt, hi = (s[axis] for s in given)
+        if d is not None and not lo == opt == hi == d:
+            raise BackendError(f"--shapes {name}={text}: dimension {axis} is fixed at {d}")
+        if not 1 <= lo <= opt <= hi:
+            raise BackendError(
+                f"--shapes {name}={text}: dimension {axis} needs 1 <= min <= opt <= max"
+            )
 
 
 def build_engine(
@@ -122,12 +186,14 @@ def build_engine(
     float_precision: Precision | None = None,
     float_layers: Precision = "fp32",
     max_batch: int = 32,
+    shapes: ShapeRanges | None = None,
 ) -> dict[str, Any]:
     """Build a serialized engine with TensorRT's Python API (ONNX parser, builder
     config, timing cache beside the engine so a rebuild is fast and repeatable).
     ``float_precision`` None: an INT8 QDQ model, its float layers (those between no
     Q/DQ pair) in ``float_layers``; "fp32"/"fp16": a float model's engine at that
     precision (a baseline)."""
+    profiles = engine_profiles(inputs, max_batch, shapes)
     reason = engine_unavailable()
     if reason is not None:
         raise BackendError(f"cannot build a TensorRT engine here: {reason}")
@@ -160,23 +226,21 @@ def build_engine(
     cache_path = engine_path.with_suffix(".timing-cache")
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
-    # A dynamic batch axis needs an optimization profile (batch 1 to max_batch, tuned
-    # for 1: the latency case); a static model must not get an empty one.
-    profile = builder.create_optimization_profile()
-    dynamic = False
-    for spec in inputs:
-        bounds = profile_shapes(spec, max_batch)
-        if bounds is not None:
-            profile.set_shape(spec["name"], *bounds)
-            dynamic = True
-    if dynamic:
+    # Dynamic dimensions need an optimization profile (min/opt/max per input: batch 1
+    # to max_batch tuned for 1, the latency case; sequence lengths over the calibrated
+    # range, or --shapes); a static model must not get an empty one.
+    if profiles:
+        profile = builder.create_optimization_profile()
+        for name, bounds in profiles.items():
+            profile.set_shape(name, *bounds)
         config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise BackendError("TensorRT failed to build the engine (see its log above)")
     engine_path.write_bytes(bytes(serialized))
     cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-    info = {"tensorrt": trt.__version__, **_gpu(), "host": platform.node(), "max_batch": max_batch}
+    info = {"tensorrt": trt.__version__, **_gpu(), "host": platform.node(), "max_batch": max_batch,
+            "profiles": {k: {"min": v[0], "opt": v[1], "max": v[2]} for k, v in profiles.items()}}  # fmt: skip
     if float_precision is None:
         info["float_layers"] = float_layers
     engine_path.with_suffix(".json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")

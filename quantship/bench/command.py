@@ -12,6 +12,7 @@ from quantship.bench.machine import cpu_info
 from quantship.bench.run import bench_candidates
 from quantship.bench.timing import BenchSettings, LatencyStats, p50_by_key
 from quantship.bench.verdict import Option, decide
+from quantship.errors import QuantshipError
 from quantship.exporter.output import write_json
 from quantship.ui import SILENT, UI
 
@@ -24,6 +25,7 @@ def bench(
     throughput_seconds: float = 0.0,
     data: str | Path | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
+    tokenizer: str | Path | None = None,
     json_path: str | Path | None = None,
     plot_path: str | Path | None = None,
     ui: UI = SILENT,
@@ -36,12 +38,19 @@ def bench(
     from quantship.bench.targets import find_targets
 
     settings = settings or BenchSettings()
-    found = find_targets(target, backends, data=data, input_shapes=input_shapes, ui=ui)
+    found = find_targets(
+        target, backends, data=data, input_shapes=input_shapes, tokenizer=tokenizer, ui=ui
+    )
     cands, inputs, examples, sample = found.candidates, found.inputs, found.examples, found.sample
     recorded, budget, title = found.recorded, found.budget, found.title
-    shapes = found.shapes(settings.batches[0])  # what the first batch size feeds
+    first = settings.lengths[0] if settings.lengths else None
+    if first is not None and input_shapes:
+        raise QuantshipError(
+            "--lengths and --input-shape both size the dynamic dimensions; give one of them"
+        )
+    shapes = found.shapes(settings.batches[0], first)  # what the first point feeds
     stats = bench_candidates(cands, inputs, settings, sample=sample, examples=examples, ui=ui)
-    p50 = p50_by_key(stats, settings.batches[0])
+    p50 = p50_by_key(stats, settings.batches[0], first)
     verdict = decide(
         [Option(c.key, c.label, c.is_float, p50.get(c.key), recorded.get(c.key)) for c in cands],
         budget,
@@ -61,7 +70,8 @@ def bench(
     )
     if tput:
         ui.table(
-            "throughput mode (the runtime's own parallel requests)",
+            "throughput mode (the runtime's own parallel requests)"
+            + (f", length {first}" if first is not None else ""),
             ["model", "batch", "samples/s", "runs"],
             [[t.label, str(t.batch), f"{t.samples_per_s:.1f}", str(t.runs)] for t in tput],
         )
@@ -72,7 +82,8 @@ def bench(
                 "target": str(target),
                 "machine": cpu_info(),
                 "settings": dict(settings.__dict__),
-                "input_shapes": shapes,  # at the first --batch; the others scale the first axis
+                # At the first --batch (and --lengths): the others scale those axes.
+                "input_shapes": shapes,
                 "results": [s.to_json() for s in stats],
                 "keys": {c.label: c.key for c in cands},
                 "speedup_against": reference,

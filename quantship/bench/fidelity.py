@@ -4,6 +4,13 @@ Per output: cosine similarity (mean over samples, and the worst sample), SQNR in
 (signal power over error power, over all samples), max absolute error, relative L2
 error, and top-1 agreement when the output looks like class scores (2-D, N × C).
 Accumulated batch by batch, so memory does not grow with the number of samples.
+
+For encoders (``pooling`` "mean" or "cls"), also the sentence embeddings: the first
+output of shape (batch, tokens, hidden) pooled over the tokens the attention mask keeps
+(mean) or at the first token (cls), or a (batch, hidden) output as it is; their cosine
+to the reference's, and how often each sample keeps its nearest neighbour among the
+others (what retrieval and clustering see). Those embeddings are kept, one vector a
+sample.
 """
 
 from __future__ import annotations
@@ -15,6 +22,29 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+POOLINGS = ("mean", "cls")
+MASK_INPUT = "attention_mask"
+
+
+@dataclass(frozen=True)
+class SentenceFidelity:
+    """Pooled sentence embeddings against the reference's."""
+
+    pooling: str
+    output: str
+    cosine: float
+    cosine_min: float
+    same_nearest: float | None  # None: fewer than 3 samples
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pooling": self.pooling,
+            "output": self.output,
+            "cosine": self.cosine,
+            "cosine_min": self.cosine_min,
+            "same_nearest": self.same_nearest,
+        }
 
 
 @dataclass(frozen=True)
@@ -46,6 +76,7 @@ class Fidelity:
     samples: int
     source: str
     outputs: tuple[OutputFidelity, ...]
+    sentence: SentenceFidelity | None = None
 
     @property
     def cosine(self) -> float:
@@ -70,6 +101,7 @@ class Fidelity:
             "sqnr_db": self.sqnr_db,
             "top1_agreement": self.top1_agreement,
             "outputs": [o.to_json() for o in self.outputs],
+            **({"sentence": self.sentence.to_json()} if self.sentence is not None else {}),
         }
 
 
@@ -83,7 +115,12 @@ def _per_sample(a: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
 class FidelityMeter:
     """Accumulates fidelity of one candidate against the reference, batch by batch."""
 
-    def __init__(self, names: Sequence[str]) -> None:
+    def __init__(self, names: Sequence[str], pooling: str | None = None) -> None:
+        if pooling is not None and pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        self.pooling = pooling
+        self.pooled: tuple[list[npt.NDArray[np.float64]], list[npt.NDArray[np.float64]]] = ([], [])
+        self.pooled_output: str | None = None
         self.names = list(names)
         k = len(self.names)
         self.samples = 0
@@ -96,9 +133,18 @@ class FidelityMeter:
         self.top1_total = [0] * k
         self.classy = [True] * k
 
-    def update(self, ref: Sequence[npt.NDArray[Any]], test: Sequence[npt.NDArray[Any]]) -> None:
+    def update(
+        self,
+        ref: Sequence[npt.NDArray[Any]],
+        test: Sequence[npt.NDArray[Any]],
+        feed: dict[str, npt.NDArray[Any]] | None = None,
+    ) -> None:
+        """One batch: the reference's and the candidate's outputs, and (for pooling) the
+        feed they ran on, whose attention mask says which tokens count."""
         if len(ref) != len(self.names) or len(test) != len(self.names):
             raise ValueError("reference and candidate give different numbers of outputs")
+        if self.pooling is not None:
+            self._pool(ref, test, feed or {})
         n = None
         for i, (r, t) in enumerate(zip(ref, test, strict=True)):
             if r.shape != t.shape:
@@ -127,6 +173,60 @@ class FidelityMeter:
             else:
                 self.classy[i] = False
         self.samples += n or 0
+
+    def _pool(
+        self,
+        ref: Sequence[npt.NDArray[Any]],
+        test: Sequence[npt.NDArray[Any]],
+        feed: dict[str, npt.NDArray[Any]],
+    ) -> None:
+        index = next((i for i, r in enumerate(ref) if r.ndim == 3), None)
+        if index is None:
+            index = next((i for i, r in enumerate(ref) if r.ndim == 2), None)
+        if index is None:
+            shapes = ", ".join(
+                f"{n} {tuple(r.shape)}" for n, r in zip(self.names, ref, strict=True)
+            )
+            raise ValueError(
+                "--pooling needs an output of (batch, tokens, hidden) or (batch, hidden); "
+                f"the model's outputs are {shapes}"
+            )
+        self.pooled_output = self.names[index]
+        mask = feed.get(MASK_INPUT)
+        for dest, arr in zip(self.pooled, (ref[index], test[index]), strict=True):
+            h = np.asarray(arr, dtype=np.float64)
+            if h.ndim == 3 and self.pooling == "cls":
+                e = h[:, 0, :]
+            elif h.ndim == 3:
+                m = (
+                    np.asarray(mask, dtype=np.float64)[:, :, None]
+                    if mask is not None and mask.shape == h.shape[:2]
+                    else np.ones((*h.shape[:2], 1))
+                )
+                e = (h * m).sum(1) / np.maximum(m.sum(1), 1.0)
+            else:
+                e = h
+            norm = np.linalg.norm(e, axis=1, keepdims=True)
+            dest.append(e / np.where(norm > 0, norm, 1.0))
+
+    def sentence(self) -> SentenceFidelity | None:
+        if self.pooling is None or not self.pooled[0] or self.pooled_output is None:
+            return None
+        a, b = (np.concatenate(p) for p in self.pooled)
+        cos = np.sum(a * b, axis=1)
+        nearest = None
+        if len(a) >= 3:
+
+            def neighbour(e: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
+                s = e @ e.T
+                np.fill_diagonal(s, -np.inf)
+                out: npt.NDArray[np.intp] = s.argmax(1)
+                return out
+
+            nearest = float(np.mean(neighbour(a) == neighbour(b)))
+        return SentenceFidelity(
+            self.pooling, self.pooled_output, float(cos.mean()), float(cos.min()), nearest
+        )
 
     def result(self, source: str) -> Fidelity:
         if self.samples == 0:
@@ -159,4 +259,4 @@ class FidelityMeter:
                     top1,
                 )
             )
-        return Fidelity(self.samples, source, tuple(outs))
+        return Fidelity(self.samples, source, tuple(outs), self.sentence())

@@ -82,6 +82,7 @@ def profile(
     threads: int | None = None,
     data: str | Path | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
+    tokenizer: str | Path | None = None,
     top: int = 10,
     json_path: str | Path | None = None,
     ui: UI = SILENT,
@@ -97,7 +98,13 @@ def profile(
     if batch < 1 or runs < 1:
         raise QuantshipError(f"--batch and --runs must be >= 1, got {batch} and {runs}")
     found = find_targets(
-        target, backends, data=data, input_shapes=input_shapes, what="profile", ui=ui
+        target,
+        backends,
+        data=data,
+        input_shapes=input_shapes,
+        tokenizer=tokenizer,
+        what="profile",
+        ui=ui,
     )
     feeds = make_feeds(found.inputs, batch, found.sample, examples=found.examples)
     wanted: list[Candidate] = []

@@ -27,16 +27,19 @@ def latency_table(
     title: str,
     reference: str | None = None,
 ) -> None:
-    """Every row's speedup is against ``reference`` (a label) at the same batch size."""
-    by = {(s.label, s.batch): s for s in stats}
+    """Every row's speedup is against ``reference`` (a label) at the same batch size
+    (and length, where ``--lengths`` set one)."""
+    by = {(s.label, s.batch, s.length): s for s in stats}
+    lengths = any(s.length is not None for s in stats)
     rows = []
     for s in stats:
-        b = by.get((reference, s.batch)) if reference else None
+        b = by.get((reference, s.batch, s.length)) if reference else None
         speed = f"{b.p50_ms / s.p50_ms:.2f}x" if b is not None and s.p50_ms > 0 else "-"
         rows.append(
             [
                 s.label,
                 str(s.batch),
+                *([str(s.length)] if lengths else []),
                 fmt_ms(s.p50_ms),
                 fmt_ms(s.p90_ms),
                 fmt_ms(s.p99_ms),
@@ -52,6 +55,7 @@ def latency_table(
         [
             "model",
             "batch",
+            *(["length"] if lengths else []),
             "p50 ms",
             "p90 ms",
             "p99 ms",
@@ -76,12 +80,15 @@ def latency_plot(stats: Sequence[LatencyStats], path: Path, title: str) -> bool:
     except ImportError:
         return False
     labels = list(dict.fromkeys(s.label for s in stats))
-    batches = sorted({s.batch for s in stats})
+    points = list(dict.fromkeys((s.batch, s.length) for s in stats))
     fig, axes = plt.subplots(
-        1, len(batches), figsize=(max(5, 2.2 * len(labels)) * len(batches), 4), squeeze=False
+        1, len(points), figsize=(max(5, 2.2 * len(labels)) * len(points), 4), squeeze=False
     )
-    for ax, b in zip(axes[0], batches, strict=True):
-        row = [next((s for s in stats if s.label == lab and s.batch == b), None) for lab in labels]
+    for ax, (b, n) in zip(axes[0], points, strict=True):
+        row = [
+            next((s for s in stats if s.label == lab and s.batch == b and s.length == n), None)
+            for lab in labels
+        ]
         xs = list(range(len(labels)))
         p50 = [s.p50_ms if s else 0.0 for s in row]
         ax.bar(xs, p50, color=["#7f7f7f"] + ["#1f77b4"] * (len(labels) - 1), label="p50")
@@ -107,7 +114,7 @@ def latency_plot(stats: Sequence[LatencyStats], path: Path, title: str) -> bool:
             ax.annotate(f"{v:.2f}", (x, v), ha="center", va="bottom", fontsize=8)
         ax.set_xticks(xs, labels, rotation=20, ha="right")
         ax.set_ylabel("latency per run (ms)")
-        ax.set_title(f"batch {b}")
+        ax.set_title(f"batch {b}" + (f", length {n}" if n is not None else ""))
         ax.legend(loc="upper right", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()

@@ -108,11 +108,21 @@ def make_feeds(
     sample: Feed | None = None,
     seed: int = 0,
     examples: Mapping[str, Sequence[int]] | None = None,
+    length: int | None = None,
 ) -> Feed:
     """Inputs for one run at ``batch``: a real sample repeated, or seeded random data
     (standard normal for floats, zeros for integers). A dynamic dimension other than
-    the batch takes its size from the sample, else from ``examples`` (the calibration
-    sample's shape, or ``--input-shape``)."""
+    the batch takes its size from ``length`` (``--lengths``; a real sample is then cut
+    or repeated along it), else from the sample, else from ``examples`` (the
+    calibration sample's shape, or ``--input-shape``)."""
+    if length is not None:
+        if not any(None in s.shape[1:] for s in inputs):
+            raise QuantshipError(
+                "--lengths sizes the dynamic dimensions other than the batch, and the model "
+                "has none: every input is " + ", ".join(f"{s.name} {s.shape_str()}" for s in inputs)
+            )
+        sample = _at_length(inputs, sample, length) if sample is not None else None
+        examples = {s.name: [1, *(length if d is None else d for d in s.shape[1:])] for s in inputs}
     rng = np.random.default_rng(seed)
     feeds: Feed = {}
     for spec in inputs:
@@ -145,6 +155,21 @@ def make_feeds(
     return feeds
 
 
+def _at_length(inputs: Sequence[InputSpec], sample: Feed, length: int) -> Feed:
+    """``sample`` with every dynamic non-batch axis cut, or repeated, to ``length``."""
+    out = dict(sample)
+    for spec in inputs:
+        a = sample.get(spec.name)
+        if a is None:
+            continue
+        for axis, d in enumerate(spec.shape):
+            if axis and d is None and axis < a.ndim and a.shape[axis] != length:
+                reps = -(-length // max(a.shape[axis], 1))
+                a = np.take(np.concatenate([a] * reps, axis=axis), range(length), axis=axis)
+        out[spec.name] = np.ascontiguousarray(a)
+    return out
+
+
 def bench_candidates(
     candidates: Sequence[Candidate],
     inputs: Sequence[InputSpec],
@@ -158,8 +183,9 @@ def bench_candidates(
     the wall clock: a run from host inputs to host outputs, copies to and from a device
     included, so every row measures the same thing. Sessions with a device clock (a
     TensorRT engine) also get a row of device time alone, named so."""
-    for b in settings.batches:
-        make_feeds(inputs, b, sample, examples=examples)  # fail before loading anything
+    for n in settings.lengths or (None,):
+        for b in settings.batches:
+            make_feeds(inputs, b, sample, examples=examples, length=n)  # fail before loading
     for attr in ("key", "label"):
         seen: set[str] = set()
         for c in candidates:
@@ -185,36 +211,35 @@ def _time_all(
     ui: UI,
 ) -> list[LatencyStats]:
     out: list[LatencyStats] = []
-    for b in settings.batches:
-        feeds = make_feeds(inputs, b, sample, examples=examples)
+    points = [(n, b) for n in settings.lengths or (None,) for b in settings.batches]
+    for n, b in points:
+        feeds = make_feeds(inputs, b, sample, examples=examples, length=n)
+        at = f"batch {b}" + (f", length {n}" if n is not None else "")
         for c in candidates:
             try:
                 sessions[c.key].run(feeds)
             except Exception as e:
-                raise QuantshipError(
-                    f"{c.label} fails at batch {b}: {str(e).splitlines()[0]}"
-                ) from None
+                raise QuantshipError(f"{c.label} fails at {at}: {str(e).splitlines()[0]}") from None
         runners = {key: (lambda s=s, f=feeds: s.run(f)) for key, s in sessions.items()}
-        with ui.progress(f"benchmarking batch {b}", settings.iterations) as advance:
+        with ui.progress(f"benchmarking {at}", settings.iterations) as advance:
             stats = measure_interleaved(runners, settings, b, progress=advance)
         for c in candidates:
-            out.append(replace(stats[c.key], label=c.label, key=c.key))
+            out.append(replace(stats[c.key], label=c.label, key=c.key, length=n))
         for c in candidates:
             s = sessions[c.key]
             if not s.device_clock:
                 continue
             ms = s.device_latency_ms(feeds, max(settings.warmup, 1), settings.iterations or 200)
-            out.append(
-                stats_from_samples(
-                    f"{c.label} (device time, no copies)",
-                    b,
-                    [int(m * 1e6) for m in ms],
-                    threads=None,
-                    warmup=settings.warmup,
-                    mode="device",
-                    key=f"{c.key}:device",
-                )
+            row = stats_from_samples(
+                f"{c.label} (device time, no copies)",
+                b,
+                [int(m * 1e6) for m in ms],
+                threads=None,
+                warmup=settings.warmup,
+                mode="device",
+                key=f"{c.key}:device",
             )
+            out.append(replace(row, length=n))
     return out
 
 
@@ -254,7 +279,8 @@ def _throughput(
     out: list[Throughput] = []
     with ui.progress("throughput mode", len(capable) * len(settings.batches) * 2) as advance:
         for b in settings.batches:
-            feeds = make_feeds(inputs, b, sample, examples=examples)
+            first = settings.lengths[0] if settings.lengths else None
+            feeds = make_feeds(inputs, b, sample, examples=examples, length=first)
             acc = {c.label: [0, 0.0] for c, _ in capable}
             for _ in range(2):
                 for c, s in capable:

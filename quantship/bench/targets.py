@@ -14,6 +14,7 @@ from quantship.backends.base import Artifact, Backend
 from quantship.bench.run import Candidate, artifact_candidates, float_candidates, make_feeds
 from quantship.bench.verdict import Budget
 from quantship.calibration.sources import open_data
+from quantship.calibration.text import TextOptions
 from quantship.errors import BackendError, QuantshipError
 from quantship.exporter.load import InputSpec
 from quantship.types import Feed
@@ -32,8 +33,8 @@ class Targets:
     recorded: dict[str, float] = field(default_factory=dict)  # cosine to fp32 per key
     sample: Feed | None = None
 
-    def shapes(self, batch: int = 1) -> dict[str, list[int]]:
-        feeds = make_feeds(self.inputs, batch, self.sample, examples=self.examples)
+    def shapes(self, batch: int = 1, length: int | None = None) -> dict[str, list[int]]:
+        feeds = make_feeds(self.inputs, batch, self.sample, examples=self.examples, length=length)
         return {k: list(v.shape) for k, v in feeds.items()}
 
 
@@ -43,6 +44,7 @@ def find_targets(
     *,
     data: str | Path | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
+    tokenizer: str | Path | None = None,
     what: str = "latency",
     ui: UI,
 ) -> Targets:
@@ -110,7 +112,8 @@ def find_targets(
     for name, shape in (input_shapes or {}).items():
         found.examples[name] = _checked_shape(found.inputs, name, shape)
     if data is not None:
-        found.sample = open_data(data, found.inputs, role="benchmark").first()
+        tokens = TextOptions(Path(tokenizer)) if tokenizer is not None else None
+        found.sample = open_data(data, found.inputs, role="benchmark", tokens=tokens).first()
     return found
 
 

@@ -37,6 +37,9 @@ class BenchSettings:
     settle_max_seconds: float = 1.0
     batches: tuple[int, ...] = (1,)
     threads: int | None = None
+    # Sizes for every dynamic dimension other than the batch (sequence lengths), each
+    # measured in turn; empty: the sample's or --input-shape's.
+    lengths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.warmup_seconds < 0:
@@ -47,6 +50,8 @@ class BenchSettings:
             raise ValueError("duration must be positive")
         if not self.batches or any(b < 1 for b in self.batches):
             raise ValueError(f"batch sizes must be >= 1, got {self.batches}")
+        if any(n < 1 for n in self.lengths):
+            raise ValueError(f"lengths must be >= 1, got {self.lengths}")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be >= 1")
         if self.min_rounds < 1:
@@ -74,12 +79,14 @@ class LatencyStats:
     throughput: float  # samples per second: batch · runs / time spent running
     mode: str = "latency"  # "latency": wall clock, host to host; "device": device time only
     key: str = ""  # the candidate's stable key, where there is one
+    length: int | None = None  # the size of the dynamic dimensions (--lengths), if set
 
     def to_json(self) -> dict[str, Any]:
         return {
             "label": self.label,
             "key": self.key,
             "batch": self.batch,
+            "length": self.length,
             "threads": self.threads,
             "mode": self.mode,
             "warmup": self.warmup,
@@ -128,10 +135,16 @@ def stats_from_samples(
     )
 
 
-def p50_by_key(stats: Sequence[LatencyStats], batch: int) -> dict[str, float]:
-    """Wall-clock p50 at ``batch`` by candidate key (rows of device time left out):
-    the figure verdicts and speedups compare."""
-    return {s.key: s.p50_ms for s in stats if s.batch == batch and s.mode == "latency"}
+def p50_by_key(
+    stats: Sequence[LatencyStats], batch: int, length: int | None = None
+) -> dict[str, float]:
+    """Wall-clock p50 at ``batch`` (and ``length``) by candidate key (rows of device
+    time left out): the figure verdicts and speedups compare."""
+    return {
+        s.key: s.p50_ms
+        for s in stats
+        if s.batch == batch and s.length == length and s.mode == "latency"
+    }
 
 
 def settle(max_seconds: float, window: float = 0.005, busy: float = 0.1) -> float:

@@ -34,7 +34,7 @@ from onnx import helper, numpy_helper
 
 from quantship.calibration.data import CalibrationData
 from quantship.calibration.observers import HIST_VALUES_PER_SAMPLE, Observer
-from quantship.calibration.table import CalibrationTable
+from quantship.calibration.table import CalibrationTable, feed_dims, merge_dims
 from quantship.errors import DataError, ModelError
 from quantship.exporter.load import FloatModel
 from quantship.types import Feed
@@ -219,11 +219,14 @@ def hash_feed(h: Any, feed: Feed) -> None:
         h.update(a.tobytes())
 
 
-def _hashed(samples: Iterator[Feed], h: Any) -> Iterator[Feed]:
-    """The samples, each added to ``h`` as it passes: the data hash does not depend on
-    how samples are batched."""
+def _hashed(
+    samples: Iterator[Feed], h: Any, dims: dict[str, tuple[tuple[int, int], ...]]
+) -> Iterator[Feed]:
+    """The samples, each added to ``h`` and to the input sizes seen (``dims``) as it
+    passes: the data hash does not depend on how samples are batched."""
     for feed in samples:
         hash_feed(h, feed)
+        dims.update(merge_dims(dims, feed_dims(feed)))
         yield feed
 
 
@@ -255,6 +258,7 @@ def calibrate(
         total = avail if samples is None else min(samples, avail)
     stop = None if samples is None else start + samples
     h = hashlib.sha256()
+    dims: dict[str, tuple[tuple[int, int], ...]] = {}
     seen = 0
     sizes: dict[ShapeKey, int] = {}
     skipped: list[int] = []
@@ -278,7 +282,7 @@ def calibrate(
                     continue
                 yield feed
 
-        stream = sized(_hashed(data.samples(start, stop), h))
+        stream = sized(_hashed(data.samples(start, stop), h, dims))
         size: int | Callable[[ShapeKey], int] = fixed_batch or sizes.__getitem__
         for feed, n in batches(stream, size, full_only=fixed_batch is not None, skipped=skipped):
             observe(feed, n)
@@ -295,6 +299,7 @@ def calibrate(
         samples=seen,
         histograms=histograms,
         tensors={t: o.stats() for t, o in observers.items()},
+        input_dims=dims,
     )
 
 

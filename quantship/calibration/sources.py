@@ -1,6 +1,6 @@
 """Opening sample data by what the user passed: a ``.npz``/``.npy`` file, a folder of
-images, or ``package.module:function`` (the readers are in ``data.py`` and
-``images.py``)."""
+images, a text file with a tokenizer, or ``package.module:function`` (the readers are
+in ``data.py``, ``images.py`` and ``text.py``)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from quantship.calibration.data import (
     stored_npz,
 )
 from quantship.calibration.images import ImageOptions, image_folder
+from quantship.calibration.text import FIELDS, TextOptions, is_text, text_data
 from quantship.errors import DataError
 from quantship.exporter.load import InputSpec
 from quantship.specs import is_callable_spec
@@ -27,8 +28,10 @@ def open_data(
     *,
     images: ImageOptions | None = None,
     role: str = "calibration",
+    tokens: TextOptions | None = None,
 ) -> CalibrationData:
-    """Open ``spec`` (a file, a folder, or ``package.module:function``) for ``inputs``."""
+    """Open ``spec`` (a file, a folder, or ``package.module:function``) for ``inputs``;
+    a text file is tokenized as ``tokens`` says."""
     text = str(spec)
     path = Path(text)
     if path.exists():
@@ -38,8 +41,15 @@ def open_data(
             return npz_data(path, inputs, role)
         if path.suffix == ".npy":
             return npy_data(path, inputs, role)
+        if is_text(path) or tokens is not None:
+            if tokens is None:
+                raise DataError(
+                    f"{role} data '{path}' is text: say how to tokenize it with --tokenizer DIR "
+                    "(a local Hugging Face tokenizer folder)"
+                )
+            return text_data(path, inputs, tokens, role)
         raise DataError(
-            f"{role} data '{path}' is neither .npz, .npy nor a folder of images; "
+            f"{role} data '{path}' is neither .npz, .npy, a text file nor a folder of images; "
             "see `quantship export --help` for the accepted forms"
         )
     if is_callable_spec(text):
@@ -50,7 +60,9 @@ def open_data(
     )
 
 
-def peek_shapes(spec: str | Path, images: ImageOptions | None = None) -> dict[str, tuple[int, ...]]:
+def peek_shapes(
+    spec: str | Path, images: ImageOptions | None = None, tokens: TextOptions | None = None
+) -> dict[str, tuple[int, ...]]:
     """Per-sample shapes (batch axis of 1) of data not yet bound to a model: for
     exporting a PyTorch model, whose input shapes come from its data."""
     text = str(spec)
@@ -61,6 +73,18 @@ def peek_shapes(spec: str | Path, images: ImageOptions | None = None) -> dict[st
             raise DataError("a folder of images for a PyTorch model needs --image-size")
         h, w = opts.size
         return {"input": (1, 3, h, w) if opts.layout != "NHWC" else (1, h, w, 3)}
+    if (
+        path.is_file()
+        and (is_text(path) or tokens is not None)
+        and path.suffix not in (".npz", ".npy")
+    ):
+        fields = [InputSpec(n, (None, None), "int64") for n in FIELDS]
+        if tokens is None:
+            raise DataError(f"calibration data '{path}' is text: give --tokenizer DIR")
+        return {
+            k: tuple(v.shape)
+            for k, v in text_data(path, fields, tokens, "calibration").first().items()
+        }
     if path.suffix == ".npz" and path.exists():
         return {k: (1, *a.shape[1:]) for k, a in stored_npz(path).items()}
     if path.suffix == ".npy" and path.exists():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,10 @@ class CalibrationTable(Mapping[str, TensorStats]):
     samples: int
     histograms: bool
     tensors: Mapping[str, TensorStats]
+    # Per model input, each axis's smallest and largest size in the data (the batch axis
+    # per sample): the sequence lengths calibration covered, and a TensorRT profile's
+    # default bounds.
+    input_dims: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.samples < 0:
@@ -60,6 +64,7 @@ class CalibrationTable(Mapping[str, TensorStats]):
             self.samples + other.samples,
             self.histograms,
             {n: s for n, s in merged.items() if s is not None},
+            merge_dims(self.input_dims, other.input_dims),
         )
 
     def to_text(self) -> str:
@@ -70,6 +75,7 @@ class CalibrationTable(Mapping[str, TensorStats]):
             "data_sha256": self.data_sha256,
             "samples": self.samples,
             "histograms": self.histograms,
+            "input_dims": {k: [list(r) for r in v] for k, v in sorted(self.input_dims.items())},
         }
         lines = ["{"]
         for k, v in head.items():
@@ -109,6 +115,32 @@ class CalibrationTable(Mapping[str, TensorStats]):
                 int(d["samples"]),
                 bool(d["histograms"]),
                 tensors,
+                {
+                    str(k): tuple((int(lo), int(hi)) for lo, hi in v)
+                    for k, v in d.get("input_dims", {}).items()
+                },
             )
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"calibration cache '{path}' is malformed ({e})") from None
+
+
+Dims = Mapping[str, tuple[tuple[int, int], ...]]
+
+
+def merge_dims(a: Dims, b: Dims) -> dict[str, tuple[tuple[int, int], ...]]:
+    """Per input and axis, the smallest and largest size over both."""
+    out = dict(a)
+    for name, ranges in b.items():
+        have = out.get(name)
+        if have is None or len(have) != len(ranges):
+            out[name] = tuple(ranges) if have is None else have
+            continue
+        out[name] = tuple(
+            (min(x[0], y[0]), max(x[1], y[1])) for x, y in zip(have, ranges, strict=True)
+        )
+    return out
+
+
+def feed_dims(feed: Mapping[str, Any]) -> dict[str, tuple[tuple[int, int], ...]]:
+    """One sample's sizes as ranges (batch axis 1)."""
+    return {k: ((1, 1), *((int(d), int(d)) for d in v.shape[1:])) for k, v in feed.items()}

@@ -21,11 +21,13 @@ from typing import Any
 from quantship.algorithms import Algorithms
 from quantship.backends import registry
 from quantship.backends.base import Artifact, Backend, PlanOptions
+from quantship.bench.fidelity import POOLINGS
 from quantship.bench.verdict import Budget
 from quantship.calibration.data import CalibrationData
 from quantship.calibration.images import ImageOptions
 from quantship.calibration.methods import MethodSpec
 from quantship.calibration.table import CalibrationTable
+from quantship.calibration.text import TextOptions
 from quantship.errors import BackendError, DataError, QuantshipError
 from quantship.exporter.load import FloatModel
 from quantship.exporter.measure import add_guard_cost, measure
@@ -53,6 +55,7 @@ class ExportOptions:
     calib_cache: str | Path | None = None
     input_shapes: dict[str, tuple[int, ...]] | None = None
     images: ImageOptions | None = None
+    tokenizer: Path | None = None  # a local Hugging Face tokenizer, for text data
     weights: Path | None = None
     float_nodes: Sequence[str] = ()
     exclude: Sequence[str] = ()
@@ -64,6 +67,7 @@ class ExportOptions:
     threads: int | None = None
     plan: str = "rules"  # a plan variant's name, or "search" (exporter/plan_search.py)
     algorithms: str | Sequence[str] | None = None  # quantship/algorithms: names or a preset
+    pooling: str | None = None  # "mean" or "cls": sentence-embedding fidelity (encoders)
 
     def __post_init__(self) -> None:
         if self.samples is not None and self.samples < 1:
@@ -77,10 +81,17 @@ class ExportOptions:
         if self.metric is not None and self.held_out is None:
             raise QuantshipError("--metric needs --held-out data with labels")
         Algorithms.parse(self.algorithms)
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise QuantshipError(f"--pooling {self.pooling!r}: choose {' or '.join(POOLINGS)}")
+        _ = self.tokens  # a tokenizer that is not there fails before any work
         if self.calib is None and self.calib_cache is None:
             raise DataError(
                 "give calibration data (--calib) or a calibration table (--calib-cache)"
             )
+
+    @property
+    def tokens(self) -> TextOptions | None:
+        return TextOptions(self.tokenizer) if self.tokenizer is not None else None
 
     @property
     def budget(self) -> Budget:
@@ -121,6 +132,9 @@ def run_export(opts: ExportOptions, ui: UI = SILENT) -> ExportResult:
     chosen, failures = choose_backends(opts)
     loaded = load(opts, ui)
     table = calibration(opts, loaded, ui)
+    if table.input_dims:
+        fm = dataclasses.replace(loaded.fm, input_ranges=dict(table.input_dims))
+        loaded = dataclasses.replace(loaded, fm=fm)
     options = plan_options(opts, loaded)
     with staged_dir(opts.out) as stage:
         float_art = write_float(stage, loaded.fm, table)
@@ -200,11 +214,12 @@ def load(opts: ExportOptions, ui: UI) -> Loaded:
         images=opts.images,
         weights=opts.weights,
         held_out=opts.held_out,
+        tokens=opts.tokens,
     )
     for n in fm.notes:
         ui.note(f"model: {n}")
     held = (
-        open_data(opts.held_out, fm.inputs, images=opts.images, role="held-out")
+        open_data(opts.held_out, fm.inputs, images=opts.images, role="held-out", tokens=opts.tokens)
         if opts.held_out is not None
         else None
     )

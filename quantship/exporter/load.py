@@ -82,6 +82,9 @@ class FloatModel:
     # The shape of one calibration sample per input (batch 1): what a dynamic dimension
     # is benchmarked at when no other shape is asked for.
     example_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # Per input and axis, the smallest and largest size in the calibration data (the
+    # calibration table's ``input_dims``): the lengths INT8 was calibrated for.
+    input_ranges: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if opset_version(self.proto) < MIN_OPSET:

@@ -58,7 +58,7 @@ def measure(
     arts = artifact_candidates(list(zip(artifacts, chosen, strict=True)))
     fidelity, drift = measure_fidelity(
         loaded.fm, float_art, [*floats, *arts], loaded.held, opts.threads, ui,
-        (loaded.check_feeds, loaded.expected),
+        (loaded.check_feeds, loaded.expected), pooling=opts.pooling,
     )  # fmt: skip
     arts = [float_layers(c, fidelity, budget, loaded, float_art, opts.threads, ui) for c in arts]
     latency: list[LatencyStats] = []

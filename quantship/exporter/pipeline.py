@@ -15,6 +15,7 @@ from quantship.bench.fidelity import FidelityMeter
 from quantship.bench.run import Candidate
 from quantship.calibration.runner import batches
 from quantship.calibration.table import CalibrationTable
+from quantship.errors import QuantshipError
 from quantship.exporter.load import FloatModel
 from quantship.exporter.qdq import write_qdq
 from quantship.exporter.split import FIDELITY_BATCH, HeldOut
@@ -54,11 +55,13 @@ def measure_fidelity(
     threads: int | None,
     ui: UI,
     drift_check: tuple[list[Feed], Outputs] = ([], []),
+    pooling: str | None = None,
 ) -> tuple[dict[str, dict[str, Any] | None], dict[str, float | None]]:
     """Fidelity of every candidate (float options and INT8 artifacts) against the fp32
     model in the default runtime, on the held-out samples, by candidate key. Also returns how
     far the prepared float model's outputs are from the user's model's (``drift_check``:
-    feeds and the user's model's outputs on them).
+    feeds and the user's model's outputs on them). ``pooling`` ("mean", "cls"): also
+    the sentence embeddings' cosine and nearest-neighbour agreement.
 
     Memory: the fp32 model runs first and its outputs are kept, unless they would take
     more memory than the model itself; then it is freed before each candidate runs, one
@@ -107,7 +110,10 @@ def measure_fidelity(
         if kept is not None:
             stack.close()  # the reference is no longer needed: free it
             ref = None
-        return _compare(fm, candidates, held, threads, ui, samples, total, kept, ref), drift
+        return (
+            _compare(fm, candidates, held, threads, ui, samples, total, kept, ref, pooling),
+            drift,
+        )
 
 
 def _compare(
@@ -120,17 +126,21 @@ def _compare(
     total: int | None,
     kept: list[list[npt.NDArray[Any]]] | None,
     ref: Session | None,
+    pooling: str | None = None,
 ) -> dict[str, dict[str, Any] | None]:
     result: dict[str, dict[str, Any] | None] = {}
     for c in candidates:
-        meter = FidelityMeter(fm.outputs)
+        meter = FidelityMeter(fm.outputs, pooling)
         with (
             c.backend.session(c.artifact, c.settings(threads)) as session,
             ui.progress(f"measuring fidelity: {c.label}", total) as advance,
         ):
             for k, (feed, n) in enumerate(samples()):
                 expected = kept[k] if kept is not None else ref.run(feed)  # type: ignore[union-attr]
-                meter.update(expected, session.run(feed))
+                try:
+                    meter.update(expected, session.run(feed), feed)
+                except ValueError as e:
+                    raise QuantshipError(str(e)) from None
                 advance(n)
         result[c.key] = meter.result(held.note).to_json() if meter.samples else None
     return result

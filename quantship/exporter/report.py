@@ -136,6 +136,9 @@ def manifest_for(
             "data": data.description if data is not None else None,
             "data_sha256": table.data_sha256,
             "samples": table.samples,
+            # Per input, each axis's [smallest, largest] size in the data: the sequence
+            # lengths INT8 was calibrated on.
+            "input_sizes": {k: [list(r) for r in v] for k, v in sorted(table.input_dims.items())},
             "reused_cache": str(calib_cache) if calib_cache is not None else None,
             **method.to_json(),
         },
@@ -167,6 +170,16 @@ def export_table(ui: UI, out: Path, manifest: dict[str, Any]) -> None:
     headers = [
         "model", "size MB", "size ratio", "p50 ms", "speedup", "cosine", "SQNR dB", "top-1 agree"
     ]  # fmt: skip
+    entries = [*manifest["baselines"], *manifest["artifacts"]]
+    pooled = next(
+        ((e.get("fidelity") or {}).get("sentence") for e in entries
+         if (e.get("fidelity") or {}).get("sentence")), None,
+    )  # fmt: skip
+    if pooled is not None:  # --pooling: sentence embeddings' cosine, nearest-neighbour agreement
+        headers += [f"sentence cos ({pooled['pooling']})", "same nearest"]
+        for row, e in zip(rows, entries, strict=True):
+            s = (e.get("fidelity") or {}).get("sentence") or {}
+            row += [fmt_num(s.get("cosine")), fmt_num(s.get("same_nearest"), 3)]
     v = manifest["verdict"]
     title = f"quantship export → {out}   (fidelity against fp32 on {manifest['fidelity_data']})"
     if not timed:  # not benchmarked (--no-bench): no latency columns of dashes

@@ -9,6 +9,7 @@ from pathlib import Path
 from quantship.calibration.data import CalibrationData
 from quantship.calibration.images import ImageOptions
 from quantship.calibration.sources import open_data
+from quantship.calibration.text import TextOptions
 from quantship.errors import QuantshipError
 from quantship.exporter.load import FloatModel
 
@@ -21,6 +22,7 @@ def load_float_model(
     images: ImageOptions | None,
     weights: Path | None,
     held_out: str | Path | None = None,
+    tokens: TextOptions | None = None,
 ) -> tuple[FloatModel, CalibrationData | None, Path | bytes]:
     """The prepared float model, the calibration data bound to its inputs, and the
     user's model as given (a file, or the bytes a PyTorch export produced), against
@@ -37,7 +39,7 @@ def load_float_model(
     if is_torch_spec(spec) and Path(spec).suffix != ".onnx":
         torch_shapes = dict(input_shapes or {})
         if not torch_shapes:
-            torch_shapes = peek_shapes(calib, images) if calib is not None else {}
+            torch_shapes = peek_shapes(calib, images, tokens) if calib is not None else {}
         if not torch_shapes:
             raise QuantshipError(
                 f"exporting '{spec}' needs input shapes: give calibration data or --input-shape NAME=1x3x224x224"
@@ -55,11 +57,13 @@ def load_float_model(
         src = read_onnx(reference)
     raw = loader.raw_inputs(src.proto)
     shape_data = calib if calib is not None else held_out
-    data = open_data(shape_data, raw, images=images) if shape_data is not None else None
+    data = (
+        open_data(shape_data, raw, images=images, tokens=tokens) if shape_data is not None else None
+    )
     first = data.first() if data is not None else None
     data_shapes = {k: tuple(v.shape) for k, v in first.items()} if first else None
     fm = loader.prepare_source(src, input_shapes, data_shapes)
-    data = open_data(calib, fm.inputs, images=images) if calib is not None else None
+    data = open_data(calib, fm.inputs, images=images, tokens=tokens) if calib is not None else None
     if data is not None:
         data.first()
     return fm, data, reference

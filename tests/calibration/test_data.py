@@ -116,8 +116,11 @@ def test_not_found_and_wrong_kind(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not found"):
         open_data(tmp_path / "nope.npz", IMG)
     (tmp_path / "x.txt").write_text("hi")
-    with pytest.raises(DataError, match=r"neither \.npz, \.npy nor a folder"):
+    with pytest.raises(DataError, match=r"is text: say how to tokenize it with --tokenizer"):
         open_data(tmp_path / "x.txt", IMG)
+    (tmp_path / "x.csv").write_text("1,2")
+    with pytest.raises(DataError, match=r"neither \.npz, \.npy, a text file nor a folder"):
+        open_data(tmp_path / "x.csv", IMG)
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(DataError, match=r"not a readable \.npz"):
         open_data(tmp_path / "bad.npz", IMG)

@@ -650,3 +650,38 @@ BUILDERS: dict[str, Callable[[Path, Scale], Family]] = {
 
 def build(name: str, folder: Path, scale: Scale = "test") -> Family:
     return BUILDERS[name](folder / name, scale)
+
+
+WORDS = ["the", "a", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "zero", "red", "green", "blue", "small", "large", "model", "runs", "fast", "slow", "on", "cpu", "with", "int8", "and", "float", "numbers", "read", "write", "line", "digit", "image", "quantized", "layer", "weight", "scale", "point", "sentence", "token", "length", "short", "long", "every", "each"]
+
+
+def sentences(n: int, seed: int, longest: int = 24) -> list[str]:
+    """``n`` sentences of 3 to ``longest`` words from a small vocabulary, seeded."""
+    r = np.random.default_rng(seed)
+    return [" ".join(r.choice(WORDS, int(r.integers(3, longest + 1)))) for _ in range(n)]
+
+
+def save_tokenizer(folder: Path, corpus: list[str], vocab_size: int = 200) -> Path:
+    """A BERT-style WordPiece tokenizer trained on ``corpus`` with the ``tokenizers``
+    package ([CLS] … [SEP], lower-cased), saved as ``folder/tokenizer.json`` the way
+    ``save_pretrained`` writes a fast tokenizer; nothing is downloaded."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(
+        corpus, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special)
+    )
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
