@@ -213,12 +213,12 @@ def fidelity(
 
 
 def candidate_fidelity(
-    model: Path, held: Path, cands: list[Any], threads: int
+    model: Path, held: Path, cands: list[Any], threads: int, pooling: str | None = None
 ) -> tuple[dict[str, Any], dict[str, list[Any]], list[Any]]:
     """Every candidate (float options, INT8 artifacts, peers' files) against the fp32
     model in ONNX Runtime on the held-out samples, each in its own runtime: the
-    ``Fidelity`` by candidate key, each candidate's first output per sample, and the
-    reference's."""
+    ``Fidelity`` by candidate key (with ``pooling``, its sentence embeddings' too), each
+    candidate's first output per sample, and the reference's."""
     import contextlib
 
     from quantship.backends.base import SessionSettings
@@ -228,7 +228,7 @@ def candidate_fidelity(
     from quantship.exporter.load import load_model
 
     fm = load_model(model)
-    meters = {c.key: FidelityMeter(fm.outputs) for c in cands}
+    meters = {c.key: FidelityMeter(fm.outputs, pooling) for c in cands}
     outs: dict[str, list[Any]] = {c.key: [] for c in cands}
     ref_outs: list[Any] = []
     with contextlib.ExitStack() as stack:
@@ -242,7 +242,7 @@ def candidate_fidelity(
             ref_outs.append(r[0])
             for k, s in sessions.items():
                 o = s.run(feed)
-                meters[k].update(r, o)
+                meters[k].update(r, o, feed)
                 outs[k].append(o[0])
     return {k: m.result(str(held)) for k, m in meters.items()}, outs, ref_outs
 

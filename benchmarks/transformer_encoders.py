@@ -60,18 +60,9 @@ def bert_config(name: str) -> Any:
     raise SystemExit(f"unknown model {name!r}: minilm or bert-base")
 
 
-def tokens(n: int, t: int, vocab: int, seed: int) -> dict[str, npt.NDArray[np.int64]]:
-    r = np.random.default_rng(seed)
-    lengths = r.integers(max(2, t // 2), t + 1, n)
-    mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int64)
-    ids = r.integers(1000, vocab, (n, t)).astype(np.int64) * mask
-    types = np.zeros((n, t), np.int64)
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-
-
 def prepare(name: str, length: int, n_calib: int, n_held: int) -> dict[str, Path]:
     import torch
-    from families import bert_encoder
+    from families import bert_encoder, tokens
 
     d = WORK / f"transformers-{name}-{length}"
     paths = {"model": d / "model.onnx", "calib": d / "calib.npz", "held": d / "held.npz"}
@@ -79,7 +70,7 @@ def prepare(name: str, length: int, n_calib: int, n_held: int) -> dict[str, Path
         return paths
     d.mkdir(parents=True, exist_ok=True)
     cfg = bert_config(name)
-    ex = tokens(2, 16, cfg.vocab_size, 0)
+    ex = tokens(2, 16, cfg.vocab_size, 0)  # ids 1000 … vocab, padded tails, two segments
     dyn = {n: {0: "batch", 1: "sequence"} for n in (*NAMES, "last_hidden_state")}
     torch.onnx.export(
         bert_encoder(cfg), tuple(torch.from_numpy(ex[n]) for n in NAMES), str(paths["model"]),
@@ -102,6 +93,26 @@ def ort_dynamic(model: Path, out: Path) -> float:
 
     t0 = time.perf_counter()
     quantize_dynamic(model, out, per_channel=True, weight_type=QuantType.QInt8)
+    return time.perf_counter() - t0
+
+
+def ort_optimized_dynamic(model: Path, out: Path, cfg: Any) -> float:
+    """ONNX Runtime's transformer optimizer (fused Attention, SkipLayerNormalization,
+    FastGelu where it recognises the pattern), then ``quantize_dynamic`` as above: the
+    recipe ORT's transformer quantization notebooks follow."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers import optimizer
+
+    t0 = time.perf_counter()
+    opt = optimizer.optimize_model(str(model), model_type="bert", num_heads=cfg.num_attention_heads,
+                                   hidden_size=cfg.hidden_size)  # fmt: skip
+    fused = out.with_name("ort-optimized.onnx")
+    opt.save_model_to_file(str(fused))
+    # The optimizer's contrib ops carry no shape-inferred types; without a default type
+    # quantize_dynamic stops ("Unable to find data type for weight_name").
+    quantize_dynamic(fused, out, per_channel=True, weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fmt: skip
     return time.perf_counter() - t0
 
 
@@ -138,32 +149,14 @@ def nncf_transformer(model: Path, calib: Path, out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def sentence_fidelity(
-    outs: list[npt.NDArray[Any]], ref: list[npt.NDArray[Any]], masks: npt.NDArray[np.int64]
-) -> tuple[float, float]:
-    """Mean-pooled sentence embeddings: their mean cosine to the reference's, and the
-    share of sentences whose nearest other sentence is the reference's."""
-
-    def pool(hs: list[npt.NDArray[Any]]) -> npt.NDArray[np.float64]:
-        h = np.concatenate(hs).astype(np.float64)
-        m = masks[: len(h), :, None].astype(np.float64)
-        e = (h * m).sum(1) / m.sum(1)
-        out: npt.NDArray[np.float64] = e / np.linalg.norm(e, axis=1, keepdims=True)
-        return out
-
-    a, b = pool(outs), pool(ref)
-    cos = float(np.mean(np.sum(a * b, axis=1)))
-
-    def nearest(e: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
-        s = e @ e.T
-        np.fill_diagonal(s, -np.inf)
-        out: npt.NDArray[np.intp] = s.argmax(1)
-        return out
-
-    return cos, float(np.mean(nearest(a) == nearest(b)))
-
-
-def run_model(name: str, length: int, duration: float) -> dict[str, Any]:
+def run_model(
+    name: str,
+    length: int,
+    duration: float,
+    lengths: tuple[int, ...] = (),
+    batches: tuple[int, ...] = (1,),
+    sweep_s: float = 1.0,
+) -> dict[str, Any]:
     from quantship import api
     from quantship.backends import registry
     from quantship.backends.base import Artifact
@@ -192,6 +185,7 @@ def run_model(name: str, length: int, duration: float) -> dict[str, Any]:
         cands.append(Candidate(label, registry.get(a.backend), a, variant="quantship"))
     peers = {
         "ort quantize_dynamic": (d / "ort-dynamic.onnx", "onnx", ort),
+        "ort optimizer + quantize_dynamic": (d / "ort-optimized-dynamic.onnx", "onnx", ort),
         "ort quantize_static": (d / "ort-static.onnx", "onnx-qdq", ort),
         "nncf transformer": (d / "nncf-transformer.xml", "openvino-ir", ov),
     }
@@ -199,33 +193,73 @@ def run_model(name: str, length: int, duration: float) -> dict[str, Any]:
         print(f"[{name}] {label} ...", flush=True)
         if label == "ort quantize_dynamic":
             seconds[label] = ort_dynamic(paths["model"], out)
+        elif label == "ort optimizer + quantize_dynamic":
+            seconds[label] = ort_optimized_dynamic(paths["model"], out, bert_config(name))
         elif label == "ort quantize_static":
             seconds[label] = ort_static(paths["model"], paths["calib"], out)
         else:
             seconds[label] = nncf_transformer(paths["model"], paths["calib"], out)
         files = (out.name, out.with_suffix(".bin").name) if fmt == "openvino-ir" else (out.name,)
         art = Artifact(b.name, fmt, out.parent, files)
-        cands.append(Candidate(label, b, art, variant=label.replace(" ", "-")))
+        cands.append(Candidate(label, b, art, variant=label.replace(" + ", "-").replace(" ", "-")))
     print(f"[{name}] fidelity of {len(cands)} candidates ...", flush=True)
-    fid, outs, ref = candidate_fidelity(paths["model"], paths["held"], cands, THREADS)
-    with np.load(paths["held"]) as z:
-        masks = z["attention_mask"]
+    fid, _, _ = candidate_fidelity(paths["model"], paths["held"], cands, THREADS, pooling="mean")
     rows: dict[str, dict[str, Any]] = {}
     for c in cands:
-        cos, nn = sentence_fidelity(outs[c.key], ref, masks)
+        s = fid[c.key].sentence
         rows[c.key] = {"label": c.label, "float": c.is_float, "cosine": fid[c.key].cosine,
-                       "sentence_cosine": cos, "same_nearest": nn,
+                       "sentence_cosine": s.cosine, "same_nearest": s.same_nearest,
                        "bytes": c.artifact.size_bytes()}  # fmt: skip
     print(f"[{name}] latency of {len(cands)} candidates, interleaved, batch 1 ...", flush=True)
     fm = load_model(paths["model"])
     bs = BenchSettings(warmup=5, duration=duration * len(cands), min_iterations=20,
                        min_rounds=20, threads=THREADS, batches=(1,))  # fmt: skip
     # Timed on a held-out sentence (random ids would index past the vocabulary).
-    for s in bench_candidates(cands, fm.inputs, bs, sample=feeds(paths["held"])[0]):
-        if s.mode == "latency":
-            rows[s.key]["p50_ms"] = s.p50_ms
+    for st in bench_candidates(cands, fm.inputs, bs, sample=feeds(paths["held"])[0]):
+        if st.mode == "latency":
+            rows[st.key]["p50_ms"] = st.p50_ms
+    sweep: list[dict[str, Any]] = []
+    if lengths:
+        print(
+            f"[{name}] latency at lengths {lengths}, batch {batches}, interleaved ...", flush=True
+        )
+        sw = BenchSettings(warmup=3, duration=sweep_s * len(cands), min_iterations=5,
+                           min_rounds=8, threads=THREADS, batches=batches, lengths=lengths)  # fmt: skip
+        # The held-out sentence cut, or repeated, to each length (bench --lengths does so).
+        for st in bench_candidates(cands, fm.inputs, sw, sample=feeds(paths["held"])[0]):
+            if st.mode == "latency":
+                sweep.append({"key": st.key, "label": st.label, "float": rows[st.key]["float"],
+                              "batch": st.batch, "length": st.length, "p50_ms": st.p50_ms})  # fmt: skip
     return {"model": name, "length": length, "export_s": seconds, "candidates": rows,
+            "sweep": sweep,
             "plans": {a["backend"]: a.get("plan") for a in res.manifest["artifacts"]}}  # fmt: skip
+
+
+def sweep_table(results: list[dict[str, Any]]) -> str:
+    """p50 at each length and batch, and the speed against the fastest float there."""
+    out = ""
+    for r in results:
+        if not r["sweep"]:
+            continue
+        points = sorted({(x["batch"], x["length"]) for x in r["sweep"]})
+        labels = list(dict.fromkeys(x["label"] for x in r["sweep"]))
+        by = {(x["label"], x["batch"], x["length"]): x["p50_ms"] for x in r["sweep"]}
+        fastest = {
+            pt: min(
+                x["p50_ms"] for x in r["sweep"] if x["float"] and (x["batch"], x["length"]) == pt
+            )
+            for pt in points
+        }
+        rows = [
+            [lab] + [f"{by[(lab, *pt)]:.2f} ({fastest[pt] / by[(lab, *pt)]:.2f}x)" for pt in points]
+            for lab in labels
+        ]
+        out += (
+            f"\n\n## {r['model']}: p50 ms (speed against the fastest float there) by batch × "
+            "length, interleaved, 8 rounds\n\n"
+            + md_table(["candidate"] + [f"b{b} × {n}" for b, n in points], rows)
+        )
+    return out
 
 
 def main() -> int:
@@ -235,8 +269,17 @@ def main() -> int:
     ap.add_argument("--models", default="minilm")
     ap.add_argument("--length", type=int, default=128)
     ap.add_argument("--duration", type=float, default=5.0, help="timed seconds per candidate")
+    ap.add_argument("--lengths", default="16,64,128,384", help="the latency sweep's lengths")
+    ap.add_argument("--batches", default="1,8", help="the latency sweep's batch sizes")
+    ap.add_argument("--sweep-models", default="minilm", help="models given the sweep ('' none)")
     args = ap.parse_args()
-    results = [run_model(m, args.length, args.duration) for m in args.models.split(",")]
+    lengths = tuple(int(v) for v in args.lengths.split(",") if v)
+    batches = tuple(int(v) for v in args.batches.split(",") if v)
+    sweep = set(args.sweep_models.split(","))
+    results = [
+        run_model(m, args.length, args.duration, lengths if m in sweep else (), batches)
+        for m in args.models.split(",")
+    ]
     m = machine()
     table = []
     for r in results:
@@ -266,6 +309,7 @@ def main() -> int:
             ],
             table,
         )
+        + sweep_table(results)
         + "\n\nExport / quantization time (s): "
         + "; ".join(
             f"{r['model']}: " + ", ".join(f"{k} {v:.1f}" for k, v in r["export_s"].items())

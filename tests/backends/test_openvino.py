@@ -251,3 +251,8 @@ def test_attention_products_stay_float_so_openvino_fuses_the_block(tmp_path: Pat
     relaxed = {**ov_backend.RULES.ops, "MatMul": input_side_ops()["MatMul"]}
     rules = replace(ov_backend.RULES, ops=relaxed)
     assert "ScaledDotProductAttention" not in ops(make_plan(fm, table, PlanOptions(), rules))
+    # The plan search's "attention-int8" variant is that relaxed plan: for attention
+    # graphs OpenVINO does not fuse, where the products would otherwise run in float.
+    variant = next(v for v in backend.plan_variants() if v.name == "attention-int8")
+    int8 = variant.backend.plan(fm, table, PlanOptions())
+    assert sum(n.endswith("MatMul") for n in int8.compute_nodes) == 4

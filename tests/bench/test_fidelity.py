@@ -49,3 +49,32 @@ def test_shape_mismatch_is_an_error() -> None:
     m = FidelityMeter(["y"])
     with pytest.raises(ValueError, match="shapes differ"):
         m.update([np.zeros((2, 3))], [np.zeros((2, 4))])
+
+
+def test_sentence_embeddings_pool_over_the_mask_and_keep_neighbours() -> None:
+    rng = np.random.default_rng(0)
+    h = rng.standard_normal((6, 5, 4)).astype(np.float32)
+    mask = np.ones((6, 5), np.int64)
+    mask[:, 3:] = 0
+    noisy = h.copy()
+    noisy[:, 3:] += 100.0  # only masked tokens change: mean pooling must not see it
+    meter = FidelityMeter(["last_hidden_state"], pooling="mean")
+    meter.update([h[:3]], [noisy[:3]], {"attention_mask": mask[:3]})
+    meter.update([h[3:]], [noisy[3:]], {"attention_mask": mask[3:]})
+    s = meter.result("test").sentence
+    assert s is not None and s.output == "last_hidden_state"
+    assert s.cosine == pytest.approx(1.0) and s.same_nearest == 1.0
+    cls = FidelityMeter(["last_hidden_state"], pooling="cls")
+    swapped = h.copy()
+    swapped[:, 0] = h[::-1, 0]  # each sentence's [CLS] vector is another's
+    cls.update([h], [swapped], {"attention_mask": mask})
+    c = cls.result("test").sentence
+    assert c is not None and c.cosine < 0.9 and c.same_nearest is not None
+    plain = FidelityMeter(["x"])
+    plain.update([h], [h])
+    assert plain.result("t").sentence is None
+    with pytest.raises(ValueError, match="pooling must be"):
+        FidelityMeter(["x"], pooling="max")
+    bad = FidelityMeter(["x"], pooling="mean")
+    with pytest.raises(ValueError, match=r"\(batch, tokens, hidden\)"):
+        bad.update([np.zeros(3)], [np.zeros(3)])

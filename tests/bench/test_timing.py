@@ -175,3 +175,23 @@ def test_candidates_with_the_same_key_are_refused() -> None:
             [InputSpec("x", (None, 4), "float32")],
             BenchSettings(warmup=1, iterations=3),
         )
+
+
+def test_lengths_size_dynamic_dimensions_and_cut_or_repeat_a_sample() -> None:
+    import numpy as np
+
+    from quantship.bench.run import make_feeds
+    from quantship.errors import QuantshipError
+    from quantship.exporter.load import InputSpec
+
+    inputs = [InputSpec("input_ids", (None, None), "int64"), InputSpec("x", (None, 3), "float32")]
+    feeds = make_feeds(inputs, 2, length=7)
+    assert feeds["input_ids"].shape == (2, 7) and feeds["x"].shape == (2, 3)
+    sample = {"input_ids": np.arange(1, 6)[None], "x": np.ones((1, 3), np.float32)}
+    long = make_feeds(inputs, 1, sample, length=12)["input_ids"][0]
+    assert long.tolist() == [1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2]
+    assert make_feeds(inputs, 1, sample, length=3)["input_ids"][0].tolist() == [1, 2, 3]
+    with pytest.raises(QuantshipError, match="has none"):
+        make_feeds([InputSpec("x", (None, 3), "float32")], 1, length=4)
+    with pytest.raises(ValueError, match="lengths"):
+        BenchSettings(lengths=(0,))

@@ -545,7 +545,7 @@ def _bert_config(scale: Scale) -> Any:
     )  # fmt: skip
 
 
-def _tokens(n: int, t: int, vocab: int, seed: int) -> Arrays:
+def tokens(n: int, t: int, vocab: int, seed: int) -> Arrays:
     r = np.random.default_rng(seed)
     lengths = r.integers(max(2, t // 2), t + 1, n)
     mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int64)
@@ -582,16 +582,16 @@ def bert(folder: Path, scale: Scale, dynamo: bool) -> Family:
 
     cfg = _bert_config(scale)
     names = ["input_ids", "attention_mask", "token_type_ids"]
-    ex = _tokens(2, 16, cfg.vocab_size, 0)
+    ex = tokens(2, 16, cfg.vocab_size, 0)
     args = tuple(torch.from_numpy(ex[n]) for n in names)
     dyn = {n: {0: "batch", 1: "sequence"} for n in names}
     path = _torch_export(
         bert_encoder(cfg), args, folder / "model.onnx", names, ["last_hidden_state"],
         {**dyn, "last_hidden_state": {0: "batch", 1: "sequence"}}, dynamo,
     )  # fmt: skip
-    calib = _save_npz(folder / "calib.npz", _tokens(48, 32, cfg.vocab_size, 1))
-    held = _save_npz(folder / "held.npz", _tokens(16, 32, cfg.vocab_size, 2))
-    other = tuple(_tokens(2, t, cfg.vocab_size, 3 + t) for t in TOKEN_LENGTHS)
+    calib = _save_npz(folder / "calib.npz", tokens(48, 32, cfg.vocab_size, 1))
+    held = _save_npz(folder / "held.npz", tokens(16, 32, cfg.vocab_size, 2))
+    other = tuple(tokens(2, t, cfg.vocab_size, 3 + t) for t in TOKEN_LENGTHS)
     name = "bert_dynamo" if dynamo else "bert_legacy"
     return Family(name, path, calib, held, other, max_error=0.02)
 
@@ -652,7 +652,53 @@ def build(name: str, folder: Path, scale: Scale = "test") -> Family:
     return BUILDERS[name](folder / name, scale)
 
 
-WORDS = ["the", "a", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "zero", "red", "green", "blue", "small", "large", "model", "runs", "fast", "slow", "on", "cpu", "with", "int8", "and", "float", "numbers", "read", "write", "line", "digit", "image", "quantized", "layer", "weight", "scale", "point", "sentence", "token", "length", "short", "long", "every", "each"]
+WORDS = [
+    "the",
+    "a",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "zero",
+    "red",
+    "green",
+    "blue",
+    "small",
+    "large",
+    "model",
+    "runs",
+    "fast",
+    "slow",
+    "on",
+    "cpu",
+    "with",
+    "int8",
+    "and",
+    "float",
+    "numbers",
+    "read",
+    "write",
+    "line",
+    "digit",
+    "image",
+    "quantized",
+    "layer",
+    "weight",
+    "scale",
+    "point",
+    "sentence",
+    "token",
+    "length",
+    "short",
+    "long",
+    "every",
+    "each",
+]
 
 
 def sentences(n: int, seed: int, longest: int = 24) -> list[str]:
