@@ -11,7 +11,7 @@ What counts here is the task: accuracy on the 597 held-out digits, beside top-1
 agreement and 1 − cosine of the logits against fp32. Latency: batch 1, 65 tokens, 2
 threads, interleaved, 20 rounds.
 
-    python benchmarks/transformer_digits.py [--epochs 40] [--duration 4]
+    python benchmarks/transformer_digits.py [--epochs 60] [--duration 4]
 
 Results: benchmarks/results/transformer_digits.{json,md}.
 """
@@ -43,6 +43,8 @@ from transformer_encoders import (
 THREADS = 2
 CLS, OFFSET = 2, 5  # token ids: [PAD]=0, [UNK]=1, [CLS]=2, …; pixel value v is OFFSET + v
 N_TRAIN = 1200
+# 40 epochs at 5e-4, batch 64 reached 82.9 % held-out accuracy; these settings train further.
+LR, BATCH = 1e-3, 32
 
 
 def config() -> Any:
@@ -74,22 +76,22 @@ def train(epochs: int, seed: int = 0) -> tuple[Any, float]:
     x = torch.from_numpy(arrays["input_ids"][:N_TRAIN])
     y = torch.from_numpy(labels[:N_TRAIN])
     model: Any = BertForSequenceClassification(config())
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
-    steps = epochs * ((len(x) + 63) // 64)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-4, total_steps=steps)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
+    steps = epochs * ((len(x) + BATCH - 1) // BATCH)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=steps)
     g = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(x), generator=g)
         total = 0.0
-        for i in range(0, len(x), 64):
-            idx = order[i : i + 64]
+        for i in range(0, len(x), BATCH):
+            idx = order[i : i + BATCH]
             loss = model(input_ids=x[idx], labels=y[idx]).loss
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         if epoch % 5 == 4 or epoch == epochs - 1:
             print(f"  epoch {epoch + 1}/{epochs}: loss {total / len(x):.4f}", flush=True)
     model.eval()
@@ -149,7 +151,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--duration", type=float, default=4.0, help="timed seconds per candidate")
     args = ap.parse_args()
     paths, torch_acc = prepare(args.epochs)

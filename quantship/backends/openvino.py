@@ -27,7 +27,9 @@ activation dequantization must be per tensor):
   ScaledDotProductAttention kernel only when no FakeQuantize sits inside it. On the
   PP-OCR-style recogniser (``benchmarks/ocr_ctc.py``) that took the INT8 model from
   0.99-1.00x to 1.06-1.16x the bf16 float model's speed, at the same fidelity
-  (``attention.not_attention_product``).
+  (``attention.not_attention_product``). Where OpenVINO does not fuse the model's
+  attention (Hugging Face BERT with its mask), there is nothing to keep whole and the
+  products are quantized as NNCF does (``fuses_attention``).
 - Biases stay float: OpenVINO adds them after dequantization.
 - Sessions compile as a user would: ``compile_model(model, "CPU")`` with the latency
   (or throughput) hint and a thread count, so float layers run in the plugin's default
@@ -48,7 +50,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from quantship.backends.attention import not_attention_product
+from quantship.backends.attention import attention_products, not_attention_product
 from quantship.backends.base import (
     Artifact,
     BaseBackend,
@@ -207,6 +209,27 @@ def int8_layers(compiled: Any) -> dict[str, dict[str, int]]:
     return counts
 
 
+_FUSES: dict[str, bool] = {}
+
+
+def fuses_attention(model: FloatModel) -> bool:
+    """Whether keeping attention products float buys a fused kernel: True where the
+    model has no attention products, or where OpenVINO's conversion turns its float
+    attention blocks into ScaledDotProductAttention. It does for the PP-OCR-style
+    recogniser's blocks; it does not for Hugging Face BERT as exported with its mask
+    (MiniLM- and BERT-base-shaped, OpenVINO 2025), and its CPU plugin then runs the
+    products as plain bf16 MatMuls: on the MiniLM-shaped encoder at 384 tokens the
+    rule plan took 34.1 ms against NNCF's 26.5, NNCF quantizing them
+    (benchmarks/transformer_encoders.py). Converting costs about a second for MiniLM;
+    it is done once per model."""
+    if not attention_products(model.view()):
+        return True
+    if model.sha256 not in _FUSES:
+        ops = {o.get_type_name() for o in _convert(model.proto, model).get_ordered_ops()}
+        _FUSES[model.sha256] = "ScaledDotProductAttention" in ops
+    return _FUSES[model.sha256]
+
+
 def _convert(qdq: onnx.ModelProto, model: FloatModel) -> Any:
     """The QDQ model as an OpenVINO model, through a file (external weights beside it)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -284,7 +307,11 @@ class OpenVINOBackend(BaseBackend):
         )  # fmt: skip
 
     def plan(self, model: FloatModel, table: CalibrationTable, options: PlanOptions) -> QuantPlan:
-        return make_plan(model, table, options, self.rules)
+        rules = self.rules
+        if rules.ops.get("MatMul") is OV_OPS["MatMul"] and not fuses_attention(model):
+            # Nothing to keep whole: the products run as plain MatMuls either way.
+            rules = replace(rules, ops={**rules.ops, "MatMul": input_side_ops()["MatMul"]})
+        return make_plan(model, table, options, rules)
 
     def compile(self, qdq: onnx.ModelProto, out_dir: Path, model: FloatModel) -> Artifact:
         ov = openvino_module()

@@ -255,4 +255,32 @@ def test_attention_products_stay_float_so_openvino_fuses_the_block(tmp_path: Pat
     # graphs OpenVINO does not fuse, where the products would otherwise run in float.
     variant = next(v for v in backend.plan_variants() if v.name == "attention-int8")
     int8 = variant.backend.plan(fm, table, PlanOptions())
-    assert sum(n.endswith("MatMul") for n in int8.compute_nodes) == 4
+    assert set(int8.compute_nodes) == set(make_plan(fm, table, PlanOptions(), rules).compute_nodes)
+    assert sum(n.endswith("MatMul") for n in int8.compute_nodes) > 2
+
+
+def test_attention_products_are_quantized_where_openvino_does_not_fuse_them(
+    tmp_path: Path,
+) -> None:
+    """Hugging Face BERT with its attention mask: OpenVINO converts its attention into
+    plain MatMuls, not ScaledDotProductAttention, so the products are quantized."""
+    pytest.importorskip("transformers")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "corpus"))
+    import families
+
+    from quantship.backends.openvino import fuses_attention
+    from quantship.calibration.runner import calibrate
+    from quantship.calibration.sources import open_data
+    from quantship.exporter.load import load_model
+
+    fam = families.bert(tmp_path, "test", dynamo=False)
+    fm = load_model(fam.model)
+    assert not fuses_attention(fm)
+    table = calibrate(fm, open_data(fam.calib, fm.inputs), samples=8)
+    plan = OpenVINOBackend().plan(fm, table, PlanOptions())
+    assert not any("product" in f.reason for f in plan.float_nodes)
+    products = [n for n in plan.quantized_nodes if "/self/MatMul" in n]
+    assert len(products) == 2 * 2  # scores and context, in both layers
+    # A model whose attention OpenVINO fuses keeps them float: the test above.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 
@@ -107,7 +108,6 @@ def test_gpu_sessions_get_a_device_time_row_beside_the_wall_clock() -> None:
     the same scope; a session with a device clock (as the TensorRT engine's, with CUDA
     events) gets a second row of device time alone, named so."""
     from pathlib import Path
-    from typing import Any
 
     import numpy as np
 
@@ -187,7 +187,10 @@ def test_lengths_size_dynamic_dimensions_and_cut_or_repeat_a_sample() -> None:
     inputs = [InputSpec("input_ids", (None, None), "int64"), InputSpec("x", (None, 3), "float32")]
     feeds = make_feeds(inputs, 2, length=7)
     assert feeds["input_ids"].shape == (2, 7) and feeds["x"].shape == (2, 3)
-    sample = {"input_ids": np.arange(1, 6)[None], "x": np.ones((1, 3), np.float32)}
+    sample: dict[str, np.ndarray[Any, Any]] = {
+        "input_ids": np.arange(1, 6)[None],
+        "x": np.ones((1, 3), np.float32),
+    }
     long = make_feeds(inputs, 1, sample, length=12)["input_ids"][0]
     assert long.tolist() == [1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1, 2]
     assert make_feeds(inputs, 1, sample, length=3)["input_ids"][0].tolist() == [1, 2, 3]
