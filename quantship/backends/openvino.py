@@ -72,6 +72,7 @@ from quantship.backends.openvino_session import (
     openvino_module,
     precision_name,
 )
+from quantship.backends.plan_types import Use
 from quantship.backends.planning import OpRule, Rules, make_plan
 from quantship.backends.variants import ALL, PlanVariant
 from quantship.calibration.table import CalibrationTable
@@ -212,6 +213,39 @@ def int8_layers(compiled: Any) -> dict[str, dict[str, int]]:
 _FUSES: dict[str, bool] = {}
 
 
+def avoid_midpoint_zero_point(plan: QuantPlan, model: FloatModel) -> QuantPlan:
+    """No uint8 zero point of exactly 128 on an input of a product of two activations:
+    OpenVINO 2025's CPU plugin fails to compile such a model ("Check
+    'convert->constant_fold(…)' failed at src/core/src/pass/constant_folding.cpp:71").
+    Found with --method entropy on the MiniLM-shaped encoder, its attention products
+    quantized: one tensor (a layer's scaled query) with zero point 128 failed it, and
+    126, 127, 129 or 130 at the same scale compiled. Such a tensor gets zero point 127
+    and its scale × 128/127, which keeps every value of the old grid's range inside
+    the new one."""
+    view = model.view()
+    nodes = view.nodes
+
+    def activation_product(use: Use) -> bool:
+        n = nodes[use.node]
+        return n.op_type == "MatMul" and not any(view.is_constant(i) for i in n.input)
+
+    acts = []
+    changed = False
+    for a in plan.activations:
+        p = a.params
+        if (
+            p.dtype == "uint8"
+            and p.axis is None
+            and int(p.zero_point) == 128
+            and any(activation_product(u) for u in a.uses)
+        ):
+            p = replace(p, zero_point=np.asarray(127), scale=np.asarray(p.scale * (128 / 127)))
+            a = replace(a, params=p)
+            changed = True
+        acts.append(a)
+    return replace(plan, activations=tuple(acts)) if changed else plan
+
+
 def fuses_attention(model: FloatModel) -> bool:
     """Whether keeping attention products float buys a fused kernel: True where the
     model has no attention products, or where OpenVINO's conversion turns its float
@@ -311,7 +345,7 @@ class OpenVINOBackend(BaseBackend):
         if rules.ops.get("MatMul") is OV_OPS["MatMul"] and not fuses_attention(model):
             # Nothing to keep whole: the products run as plain MatMuls either way.
             rules = replace(rules, ops={**rules.ops, "MatMul": input_side_ops()["MatMul"]})
-        return make_plan(model, table, options, rules)
+        return avoid_midpoint_zero_point(make_plan(model, table, options, rules), model)
 
     def compile(self, qdq: onnx.ModelProto, out_dir: Path, model: FloatModel) -> Artifact:
         ov = openvino_module()

@@ -105,9 +105,7 @@ class OVSession(BaseSession):
                     model, "CPU", compile_config(self.settings, self.overrides)
                 )
             except Exception as e:
-                raise BackendError(
-                    f"OpenVINO cannot compile the model: {str(e).splitlines()[0]}"
-                ) from None
+                raise BackendError(f"OpenVINO cannot compile the model: {ov_message(e)}") from None
             self._requests[key] = self._compiled[key].create_infer_request()
         return self._compiled[key]
 
@@ -213,3 +211,11 @@ def _runtime_layers(compiled: Any) -> dict[str, tuple[str, tuple[str, ...]]]:
         names = tuple(n for n in get("originalLayersNames").split(",") if n)
         out[op.get_friendly_name()] = (get("runtimePrecision"), names)
     return out
+
+
+def ov_message(e: Exception) -> str:
+    """The line of an OpenVINO exception that says what went wrong: its messages start
+    with "Exception from src/…cpp:N:" lines that name only where it was raised."""
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    useful = [s for s in lines if not s.startswith("Exception from")]
+    return (useful or lines or [type(e).__name__])[-1]

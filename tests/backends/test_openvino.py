@@ -284,3 +284,25 @@ def test_attention_products_are_quantized_where_openvino_does_not_fuse_them(
     products = [n for n in plan.quantized_nodes if "/self/MatMul" in n]
     assert len(products) == 2 * 2  # scores and context, in both layers
     # A model whose attention OpenVINO fuses keeps them float: the test above.
+    # No zero point of 128 on a product's activation input (OpenVINO fails to compile
+    # such a model): moved to 127, the scale widened so the old range still fits.
+    from dataclasses import replace
+
+    from quantship.backends.openvino import avoid_midpoint_zero_point
+
+    view = fm.view()
+    i = next(
+        k
+        for k, a in enumerate(plan.activations)
+        if any(view.nodes[u.node].name.endswith("self/MatMul") for u in a.uses)
+    )
+    a = plan.activations[i]
+    forced = replace(a, params=replace(a.params, zero_point=np.asarray(128)))
+    acts = (*plan.activations[:i], forced, *plan.activations[i + 1 :])
+    fixed = avoid_midpoint_zero_point(replace(plan, activations=acts), fm)
+    got = fixed.activations[i].params
+    assert int(got.zero_point) == 127
+    assert float(got.scale) == pytest.approx(float(a.params.scale) * 128 / 127, rel=1e-6)
+    lo, hi = -128 * float(a.params.scale), 127 * float(a.params.scale)
+    assert -127 * float(got.scale) <= lo + 1e-12 and 128 * float(got.scale) >= hi - 1e-12
+    assert fixed.activations[:i] == plan.activations[:i]
