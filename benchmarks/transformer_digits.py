@@ -218,7 +218,7 @@ def main() -> int:
         f"Machine: {machine_line(m)}. A 4-layer BERT (128 wide, 4 heads) trained here for "
         f"{args.epochs} epochs on 1200 of scikit-learn's digits as 65-token sequences "
         f"(PyTorch accuracy on the other 597: {torch_acc:.4f}). Batch 1, {THREADS} threads, "
-        "every candidate timed interleaved (20 rounds); speed: the fastest float's p50 over the "
+        "every candidate timed interleaved (at least 20 rounds); speed: the fastest float's p50 over the "
         "candidate's. Accuracy and agreement on the 597 held-out digits; 1 − cosine of the "
         "logits against fp32 in ONNX Runtime.\n\n"
         + md_table(
@@ -233,7 +233,9 @@ def main() -> int:
             ],
             table,
         )
-        + "\n\nExport / quantization time (s): "
+        + "\n\nExport / quantization time (s; quantship's is its whole export: loading, "
+        "clean-up, calibration, both backends' artifacts and fidelity, without latency; the "
+        "peers' are their quantization calls): "
         + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items())
         + "\n"
     )

@@ -17,7 +17,9 @@ Fidelity, against the fp32 model in ONNX Runtime on the held-out sentences: 1 �
 of ``last_hidden_state``, the cosine of mean-pooled sentence embeddings (the mask
 applied), and how often each held-out sentence keeps its nearest neighbour among the
 others. Latency: batch 1 at ``--length`` tokens, 2 threads, every candidate timed
-interleaved in one run. Export time: quantship's whole export (load, clean-up,
+interleaved in one run; then, for ``--sweep-models``, every candidate at each of
+``--lengths`` × ``--batches`` (the held-out sentence cut or repeated to the length, as
+``bench --lengths`` does), interleaved per point. Export time: quantship's whole export (load, clean-up,
 calibration, both backends' artifacts, fidelity) without the latency measurement.
 
     python benchmarks/transformer_encoders.py [--models minilm,bert-base] [--length 128]
@@ -207,6 +209,7 @@ def run_model(
     rows: dict[str, dict[str, Any]] = {}
     for c in cands:
         s = fid[c.key].sentence
+        assert s is not None
         rows[c.key] = {"label": c.label, "float": c.is_float, "cosine": fid[c.key].cosine,
                        "sentence_cosine": s.cosine, "same_nearest": s.same_nearest,
                        "bytes": c.artifact.size_bytes()}  # fmt: skip
@@ -256,7 +259,7 @@ def sweep_table(results: list[dict[str, Any]]) -> str:
         ]
         out += (
             f"\n\n## {r['model']}: p50 ms (speed against the fastest float there) by batch × "
-            "length, interleaved, 8 rounds\n\n"
+            "length, interleaved, at least 8 rounds\n\n"
             + md_table(["candidate"] + [f"b{b} × {n}" for b, n in points], rows)
         )
     return out

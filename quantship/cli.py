@@ -15,6 +15,18 @@ from quantship.cli_parser import build_parser
 from quantship.errors import QuantshipError
 
 
+def unique_shapes(
+    given: list[tuple[str, tuple[list[int], list[int], list[int]]]],
+) -> dict[str, tuple[list[int], list[int], list[int]]] | None:
+    """``build-engine --shapes``, each input named once."""
+    out: dict[str, tuple[list[int], list[int], list[int]]] = {}
+    for name, bounds in given:
+        if name in out:
+            raise QuantshipError(f"--shapes names {name!r} twice; give each input one profile")
+        out[name] = bounds
+    return out or None
+
+
 def _run(args: argparse.Namespace) -> int:
     from quantship import api
     from quantship.ui import UI
@@ -147,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
             args.folder,
             max_batch=args.max_batch,
             float_layers=args.float_layers,
-            shapes=dict(args.shapes) or None,
+            shapes=unique_shapes(args.shapes),
             ui=ui,
         )
         return 0

@@ -95,14 +95,17 @@ def test_tensorrt_profile_spans_calibrated_lengths(exported: dict[str, Any]) -> 
     lo, hi = manifest["calibration"]["input_sizes"]["input_ids"][1]
     assert ids["min"][1] == lo and ids["max"][1] == hi and lo <= ids["profile"][1] <= hi
     assert profile_shapes(ids, 8) == ([1, lo], [1, ids["profile"][1]], [8, hi])
-    given = {"input_ids": ([1, 16], [1, 128], [8, 384])}
-    assert engine_profiles(inputs, 8, given)["input_ids"] == given["input_ids"]
+    names = [i["name"] for i in inputs]
+    given = {n: ([1, 16], [1, 128], [8, 384]) for n in names}
+    assert engine_profiles(inputs, 8, given) == given
     with pytest.raises(BackendError, match="inputs are"):
-        engine_profiles(inputs, 8, {"input_idz": ([1, 1], [1, 2], [1, 3])})
+        engine_profiles(inputs, 8, {**given, "input_idz": ([1, 1], [1, 2], [1, 3])})
     with pytest.raises(BackendError, match="min <= opt <= max"):
-        engine_profiles(inputs, 8, {"input_ids": ([1, 64], [1, 16], [1, 384])})
+        engine_profiles(inputs, 8, {**given, "input_ids": ([1, 64], [1, 16], [1, 384])})
     with pytest.raises(BackendError, match="rank"):
-        engine_profiles(inputs, 8, {"input_ids": ([1], [1], [1])})
+        engine_profiles(inputs, 8, {**given, "input_ids": ([1], [1], [1])})
+    with pytest.raises(BackendError, match="give one for every dynamic input"):
+        engine_profiles(inputs, 8, {"input_ids": given["input_ids"]})
 
 
 def test_bench_at_several_lengths(exported: dict[str, Any]) -> None:

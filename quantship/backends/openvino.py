@@ -72,7 +72,6 @@ from quantship.backends.openvino_session import (
     openvino_module,
     precision_name,
 )
-from quantship.backends.plan_types import Use
 from quantship.backends.planning import OpRule, Rules, make_plan
 from quantship.backends.variants import ALL, PlanVariant
 from quantship.calibration.table import CalibrationTable
@@ -213,7 +212,9 @@ def int8_layers(compiled: Any) -> dict[str, dict[str, int]]:
 _FUSES: dict[str, bool] = {}
 
 
-def avoid_midpoint_zero_point(plan: QuantPlan, model: FloatModel) -> QuantPlan:
+def avoid_midpoint_zero_point(
+    plan: QuantPlan, model: FloatModel, hoist: frozenset[str] = frozenset()
+) -> QuantPlan:
     """No uint8 zero point of exactly 128 on an input of a product of two activations:
     OpenVINO 2025's CPU plugin fails to compile such a model ("Check
     'convert->constant_fold(…)' failed at src/core/src/pass/constant_folding.cpp:71").
@@ -221,12 +222,17 @@ def avoid_midpoint_zero_point(plan: QuantPlan, model: FloatModel) -> QuantPlan:
     quantized: one tensor (a layer's scaled query) with zero point 128 failed it, and
     126, 127, 129 or 130 at the same scale compiled. Such a tensor gets zero point 127
     and its scale × 128/127, which keeps every value of the old grid's range inside
-    the new one."""
+    the new one. Quantization moved above data movement (``hoist``: a fused QKV's
+    Split) reaches the products through it."""
     view = model.view()
     nodes = view.nodes
 
-    def activation_product(use: Use) -> bool:
-        n = nodes[use.node]
+    def activation_product(node: int, depth: int = 0) -> bool:
+        n = nodes[node]
+        if n.op_type in hoist and depth < 4:
+            return any(
+                activation_product(u.node, depth + 1) for o in n.output for u in view.consumers(o)
+            )
         return n.op_type == "MatMul" and not any(view.is_constant(i) for i in n.input)
 
     acts = []
@@ -237,7 +243,7 @@ def avoid_midpoint_zero_point(plan: QuantPlan, model: FloatModel) -> QuantPlan:
             p.dtype == "uint8"
             and p.axis is None
             and int(p.zero_point) == 128
-            and any(activation_product(u) for u in a.uses)
+            and any(activation_product(u.node) for u in a.uses)
         ):
             p = replace(p, zero_point=np.asarray(127), scale=np.asarray(p.scale * (128 / 127)))
             a = replace(a, params=p)
@@ -259,7 +265,10 @@ def fuses_attention(model: FloatModel) -> bool:
     if not attention_products(model.view()):
         return True
     if model.sha256 not in _FUSES:
-        ops = {o.get_type_name() for o in _convert(model.proto, model).get_ordered_ops()}
+        try:
+            ops = {o.get_type_name() for o in _convert(model.proto, model).get_ordered_ops()}
+        except BackendError:
+            ops = {"ScaledDotProductAttention"}  # cannot tell: keep the blocks whole
         _FUSES[model.sha256] = "ScaledDotProductAttention" in ops
     return _FUSES[model.sha256]
 
@@ -345,7 +354,8 @@ class OpenVINOBackend(BaseBackend):
         if rules.ops.get("MatMul") is OV_OPS["MatMul"] and not fuses_attention(model):
             # Nothing to keep whole: the products run as plain MatMuls either way.
             rules = replace(rules, ops={**rules.ops, "MatMul": input_side_ops()["MatMul"]})
-        return avoid_midpoint_zero_point(make_plan(model, table, options, rules), model)
+        plan = make_plan(model, table, options, rules)
+        return avoid_midpoint_zero_point(plan, model, rules.hoist)
 
     def compile(self, qdq: onnx.ModelProto, out_dir: Path, model: FloatModel) -> Artifact:
         ov = openvino_module()

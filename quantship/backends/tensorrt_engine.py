@@ -150,6 +150,15 @@ def engine_profiles(
             f"--shapes names {', '.join(map(repr, unknown))}; the model's inputs are: "
             + ", ".join(names)
         )
+    dynamic = [s["name"] for s in inputs if None in s["shape"]]
+    missing = [n for n in dynamic if shapes and n not in shapes]
+    if missing:
+        # One profile serves every input: a length given for one and not another would
+        # build an engine that runs only where the two overlap.
+        raise BackendError(
+            f"--shapes gives a profile for {', '.join(sorted(shapes or {}))} but not for "
+            f"{', '.join(missing)}; give one for every dynamic input"
+        )
     out: ShapeRanges = {}
     for spec in inputs:
         bounds = profile_shapes(spec, max_batch, (shapes or {}).get(spec["name"]))
@@ -390,8 +399,8 @@ class TensorRTSession(BaseSession):
 
 class FloatEngineSession(BaseSession):
     """The float model as a TensorRT engine at fp32 or fp16 (a baseline), built in a
-    temporary folder at the first run, for the feeds' shapes (a dynamic batch spans
-    1 … 32)."""
+    temporary folder at the first run of each shape its feeds have other than the batch
+    (a dynamic batch spans 1 … 32): ``bench --lengths`` gets one engine per length."""
 
     device_clock = True
 
@@ -400,10 +409,11 @@ class FloatEngineSession(BaseSession):
 
         self.model_path, self.precision, self.settings = model_path, precision, settings
         self._tmp = tempfile.TemporaryDirectory()
-        self._inner: TensorRTSession | None = None
+        self._inners: dict[tuple[Any, ...], TensorRTSession] = {}
 
     def _session(self, feeds: Feed) -> TensorRTSession:
-        if self._inner is None:
+        key = tuple((n, feeds[n].shape[1:]) for n in sorted(feeds))
+        if key not in self._inners:
             proto = onnx.load(str(self.model_path), load_external_data=False)
             inputs = []
             for vi in proto.graph.input:
@@ -416,10 +426,10 @@ class FloatEngineSession(BaseSession):
                 inputs.append(
                     {"name": vi.name, "shape": dims, "profile": list(feeds[vi.name].shape)}
                 )
-            engine = Path(self._tmp.name) / "float.engine"
+            engine = Path(self._tmp.name) / f"float-{len(self._inners)}.engine"
             build_engine(self.model_path, engine, inputs, float_precision=self.precision)
-            self._inner = TensorRTSession(engine, self.settings)
-        return self._inner
+            self._inners[key] = TensorRTSession(engine, self.settings)
+        return self._inners[key]
 
     def run(self, feeds: Feed) -> list[npt.NDArray[Any]]:
         return self._session(feeds).run(feeds)
@@ -431,7 +441,7 @@ class FloatEngineSession(BaseSession):
         return self._session(feeds).profile(feeds, runs)
 
     def close(self) -> None:
-        if self._inner is not None:
-            self._inner.close()
-            self._inner = None
+        for inner in self._inners.values():
+            inner.close()
+        self._inners.clear()
         self._tmp.cleanup()

@@ -36,11 +36,13 @@ class SentenceFidelity:
     cosine: float
     cosine_min: float
     same_nearest: float | None  # None: fewer than 3 samples
+    masked: bool = True  # mean pooling over the attention mask's tokens (False: all)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "pooling": self.pooling,
             "output": self.output,
+            "masked": self.masked,
             "cosine": self.cosine,
             "cosine_min": self.cosine_min,
             "same_nearest": self.same_nearest,
@@ -121,6 +123,7 @@ class FidelityMeter:
         self.pooling = pooling
         self.pooled: tuple[list[npt.NDArray[np.float64]], list[npt.NDArray[np.float64]]] = ([], [])
         self.pooled_output: str | None = None
+        self.unmasked = False  # mean pooling over every token: no attention_mask input
         self.names = list(names)
         k = len(self.names)
         self.samples = 0
@@ -143,6 +146,9 @@ class FidelityMeter:
         feed they ran on, whose attention mask says which tokens count."""
         if len(ref) != len(self.names) or len(test) != len(self.names):
             raise ValueError("reference and candidate give different numbers of outputs")
+        for name, r, t in zip(self.names, ref, test, strict=True):
+            if r.shape != t.shape:
+                raise ValueError(f"output {name!r}: shapes differ, {r.shape} vs {t.shape}")
         if self.pooling is not None:
             self._pool(ref, test, feed or {})
         n = None
@@ -193,6 +199,10 @@ class FidelityMeter:
             )
         self.pooled_output = self.names[index]
         mask = feed.get(MASK_INPUT)
+        if mask is not None and mask.shape != ref[index].shape[:2]:
+            mask = None
+        if mask is None and ref[index].ndim == 3 and self.pooling == "mean":
+            self.unmasked = True
         for dest, arr in zip(self.pooled, (ref[index], test[index]), strict=True):
             h = np.asarray(arr, dtype=np.float64)
             if h.ndim == 3 and self.pooling == "cls":
@@ -200,7 +210,7 @@ class FidelityMeter:
             elif h.ndim == 3:
                 m = (
                     np.asarray(mask, dtype=np.float64)[:, :, None]
-                    if mask is not None and mask.shape == h.shape[:2]
+                    if mask is not None
                     else np.ones((*h.shape[:2], 1))
                 )
                 e = (h * m).sum(1) / np.maximum(m.sum(1), 1.0)
@@ -225,7 +235,12 @@ class FidelityMeter:
 
             nearest = float(np.mean(neighbour(a) == neighbour(b)))
         return SentenceFidelity(
-            self.pooling, self.pooled_output, float(cos.mean()), float(cos.min()), nearest
+            self.pooling,
+            self.pooled_output,
+            float(cos.mean()),
+            float(cos.min()),
+            nearest,
+            masked=not self.unmasked,
         )
 
     def result(self, source: str) -> Fidelity:

@@ -132,9 +132,13 @@ def merge_dims(a: Dims, b: Dims) -> dict[str, tuple[tuple[int, int], ...]]:
     out = dict(a)
     for name, ranges in b.items():
         have = out.get(name)
-        if have is None or len(have) != len(ranges):
-            out[name] = tuple(ranges) if have is None else have
+        if have is None:
+            out[name] = tuple(ranges)
             continue
+        if len(have) != len(ranges):
+            raise ValueError(
+                f"input {name!r} has rank {len(have)} in one table, {len(ranges)} in the other"
+            )
         out[name] = tuple(
             (min(x[0], y[0]), max(x[1], y[1])) for x, y in zip(have, ranges, strict=True)
         )

@@ -143,10 +143,11 @@ def text_data(
             f"{ids_spec.shape_str()}"
         )
     notes = []
+    pad_id = _pad_id(tok)  # before no_padding(), which forgets the folder's own
     tok.no_padding()
     if fixed is not None:
         tok.enable_truncation(max_length=fixed)
-        tok.enable_padding(length=fixed, pad_id=_pad_id(tok))
+        tok.enable_padding(length=fixed, pad_id=pad_id)
     else:
         if limit is None:
             limit = DEFAULT_MAX_LENGTH
@@ -156,10 +157,15 @@ def text_data(
             )
         tok.enable_truncation(max_length=limit)
 
+    dtypes = {i.name: np.dtype(i.dtype) for i in inputs}  # int64, int32, or a bool mask
+
     def gen() -> Iterator[Feed]:
         for line in lines:
             enc = tok.encode(line)
-            yield {name: np.asarray([getattr(enc, FIELDS[name])], dtype=np.int64) for name in names}
+            yield {
+                name: np.asarray([getattr(enc, FIELDS[name])]).astype(dtypes[name])
+                for name in names
+            }
 
     return CalibrationData(
         f"'{path}' (tokenized by {desc})", role, tuple(inputs), len(lines), gen, tuple(notes)

@@ -134,6 +134,9 @@ def run_export(opts: ExportOptions, ui: UI = SILENT) -> ExportResult:
     table = calibration(opts, loaded, ui)
     if table.input_dims:
         fm = dataclasses.replace(loaded.fm, input_ranges=dict(table.input_dims))
+        # The same graph and weights: its identity carries over (hashing it again
+        # would serialize the whole model, 435 MB for BERT-base).
+        fm.__dict__["sha256"] = loaded.fm.sha256
         loaded = dataclasses.replace(loaded, fm=fm)
     options = plan_options(opts, loaded)
     with staged_dir(opts.out) as stage:

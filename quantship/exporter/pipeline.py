@@ -137,8 +137,9 @@ def _compare(
         ):
             for k, (feed, n) in enumerate(samples()):
                 expected = kept[k] if kept is not None else ref.run(feed)  # type: ignore[union-attr]
+                got = session.run(feed)
                 try:
-                    meter.update(expected, session.run(feed), feed)
+                    meter.update(expected, got, feed)
                 except ValueError as e:
                     raise QuantshipError(str(e)) from None
                 advance(n)

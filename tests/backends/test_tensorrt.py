@@ -319,3 +319,29 @@ def test_engine_profile_reads_layer_times_and_the_inspector() -> None:
         "fp32",
         "",
     ]
+
+
+def test_engine_profiles_span_the_calibrated_lengths_or_the_given_shapes() -> None:
+    """Pure functions: no TensorRT needed. A sequence axis spans the calibration data's
+    sizes, widened to the example's; --shapes replaces them, checked."""
+    from quantship.backends.tensorrt_engine import engine_profiles, profile_shapes
+    from quantship.errors import BackendError
+
+    ids = {"name": "ids", "shape": [None, None], "profile": [None, 64], "min": [None, 8],
+           "max": [None, 40]}  # fmt: skip
+    assert profile_shapes(ids, 4) == ([1, 8], [1, 64], [4, 64])  # the example lies above
+    static = {"name": "x", "shape": [1, 3], "profile": [1, 3]}
+    assert profile_shapes(static, 4) is None
+    fixed = {"name": "mask", "shape": [None, 16], "profile": [None, 16]}
+    inputs = [ids, fixed]
+    assert engine_profiles(inputs, 2, None) == {
+        "ids": ([1, 8], [1, 64], [2, 64]), "mask": ([1, 16], [1, 16], [2, 16])
+    }  # fmt: skip
+    given = {"ids": ([1, 16], [1, 128], [8, 384]), "mask": ([1, 16], [1, 16], [8, 16])}
+    assert engine_profiles(inputs, 2, given) == given
+    with pytest.raises(BackendError, match="fixed at 16"):
+        engine_profiles(inputs, 2, {**given, "mask": ([1, 8], [1, 16], [8, 16])})
+    with pytest.raises(BackendError, match="but not for mask"):
+        engine_profiles(inputs, 2, {"ids": given["ids"]})
+    with pytest.raises(BackendError, match="min <= opt <= max"):
+        engine_profiles(inputs, 2, {**given, "ids": ([1, 64], [1, 16], [1, 384])})

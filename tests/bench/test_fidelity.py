@@ -69,7 +69,11 @@ def test_sentence_embeddings_pool_over_the_mask_and_keep_neighbours() -> None:
     swapped[:, 0] = h[::-1, 0]  # each sentence's [CLS] vector is another's
     cls.update([h], [swapped], {"attention_mask": mask})
     c = cls.result("test").sentence
-    assert c is not None and c.cosine < 0.9 and c.same_nearest is not None
+    assert c is not None and c.cosine < 0.9 and c.same_nearest is not None and c.same_nearest < 1
+    unmasked = FidelityMeter(["last_hidden_state"], pooling="mean")
+    unmasked.update([h], [noisy])  # no attention_mask: every token is pooled, and said so
+    u = unmasked.result("test").sentence
+    assert u is not None and not u.masked and u.cosine < 0.99
     plain = FidelityMeter(["x"])
     plain.update([h], [h])
     assert plain.result("t").sentence is None

@@ -53,6 +53,18 @@ def test_table_json_roundtrip(cnn_path: Path, calib_npz: Path, tmp_path: Path) -
     back = CalibrationTable.load(tmp_path / "calibration.json")
     assert back.to_text() == table.to_text()
     assert back.model_sha256 == fm.sha256
+    assert back.input_dims == table.input_dims == {"images": ((1, 1), (3, 3), (16, 16), (16, 16))}
+
+
+def test_input_sizes_merge_as_ranges() -> None:
+    from quantship.calibration.table import feed_dims, merge_dims
+
+    a = feed_dims({"ids": np.zeros((1, 7), np.int64)})
+    b = feed_dims({"ids": np.zeros((1, 30), np.int64), "mask": np.zeros((1, 30), bool)})
+    assert merge_dims(a, b) == {"ids": ((1, 1), (7, 30)), "mask": ((1, 1), (30, 30))}
+    assert merge_dims(b, a)["ids"] == ((1, 1), (7, 30))
+    with pytest.raises(ValueError, match="rank"):
+        merge_dims(a, {"ids": ((1, 1),)})
 
 
 def test_table_load_errors(tmp_path: Path) -> None:
