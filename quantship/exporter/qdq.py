@@ -56,7 +56,7 @@ class _Params:
     def __init__(self, names: _Names) -> None:
         self.names = names
         self.inits: list[onnx.TensorProto] = []
-        self._zeros: dict[tuple[str, tuple[int, ...]], str] = {}
+        self._zeros: dict[tuple[str, tuple[int, ...], int | None], str] = {}
 
     def add(self, base: str, p: QuantParams) -> tuple[str, str]:
         scale_arr = np.asarray(p.scale, dtype=np.float32)
@@ -64,9 +64,15 @@ class _Params:
         self.inits.append(scale)
         zp = np.asarray(p.zero_point)
         if zp.ndim == 1 and not zp.any():
-            key = (zp.dtype.name, zp.shape)
+            # Shared only between DequantizeLinear nodes of one axis: OpenVINO's ONNX
+            # frontend reshapes a zero point for its consumer's axis, and one shared by
+            # consumers of two axes (a MatMul's weights, axis 1, and a Gemm's, axis 0)
+            # stays a Subtract on every weight, which keeps those layers out of its INT8
+            # kernels (on the digits BERT 5 of 26 FullyConnected layers ran INT8, 26 of
+            # 26 with the zero points apart).
+            key = (zp.dtype.name, zp.shape, p.axis)
             if key not in self._zeros:
-                name = self.names.fresh(f"zeros.{zp.dtype.name}.{zp.size}")
+                name = self.names.fresh(f"zeros.{zp.dtype.name}.{zp.size}.axis{p.axis}")
                 self.inits.append(numpy_helper.from_array(zp, name))
                 self._zeros[key] = name
             return scale.name, self._zeros[key]

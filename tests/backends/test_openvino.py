@@ -306,3 +306,35 @@ def test_attention_products_are_quantized_where_openvino_does_not_fuse_them(
     lo, hi = -128 * float(a.params.scale), 127 * float(a.params.scale)
     assert -127 * float(got.scale) <= lo + 1e-12 and 128 * float(got.scale) >= hi - 1e-12
     assert fixed.activations[:i] == plan.activations[:i]
+
+
+def test_matmul_and_gemm_weights_of_one_width_both_run_int8(tmp_path: Path) -> None:
+    """A MatMul's weights (channels on axis 1) and a transposed Gemm's (axis 0) of the
+    same width, as a BERT classifier's layers and its pooler: each axis gets its own
+    all-zero zero point. One shared zero point left a Subtract on the weights in
+    OpenVINO's IR, and those layers ran in bf16/fp32 instead of INT8."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    c = 32
+    w1 = numpy_helper.from_array(rng.standard_normal((c, c)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((c, c)).astype(np.float32), "w2")
+    b2 = numpy_helper.from_array(np.zeros(c, np.float32), "b2")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm"),
+            helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="gemm", transB=1),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, c])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, c])],
+        [w1, w2, b2],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal((64, c)).astype(np.float32))
+    res = api.export(tmp_path / "m.onnx", tmp_path / "c.npz", tmp_path / "o",
+                     backends="openvino", bench=False, samples=32)  # fmt: skip
+    (entry,) = res.manifest["artifacts"]
+    assert entry["metadata"]["integer_kernels"]["FullyConnected"] == {"total": 2, "integer": 2}
