@@ -19,10 +19,7 @@ Results: benchmarks/results/transformer_digits.{json,md}.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +29,7 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import WORK, candidate_fidelity, machine, machine_line, md_table, write_results
-from transformer_encoders import (
-    NAMES,
-    nncf_transformer,
-    ort_dynamic,
-    ort_optimized_dynamic,
-    ort_static,
-)
+from transformer_encoders import NAMES, quantized_candidates
 
 THREADS = 2
 CLS, OFFSET = 2, 5  # token ids: [PAD]=0, [UNK]=1, [CLS]=2, …; pixel value v is OFFSET + v
@@ -139,14 +130,9 @@ def prepare(epochs: int) -> tuple[dict[str, Path], float]:
 
 
 def main() -> int:
-    from quantship import api
-    from quantship.backends import registry
-    from quantship.backends.base import Artifact
-    from quantship.bench.run import Candidate, bench_candidates, float_candidates
+    from quantship.bench.run import bench_candidates
     from quantship.bench.timing import BenchSettings
     from quantship.exporter.load import load_model
-    from quantship.exporter.manifest import artifacts_in
-    from quantship.ui import UI
 
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -155,39 +141,7 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=4.0, help="timed seconds per candidate")
     args = ap.parse_args()
     paths, torch_acc = prepare(args.epochs)
-    d = paths["model"].parent / "runs"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir()
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    res = api.export(paths["model"], paths["calib"], d / "quantship", backends="onnxruntime,openvino",
-                     held_out=paths["held"], samples=256, threads=THREADS, bench=False,
-                     ui=UI(quiet=True))  # fmt: skip
-    seconds["quantship"] = time.perf_counter() - t0
-    ort, ov = registry.get("onnxruntime"), registry.get("openvino")
-    user_float = Artifact("", "onnx", paths["model"].parent, (paths["model"].name,), "float")
-    cands = float_candidates(user_float, [ort, ov])
-    for a in artifacts_in(d / "quantship", res.manifest):
-        cands.append(
-            Candidate(f"quantship {a.backend}", registry.get(a.backend), a, variant="quantship")
-        )
-    cfg = config()
-    peers: dict[str, tuple[Path, str, Any, Callable[[Path], float]]] = {
-        "ort quantize_dynamic": (d / "ort-dynamic.onnx", "onnx", ort,
-                                 lambda o: ort_dynamic(paths["model"], o)),
-        "ort optimizer + quantize_dynamic": (d / "ort-optimized-dynamic.onnx", "onnx", ort,
-                                             lambda o: ort_optimized_dynamic(paths["model"], o, cfg)),
-        "ort quantize_static": (d / "ort-static.onnx", "onnx-qdq", ort,
-                                lambda o: ort_static(paths["model"], paths["calib"], o)),
-        "nncf transformer": (d / "nncf-transformer.xml", "openvino-ir", ov,
-                             lambda o: nncf_transformer(paths["model"], paths["calib"], o)),
-    }  # fmt: skip
-    for label, (out, fmt, b, make) in peers.items():
-        print(f"{label} ...", flush=True)
-        seconds[label] = make(out)
-        files = (out.name, out.with_suffix(".bin").name) if fmt == "openvino-ir" else (out.name,)
-        variant = label.replace(" + ", "-").replace(" ", "-")
-        cands.append(Candidate(label, b, Artifact(b.name, fmt, out.parent, files), variant=variant))
+    cands, seconds, _ = quantized_candidates(paths, paths["model"].parent / "runs", config())
     print(f"accuracy of {len(cands)} candidates ...", flush=True)
     fid, outs, _ = candidate_fidelity(paths["model"], paths["held"], cands, THREADS)
     with np.load(paths["held"]) as z:

@@ -35,6 +35,7 @@ import argparse
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,29 +152,24 @@ def nncf_transformer(model: Path, calib: Path, out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def run_model(
-    name: str,
-    length: int,
-    duration: float,
-    lengths: tuple[int, ...] = (),
-    batches: tuple[int, ...] = (1,),
-    sweep_s: float = 1.0,
-) -> dict[str, Any]:
+def quantized_candidates(
+    paths: dict[str, Path], d: Path, cfg: Any, tag: str = ""
+) -> tuple[list[Any], dict[str, float], Any]:
+    """From one model file and one calibration set: the float model in ONNX Runtime and
+    OpenVINO at each float precision, quantship's export for both, and every peer's
+    quantization, as candidates to measure side by side; with the seconds each
+    quantization took, and quantship's export result."""
     from quantship import api
     from quantship.backends import registry
     from quantship.backends.base import Artifact
-    from quantship.bench.run import Candidate, bench_candidates, float_candidates
-    from quantship.bench.timing import BenchSettings
-    from quantship.exporter.load import load_model
+    from quantship.bench.run import Candidate, float_candidates
     from quantship.exporter.manifest import artifacts_in
     from quantship.ui import UI
 
-    paths = prepare(name, length, 256, 64)
-    d = WORK / f"transformers-{name}-{length}" / "runs"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     seconds: dict[str, float] = {}
-    print(f"[{name}] quantship export (onnxruntime, openvino) ...", flush=True)
+    print(f"{tag}quantship export (onnxruntime, openvino) ...", flush=True)
     t0 = time.perf_counter()
     res = api.export(paths["model"], paths["calib"], d / "quantship", backends="onnxruntime,openvino",
                      held_out=paths["held"], samples=256, threads=THREADS, bench=False,
@@ -185,25 +181,42 @@ def run_model(
     for a in artifacts_in(d / "quantship", res.manifest):
         label = f"quantship {a.backend}"
         cands.append(Candidate(label, registry.get(a.backend), a, variant="quantship"))
-    peers = {
-        "ort quantize_dynamic": (d / "ort-dynamic.onnx", "onnx", ort),
-        "ort optimizer + quantize_dynamic": (d / "ort-optimized-dynamic.onnx", "onnx", ort),
-        "ort quantize_static": (d / "ort-static.onnx", "onnx-qdq", ort),
-        "nncf transformer": (d / "nncf-transformer.xml", "openvino-ir", ov),
-    }
-    for label, (out, fmt, b) in peers.items():
-        print(f"[{name}] {label} ...", flush=True)
-        if label == "ort quantize_dynamic":
-            seconds[label] = ort_dynamic(paths["model"], out)
-        elif label == "ort optimizer + quantize_dynamic":
-            seconds[label] = ort_optimized_dynamic(paths["model"], out, bert_config(name))
-        elif label == "ort quantize_static":
-            seconds[label] = ort_static(paths["model"], paths["calib"], out)
-        else:
-            seconds[label] = nncf_transformer(paths["model"], paths["calib"], out)
+    model, calib = paths["model"], paths["calib"]
+    peers: dict[str, tuple[Path, str, Any, Callable[[Path], float]]] = {
+        "ort quantize_dynamic": (d / "ort-dynamic.onnx", "onnx", ort,
+                                 lambda o: ort_dynamic(model, o)),
+        "ort optimizer + quantize_dynamic": (d / "ort-optimized-dynamic.onnx", "onnx", ort,
+                                             lambda o: ort_optimized_dynamic(model, o, cfg)),
+        "ort quantize_static": (d / "ort-static.onnx", "onnx-qdq", ort,
+                                lambda o: ort_static(model, calib, o)),
+        "nncf transformer": (d / "nncf-transformer.xml", "openvino-ir", ov,
+                             lambda o: nncf_transformer(model, calib, o)),
+    }  # fmt: skip
+    for label, (out, fmt, b, make) in peers.items():
+        print(f"{tag}{label} ...", flush=True)
+        seconds[label] = make(out)
         files = (out.name, out.with_suffix(".bin").name) if fmt == "openvino-ir" else (out.name,)
-        art = Artifact(b.name, fmt, out.parent, files)
-        cands.append(Candidate(label, b, art, variant=label.replace(" + ", "-").replace(" ", "-")))
+        variant = label.replace(" + ", "-").replace(" ", "-")
+        cands.append(Candidate(label, b, Artifact(b.name, fmt, out.parent, files), variant=variant))
+    return cands, seconds, res
+
+
+def run_model(
+    name: str,
+    length: int,
+    duration: float,
+    lengths: tuple[int, ...] = (),
+    batches: tuple[int, ...] = (1,),
+    sweep_s: float = 1.0,
+) -> dict[str, Any]:
+    from quantship.bench.run import bench_candidates
+    from quantship.bench.timing import BenchSettings
+    from quantship.exporter.load import load_model
+
+    paths = prepare(name, length, 256, 64)
+    cands, seconds, res = quantized_candidates(
+        paths, WORK / f"transformers-{name}-{length}" / "runs", bert_config(name), f"[{name}] "
+    )
     print(f"[{name}] fidelity of {len(cands)} candidates ...", flush=True)
     fid, _, _ = candidate_fidelity(paths["model"], paths["held"], cands, THREADS, pooling="mean")
     rows: dict[str, dict[str, Any]] = {}
