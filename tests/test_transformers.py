@@ -20,7 +20,7 @@ import families
 
 from quantship.backends import registry
 from quantship.backends.base import SessionSettings
-from quantship.backends.tensorrt_engine import engine_profiles, profile_shapes
+from quantship.backends.tensorrt_shapes import engine_profiles, profile_shapes
 from quantship.errors import BackendError
 from quantship.exporter.manifest import artifacts_in
 

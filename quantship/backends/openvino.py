@@ -41,7 +41,6 @@ activation dequantization must be per tensor):
 from __future__ import annotations
 
 import re
-import tempfile
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -50,7 +49,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from quantship.backends.attention import attention_products, not_attention_product
+from quantship.backends.attention import not_attention_product
 from quantship.backends.base import (
     Artifact,
     BaseBackend,
@@ -66,6 +65,11 @@ from quantship.backends.op_rules import (
     input_side_ops,
     kernels_note,
 )
+from quantship.backends.openvino_graph import (
+    avoid_midpoint_zero_point,
+    convert_model,
+    fuses_attention,
+)
 from quantship.backends.openvino_session import (
     OVSession,
     compile_config,
@@ -77,7 +81,6 @@ from quantship.backends.variants import ALL, PlanVariant
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError
 from quantship.exporter.load import FloatModel
-from quantship.exporter.onnx_file import save_model
 from quantship.types import Feed, Precision
 
 OV_OPS: dict[str, OpRule] = {
@@ -151,41 +154,6 @@ def static_shape_check(xml: Path, model: FloatModel) -> tuple[dict[str, str], st
     )
 
 
-def convert_onnx(src: Path, proto: onnx.ModelProto) -> Any:
-    """An ONNX file as an OpenVINO model: the ONNX frontend and the transformations
-    ``ov.convert_model`` applies to ONNX input (openvino.tools.ovc's ``moc_emit_ir``;
-    the weights come out byte-identical), without two things it also does. It sends
-    telemetry to Intel's analytics, forking this process once per event (33 forks in one
-    export, measured), which a tool run on users' models must not do. And it names the
-    ops it creates from a process-wide counter, so a second export in one process wrote
-    a different IR: those names are replaced by ones numbered in graph order."""
-    from openvino._offline_transformations import (
-        apply_moc_transformations,
-        compress_quantize_weights_transformation,
-    )
-    from openvino.frontend import FrontEndManager
-
-    fe = FrontEndManager().load_by_framework("onnx")
-    model = fe.convert(fe.load(str(src)))
-    apply_moc_transformations(model, cf=False, smart_reshape=True)
-    compress_quantize_weights_transformation(model)
-    given = {n.name for n in proto.graph.node} | {
-        t for n in proto.graph.node for t in (*n.input, *n.output)
-    }
-    given |= {t.name for t in proto.graph.initializer} | {i.name for i in proto.graph.input}
-    counts: Counter[str] = Counter()
-    for op in model.get_ordered_ops():
-        name = op.get_friendly_name()
-        auto = re.fullmatch(r"([A-Za-z][A-Za-z0-9]*)_\d+", name)
-        if auto and name not in given:
-            prefix = auto.group(1)
-            while f"{prefix}_{counts[prefix]}" in given:
-                counts[prefix] += 1
-            op.set_friendly_name(f"{prefix}_{counts[prefix]}")
-            counts[prefix] += 1
-    return model
-
-
 def int8_layers(compiled: Any) -> dict[str, dict[str, int]]:
     """From the plugin's runtime graph: how many Convolution / FullyConnected /
     MatMul layers run with 8-bit inputs."""
@@ -207,83 +175,6 @@ def int8_layers(compiled: Any) -> dict[str, dict[str, int]]:
         if prec.lower() in ("i8", "u8"):
             c["integer"] += 1
     return counts
-
-
-_FUSES: dict[str, bool] = {}
-
-
-def avoid_midpoint_zero_point(
-    plan: QuantPlan, model: FloatModel, hoist: frozenset[str] = frozenset()
-) -> QuantPlan:
-    """No uint8 zero point of exactly 128 on an input of a product of two activations:
-    OpenVINO 2025's CPU plugin fails to compile such a model ("Check
-    'convert->constant_fold(…)' failed at src/core/src/pass/constant_folding.cpp:71").
-    Found with --method entropy on the MiniLM-shaped encoder, its attention products
-    quantized: one tensor (a layer's scaled query) with zero point 128 failed it, and
-    126, 127, 129 or 130 at the same scale compiled. Such a tensor gets zero point 127
-    and its scale × 128/127, which keeps every value of the old grid's range inside
-    the new one. Quantization moved above data movement (``hoist``: a fused QKV's
-    Split) reaches the products through it."""
-    view = model.view()
-    nodes = view.nodes
-
-    def activation_product(node: int, depth: int = 0) -> bool:
-        n = nodes[node]
-        if n.op_type in hoist and depth < 4:
-            return any(
-                activation_product(u.node, depth + 1) for o in n.output for u in view.consumers(o)
-            )
-        return n.op_type == "MatMul" and not any(view.is_constant(i) for i in n.input)
-
-    acts = []
-    changed = False
-    for a in plan.activations:
-        p = a.params
-        if (
-            p.dtype == "uint8"
-            and p.axis is None
-            and int(p.zero_point) == 128
-            and any(activation_product(u.node) for u in a.uses)
-        ):
-            p = replace(p, zero_point=np.asarray(127), scale=np.asarray(p.scale * (128 / 127)))
-            a = replace(a, params=p)
-            changed = True
-        acts.append(a)
-    return replace(plan, activations=tuple(acts)) if changed else plan
-
-
-def fuses_attention(model: FloatModel) -> bool:
-    """Whether keeping attention products float buys a fused kernel: True where the
-    model has no attention products, or where OpenVINO's conversion turns its float
-    attention blocks into ScaledDotProductAttention. It does for the PP-OCR-style
-    recogniser's blocks; it does not for Hugging Face BERT as exported with its mask
-    (MiniLM- and BERT-base-shaped, OpenVINO 2025), and its CPU plugin then runs the
-    products as plain bf16 MatMuls: on the MiniLM-shaped encoder at 384 tokens the
-    rule plan took 34.1 ms against NNCF's 26.5, NNCF quantizing them
-    (benchmarks/transformer_encoders.py). Converting costs about a second for MiniLM;
-    it is done once per model."""
-    if not attention_products(model.view()):
-        return True
-    if model.sha256 not in _FUSES:
-        try:
-            ops = {o.get_type_name() for o in _convert(model.proto, model).get_ordered_ops()}
-        except BackendError:
-            ops = {"ScaledDotProductAttention"}  # cannot tell: keep the blocks whole
-        _FUSES[model.sha256] = "ScaledDotProductAttention" in ops
-    return _FUSES[model.sha256]
-
-
-def _convert(qdq: onnx.ModelProto, model: FloatModel) -> Any:
-    """The QDQ model as an OpenVINO model, through a file (external weights beside it)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "model.qdq.onnx"
-        save_model(qdq, src, model.weights_dir)
-        try:
-            return convert_onnx(src, qdq)
-        except Exception as e:
-            raise BackendError(
-                f"OpenVINO cannot convert the QDQ model: {str(e).splitlines()[0]}"
-            ) from None
 
 
 class OpenVINOBackend(BaseBackend):
@@ -362,7 +253,7 @@ class OpenVINOBackend(BaseBackend):
         rel = f"{self.name}/model.int8.xml"
         xml = out_dir / rel
         xml.parent.mkdir(parents=True, exist_ok=True)
-        ov_model = _convert(qdq, model)
+        ov_model = convert_model(qdq, model)
         ov.save_model(ov_model, str(xml), compress_to_fp16=False)
         del ov_model  # the IR on disk is what is checked and compiled from here on
         text = xml.read_text(encoding="utf-8")
@@ -422,7 +313,7 @@ class OpenVINOBackend(BaseBackend):
         self, qdq: onnx.ModelProto, model: FloatModel, settings: SessionSettings
     ) -> OVSession:
         """The QDQ model converted as ``compile`` converts it, compiled in memory."""
-        ov_model = _convert(qdq, model)
+        ov_model = convert_model(qdq, model)
         # Dynamic shapes: the guard runs batches of varying size, and a static batch
         # can meet OpenVINO 2026.4's snippets bug (see static_shape_check).
         return OVSession(ov_model, settings, static=False)

@@ -45,11 +45,10 @@ from quantship.backends.tensorrt_engine import (
     FloatEngineSession,
     TensorRTSession,
     build_engine,
-    engine_inputs,
-    engine_profiles,
     engine_unavailable,
     fastest_float_layers,
 )
+from quantship.backends.tensorrt_shapes import engine_inputs, engine_profiles
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError
 from quantship.exporter.load import FloatModel

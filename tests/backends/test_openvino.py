@@ -204,7 +204,7 @@ def test_attention_products_stay_float_so_openvino_fuses_the_block(tmp_path: Pat
 
     import torch
 
-    from quantship.backends.openvino import _convert
+    from quantship.backends.openvino_graph import convert_model as _convert
     from quantship.calibration.runner import calibrate
     from quantship.calibration.sources import open_data
     from quantship.exporter.load import load_model
@@ -270,7 +270,7 @@ def test_attention_products_are_quantized_where_openvino_does_not_fuse_them(
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "corpus"))
     import families
 
-    from quantship.backends.openvino import fuses_attention
+    from quantship.backends.openvino_graph import fuses_attention
     from quantship.calibration.runner import calibrate
     from quantship.calibration.sources import open_data
     from quantship.exporter.load import load_model
@@ -288,7 +288,7 @@ def test_attention_products_are_quantized_where_openvino_does_not_fuse_them(
     # such a model): moved to 127, the scale widened so the old range still fits.
     from dataclasses import replace
 
-    from quantship.backends.openvino import avoid_midpoint_zero_point
+    from quantship.backends.openvino_graph import avoid_midpoint_zero_point
 
     view = fm.view()
     i = next(

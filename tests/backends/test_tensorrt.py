@@ -240,7 +240,7 @@ def test_engine_profile_bounds_every_dynamic_dimension() -> None:
     """TensorRT needs a profile for any input with a dynamic dimension: a dynamic batch
     spans 1 … max_batch; a fixed batch stays fixed; a sequence length is bounded at the
     calibration sample's size."""
-    from quantship.backends.tensorrt_engine import profile_shapes
+    from quantship.backends.tensorrt_shapes import profile_shapes
 
     seq = {"name": "ids", "shape": [None, None], "profile": [None, 16]}
     assert profile_shapes(seq, 8) == ([1, 16], [1, 16], [8, 16])
@@ -324,7 +324,7 @@ def test_engine_profile_reads_layer_times_and_the_inspector() -> None:
 def test_engine_profiles_span_the_calibrated_lengths_or_the_given_shapes() -> None:
     """Pure functions: no TensorRT needed. A sequence axis spans the calibration data's
     sizes, widened to the example's; --shapes replaces them, checked."""
-    from quantship.backends.tensorrt_engine import engine_profiles, profile_shapes
+    from quantship.backends.tensorrt_shapes import engine_profiles, profile_shapes
     from quantship.errors import BackendError
 
     ids = {"name": "ids", "shape": [None, None], "profile": [None, 64], "min": [None, 8],
