@@ -231,11 +231,10 @@ class OpenVINOBackend(BaseBackend):
                         "INT8", self, symmetric_inputs=ALL, int8_nodes=ALL),
             PlanVariant("concat-requantized", "quantization not moved above Concat",
                         type(self)(replace(r, hoist=r.hoist - {"Concat"}))),
-            # OpenVINO does not fuse every attention graph into ScaledDotProductAttention
-            # (not Hugging Face BERT's as exported here); then its two products run as
-            # plain MatMuls, in bf16/fp32 unless quantized. On a MiniLM-shaped encoder at
-            # 384 tokens NNCF, which quantizes them, took 26.5 ms against the rule plan's
-            # 34.1 (benchmarks/transformer_encoders.py); at 128 tokens they were level.
+            # Attention products in INT8 even where OpenVINO fuses the float block into
+            # ScaledDotProductAttention (where it does not, the rule plan quantizes them
+            # already: openvino_graph.fuses_attention), for the search to measure: the
+            # fused kernel won on the PP-OCR-style recogniser, but that is one model.
             PlanVariant("attention-int8", "attention's score and context products in INT8",
                         type(self)(replace(r, ops={**r.ops, "MatMul": input_side_ops()["MatMul"]}))),
         )  # fmt: skip
