@@ -163,9 +163,8 @@ def _at_length(inputs: Sequence[InputSpec], sample: Feed, length: int) -> Feed:
         if a is None:
             continue
         for axis, d in enumerate(spec.shape):
-            if axis and d is None and axis < a.ndim and a.shape[axis] != length:
-                reps = -(-length // max(a.shape[axis], 1))
-                a = np.take(np.concatenate([a] * reps, axis=axis), range(length), axis=axis)
+            if axis and d is None and axis < a.ndim and 0 < a.shape[axis] != length:
+                a = np.take(a, np.arange(length) % a.shape[axis], axis=axis)
         out[spec.name] = np.ascontiguousarray(a)
     return out
 

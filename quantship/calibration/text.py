@@ -136,12 +136,12 @@ def text_data(
     tok, limit, desc = load_tokenizer(Path(opts.tokenizer))
     lines = lines_of(path, role)
     ids_spec = next(i for i in inputs if i.name == "input_ids")
-    fixed = ids_spec.shape[1] if len(ids_spec.shape) == 2 else None
     if len(ids_spec.shape) != 2:
         raise DataError(
             f"{role} data '{path}' is text: input_ids must be (batch, sequence); the model's is "
             f"{ids_spec.shape_str()}"
         )
+    fixed = ids_spec.shape[1]
     notes = []
     pad_id = _pad_id(tok)  # before no_padding(), which forgets the folder's own
     tok.no_padding()
