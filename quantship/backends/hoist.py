@@ -3,6 +3,9 @@ int8 data and needs no requantization after them (``Rules.hoist``)."""
 
 from __future__ import annotations
 
+import numpy as np
+import onnx
+
 from quantship.backends.plan_types import PlanOptions, Use
 from quantship.calibration.table import CalibrationTable
 from quantship.exporter.graph import GraphView
@@ -51,3 +54,70 @@ def hoist(
             changed = True
             break
     return share
+
+
+def _movable_slot(view: GraphView, node: onnx.NodeProto, ops: frozenset[str]) -> int | None:
+    """The data input quantization can move above ``node`` through, or None: Reshape
+    and Transpose move values; a Mul or Div by a positive scalar constant scales the
+    grid, and a grid above it scaled by the constant is the same grid."""
+    if node.op_type not in ops or not node.input:
+        return None
+    if node.op_type in ("Mul", "Div"):
+        if len(node.input) != 2:
+            return None
+        slots = [s for s in (0, 1) if not view.is_constant(node.input[s])]
+        if len(slots) != 1 or (node.op_type == "Div" and slots[0] != 0):
+            return None
+        c = view.constant_value(node.input[1 - slots[0]])
+        if c is None or c.size != 1 or not np.isfinite(c).all() or float(c.reshape(())) <= 0:
+            return None
+        return slots[0]
+    return 0
+
+
+def hoist_to_products(
+    through: dict[str, set[Use]],
+    view: GraphView,
+    table: CalibrationTable,
+    ops: frozenset[str],
+    options: PlanOptions,
+) -> set[str]:
+    """Move the quantization of an activation-by-activation product's input (an
+    attention block's query, key or value) above the data movement and scaling between
+    it and the layer that computes it (``ops``: Reshape, Transpose, Mul by a scalar),
+    onto that layer's output, where a runtime fuses it into the layer as an int8
+    output. Only where every consumer of what it moves through reads the quantized
+    value (shape queries aside), so no float reader gets int8 data.
+
+    Returns the tensors that now carry a product input's quantization: the moved ones,
+    and the inputs that stayed where they were."""
+    roots: set[str] = set()
+    for t in sorted(through):
+        uses = through.get(t)
+        if not uses or not all(_is_product(view, u.node) for u in uses):
+            continue
+        cur = t
+        while True:
+            p = view.producer.get(cur)
+            if p is None or view.node_name(p) in options.float_nodes:
+                break
+            slot = _movable_slot(view, view.nodes[p], ops)
+            if slot is None:
+                break
+            x = view.nodes[p].input[slot]
+            if not view.is_float(x) or x not in table or not table[x].count:
+                break
+            readers = {(u.node, u.slot) for u in view.consumers(cur)
+                       if view.nodes[u.node].op_type != "Shape"}  # fmt: skip
+            if readers != {(u.node, u.slot) for u in through[cur]}:
+                break
+            del through[cur]
+            through.setdefault(x, set()).add(Use(p, slot))
+            cur = x
+        roots.add(cur)
+    return roots
+
+
+def _is_product(view: GraphView, node: int) -> bool:
+    n = view.nodes[node]
+    return n.op_type == "MatMul" and not any(view.is_constant(x) for x in n.input)

@@ -1,22 +1,18 @@
-"""OpenVINO's view of an ONNX model: converting it as ``ov.convert_model`` would, what
-the conversion shows about a float model (whether its attention becomes one fused
-kernel), and the plan fix-ups the CPU plugin needs (no zero point of 128 on an
-activation-by-activation product)."""
+"""OpenVINO's view of an ONNX model: converting it as ``ov.convert_model`` would, and
+what the conversion shows about a float model (whether its attention becomes one
+fused kernel)."""
 
 from __future__ import annotations
 
 import re
 import tempfile
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
 from quantship.backends.attention import attention_products
-from quantship.backends.base import QuantPlan
 from quantship.errors import BackendError
 from quantship.exporter.load import FloatModel
 from quantship.exporter.onnx_file import save_model
@@ -58,46 +54,6 @@ def convert_onnx(src: Path, proto: onnx.ModelProto) -> Any:
 
 
 _FUSES: dict[str, bool] = {}
-
-
-def avoid_midpoint_zero_point(
-    plan: QuantPlan, model: FloatModel, hoist: frozenset[str] = frozenset()
-) -> QuantPlan:
-    """No uint8 zero point of exactly 128 on an input of a product of two activations:
-    OpenVINO 2025's CPU plugin fails to compile such a model ("Check
-    'convert->constant_fold(…)' failed at src/core/src/pass/constant_folding.cpp:71").
-    Found with --method entropy on the MiniLM-shaped encoder, its attention products
-    quantized: one tensor (a layer's scaled query) with zero point 128 failed it, and
-    126, 127, 129 or 130 at the same scale compiled. Such a tensor gets zero point 127
-    and its scale × 128/127, which keeps every value of the old grid's range inside
-    the new one. Quantization moved above data movement (``hoist``: a fused QKV's
-    Split) reaches the products through it."""
-    view = model.view()
-    nodes = view.nodes
-
-    def activation_product(node: int, depth: int = 0) -> bool:
-        n = nodes[node]
-        if n.op_type in hoist and depth < 4:
-            return any(
-                activation_product(u.node, depth + 1) for o in n.output for u in view.consumers(o)
-            )
-        return n.op_type == "MatMul" and not any(view.is_constant(i) for i in n.input)
-
-    acts = []
-    changed = False
-    for a in plan.activations:
-        p = a.params
-        if (
-            p.dtype == "uint8"
-            and p.axis is None
-            and int(p.zero_point) == 128
-            and any(activation_product(u.node) for u in a.uses)
-        ):
-            p = replace(p, zero_point=np.asarray(127), scale=np.asarray(p.scale * (128 / 127)))
-            a = replace(a, params=p)
-            changed = True
-        acts.append(a)
-    return replace(plan, activations=tuple(acts)) if changed else plan
 
 
 def fuses_attention(model: FloatModel) -> bool:

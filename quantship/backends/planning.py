@@ -44,7 +44,7 @@ from quantship.backends.base import (
     QuantPlan,
     Use,
 )
-from quantship.backends.hoist import hoist
+from quantship.backends.hoist import hoist, hoist_to_products
 from quantship.backends.masks import masked_softmax_region, value_problem
 from quantship.calibration.methods import activation_params
 from quantship.calibration.qparams import (
@@ -95,6 +95,11 @@ class Rules:
     # Data-movement ops the quantization of their consumers is moved above, onto their
     # inputs, so the runtime moves int8 data and needs no requantization after them.
     hoist: frozenset[str] = frozenset()
+    # Ops the quantization of an activation-by-activation product's input moves above,
+    # onto the layer computing it (hoist.hoist_to_products): Reshape, Transpose, Mul.
+    product_hoist: frozenset[str] = frozenset()
+    # A product's signed inputs int8 symmetric (non-negative ones stay uint8 from 0).
+    symmetric_products: bool = False
     # Ops quantized only in the nodes ``PlanOptions.int8_nodes`` names.
     optional: Mapping[str, OpRule] = field(default_factory=dict)
 
@@ -253,6 +258,9 @@ def make_plan(
     tie: dict[str, str] = {}
     if rules.hoist:
         tie.update(hoist(through, view, table, rules.hoist, options))
+    product_roots: set[str] = set()
+    if rules.product_hoist or rules.symmetric_products:
+        product_roots = hoist_to_products(through, view, table, rules.product_hoist, options)
 
     transparent: list[int] = []
     for idx, node in enumerate(view.nodes):  # ONNX graphs are topologically sorted
@@ -292,7 +300,9 @@ def make_plan(
         if root not in params:
             dtype: QDType
             symmetric = rules.symmetric
-            if root in sym_roots:
+            if root in sym_roots or (
+                rules.symmetric_products and root in product_roots and table[root].min < 0
+            ):
                 dtype, symmetric = "int8", True
             elif rules.act_dtype == "auto":
                 dtype = "uint8" if table[root].min >= 0 else "int8"

@@ -263,7 +263,10 @@ def test_attention_products_are_quantized_where_openvino_does_not_fuse_them(
     tmp_path: Path,
 ) -> None:
     """Hugging Face BERT with its attention mask: OpenVINO converts its attention into
-    plain MatMuls, not ScaledDotProductAttention, so the products are quantized."""
+    plain MatMuls, not ScaledDotProductAttention, so the products are quantized, and
+    run on OpenVINO's integer MatMul kernel: their signed inputs (query, key, value)
+    int8 symmetric and quantized where the projections compute them, above the
+    reshapes, transposes and scaling between; the Softmax's output uint8 from 0."""
     pytest.importorskip("transformers")
     import sys
 
@@ -283,29 +286,24 @@ def test_attention_products_are_quantized_where_openvino_does_not_fuse_them(
     assert not any("product" in f.reason for f in plan.float_nodes)
     products = [n for n in plan.quantized_nodes if "/self/MatMul" in n]
     assert len(products) == 2 * 2  # scores and context, in both layers
-    # A model whose attention OpenVINO fuses keeps them float: the test above.
-    # No zero point of 128 on a product's activation input (OpenVINO fails to compile
-    # such a model): moved to 127, the scale widened so the old range still fits.
-    from dataclasses import replace
-
-    from quantship.backends.openvino_graph import avoid_midpoint_zero_point
-
     view = fm.view()
-    i = next(
-        k
-        for k, a in enumerate(plan.activations)
-        if any(view.nodes[u.node].name.endswith("self/MatMul") for u in a.uses)
-    )
-    a = plan.activations[i]
-    forced = replace(a, params=replace(a.params, zero_point=np.asarray(128)))
-    acts = (*plan.activations[:i], forced, *plan.activations[i + 1 :])
-    fixed = avoid_midpoint_zero_point(replace(plan, activations=acts), fm)
-    got = fixed.activations[i].params
-    assert int(got.zero_point) == 127
-    assert float(got.scale) == pytest.approx(float(a.params.scale) * 128 / 127, rel=1e-6)
-    lo, hi = -128 * float(a.params.scale), 127 * float(a.params.scale)
-    assert -127 * float(got.scale) <= lo + 1e-12 and 128 * float(got.scale) >= hi - 1e-12
-    assert fixed.activations[:i] == plan.activations[:i]
+    ops = {view.nodes[u.node].op_type for a in plan.activations for u in a.uses}
+    moved = [a for a in plan.activations
+             if {view.nodes[u.node].op_type for u in a.uses} <= {"Reshape", "Transpose"}]  # fmt: skip
+    # Query, key and value of both layers, each on its projection's output.
+    assert len(moved) == 3 * 2, ops
+    for a in moved:
+        assert view.nodes[view.producer[a.tensor]].op_type in ("Add", "MatMul")
+        assert a.params.dtype == "int8" and int(a.params.zero_point) == 0
+    soft = [a for a in plan.activations
+            if any(view.nodes[u.node].name.endswith("self/MatMul_1") and u.slot == 0
+                   for u in a.uses)]  # fmt: skip
+    assert len(soft) == 2
+    assert all(a.params.dtype == "uint8" and int(a.params.zero_point) == 0 for a in soft)
+    res = api.export(fam.model, fam.calib, tmp_path / "o", backends="openvino", bench=False,
+                     samples=16)  # fmt: skip
+    (entry,) = res.manifest["artifacts"]
+    assert entry["metadata"]["integer_kernels"]["MatMul"] == {"total": 4, "integer": 4}
 
 
 def test_matmul_and_gemm_weights_of_one_width_both_run_int8(tmp_path: Path) -> None:
