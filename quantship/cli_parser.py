@@ -223,8 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="LIST",
         help="pre-quantization algorithms, comma-separated: cle (cross-layer equalization), "
-        "smoothquant (LayerNorm-fed matrix products), adaround (learned weight rounding, "
-        "needs torch), bias-correction; or a preset: none (default: none)",
+        "smoothquant (the activations of matrix products with weights), adaround (learned "
+        "weight rounding, needs torch), bias-correction; or a preset: none, auto "
+        "(smoothquant for models with attention blocks; the default)",
     )
     e.add_argument(
         "--max-drop",

@@ -24,6 +24,8 @@ class ModelEdit:
         self._read: dict[str, npt.NDArray[Any]] = {}
         self.nodes: dict[int, onnx.NodeProto] = {}
         self.added: list[str] = []  # new initializers, in the order made
+        self.inserted: list[tuple[int, onnx.NodeProto]] = []  # new nodes, before node idx
+        self.value_info: list[onnx.ValueInfoProto] = []  # of the new nodes' outputs
 
     def node(self, idx: int) -> onnx.NodeProto:
         """The node as edited so far."""
@@ -87,9 +89,56 @@ class ModelEdit:
     def replace_node(self, idx: int, node: onnx.NodeProto) -> None:
         self.nodes[idx] = node
 
+    def unique_name(self, name: str) -> str:
+        """``name``, or ``name_k``: no tensor or node of the model has it."""
+        taken = {*self.view.initializers, *self.view.producer, *self.added,
+                 *(o for _, n in self.inserted for o in (*n.output, n.name)),
+                 *(n.name for n in self.view.nodes)}  # fmt: skip
+        unique, k = name, 1
+        while unique in taken:
+            unique, k = f"{name}_{k}", k + 1
+        return unique
+
+    def insert_mul(self, tensor: str, before: int, factor: npt.NDArray[Any], name: str) -> str:
+        """A new ``Mul(tensor, factor)`` node placed before node ``before`` (which
+        must come after ``tensor``'s producer); returns its output's name."""
+        const = self.unique_name(f"{name}.factor")
+        self.added.append(const)
+        self.set(const, factor)
+        out = self.unique_name(f"{name}_output_0")
+        node = helper.make_node("Mul", [tensor, const], [out], name=self.unique_name(name))
+        self.inserted.append((before, node))
+        # Its type and shape are the tensor's (``factor`` broadcasts over the last axis).
+        known = {
+            v.name: v
+            for v in (
+                *self.fm.proto.graph.value_info,
+                *self.fm.proto.graph.input,
+                *self.fm.proto.graph.output,
+            )
+        }
+        info = onnx.ValueInfoProto()
+        if tensor in known:
+            info.CopyFrom(known[tensor])
+        else:
+            info.CopyFrom(
+                helper.make_tensor_value_info(
+                    tensor, self.view.elem_type.get(tensor, onnx.TensorProto.FLOAT), None
+                )
+            )
+        info.name = out
+        self.value_info.append(info)
+        return out
+
+    def set_node_input(self, idx: int, slot: int, tensor: str) -> None:
+        new = onnx.NodeProto()
+        new.CopyFrom(self.node(idx))
+        new.input[slot] = tensor
+        self.nodes[idx] = new
+
     def apply(self, note: str) -> FloatModel:
         """A copy of the model with the changes; an unchanged model as it is."""
-        if not (self.values or self.nodes):
+        if not (self.values or self.nodes or self.inserted):
             return self.fm
         proto = onnx.ModelProto()
         proto.CopyFrom(self.fm.proto)
@@ -100,6 +149,14 @@ class ModelEdit:
         g.initializer.extend(numpy_helper.from_array(self.values[n], n) for n in self.added)
         for idx, node in self.nodes.items():
             g.node[idx].CopyFrom(node)
+        if self.inserted:
+            before: dict[int, list[onnx.NodeProto]] = {}
+            for idx, node in self.inserted:
+                before.setdefault(idx, []).append(node)
+            nodes = [n for i, old in enumerate(g.node) for n in (*before.get(i, []), old)]
+            del g.node[:]
+            g.node.extend(nodes)
+            g.value_info.extend(self.value_info)
         return dataclasses.replace(self.fm, proto=proto, notes=(*self.fm.notes, note))
 
 

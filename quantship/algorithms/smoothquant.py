@@ -1,4 +1,4 @@
-"""SmoothQuant (Xiao et al., ICML 2023) for matrix products fed by a LayerNorm.
+"""SmoothQuant (Xiao et al., ICML 2023) for matrix products with a constant weight.
 
 Transformer activations carry a few channels with outliers 10–100× the others; one
 per-tensor int8 scale for such an activation leaves the other channels a handful of
@@ -6,11 +6,16 @@ levels. Dividing input channel ``j`` by ``s_j`` and multiplying the weight's row
 by it keeps ``X · W`` unchanged and moves the difficulty into the weights, which are
 quantized per output channel. ``s_j = max|X_j|^α / max|W_j|^(1−α)``.
 
-Here the division is folded into the LayerNorm that produces ``X`` (its scale and
-bias), so the runtime runs no extra op; every consumer of that LayerNorm must be a
-matrix product with a constant weight (a transformer's Q/K/V projections share one),
-and they share ``s``. ``α`` is chosen per LayerNorm from ``ALPHAS`` (or smoothing is
-left off) by the error of the INT8 product on calibration rows: ``‖XW − Q(X/s)·Q(sW)‖``.
+Every tensor read by such products (a transformer's Q/K/V projections share one) is a
+group, and its products share ``s``. Where a LayerNorm produces it and only the
+products read it, the division is folded into the LayerNorm's scale and bias, so the
+runtime runs no extra op. Elsewhere (a LayerNorm whose output the residual also reads,
+a GELU's output, the attention context) one ``Mul`` by ``1/s`` is inserted on the
+products' side: what else reads the tensor reads it unchanged. NNCF's SmoothQuant
+for transformers places the same kind of Mul before the same four products of a BERT
+layer (read from its OpenVINO IR). ``α`` is chosen per group from ``ALPHAS`` (or
+smoothing is left off) by the error of the INT8 product on calibration rows:
+``‖XW − Q(X/s)·Q(sW)‖``.
 """
 
 from __future__ import annotations
@@ -27,56 +32,64 @@ from quantship.calibration.qparams import dequantize, params_from_range, quantiz
 from quantship.exporter.load import FloatModel
 from quantship.ui import SILENT, UI
 
-ALPHAS = (0.25, 0.4, 0.5, 0.6, 0.75)
+ALPHAS = (0.25, 0.4, 0.5, 0.6, 0.75, 0.85, 0.95)
 ROWS = 2048  # calibration rows (tokens) each α is judged on
 SAMPLES = 32
 
 
 @dataclass(frozen=True)
 class Group:
-    norm: int  # the LayerNormalization node
-    tensor: str  # its output
+    tensor: str  # the activation the products read
     products: tuple[tuple[int, str, bool], ...]  # (node, weight name, transposed)
+    norm: int | None  # the LayerNormalization to fold ``1/s`` into, or None: a Mul
 
 
 @dataclass(frozen=True)
 class SmoothReport:
     groups: int
     smoothed: int
-    alphas: dict[str, float]  # LayerNorm → α chosen (smoothed ones only)
+    alphas: dict[str, float]  # activation → α chosen (smoothed ones only)
     error_ratio: float  # mean over smoothed groups: error after / before
+    # The activations whose values changed (the new Mul outputs, the LayerNorms folded
+    # into); every other tensor of the model computes what it did.
+    changed: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"layernorms": self.groups, "smoothed": self.smoothed,
+        return {"groups": self.groups, "smoothed": self.smoothed,
                 "alphas": dict(sorted(self.alphas.items())),
                 "error_ratio": round(self.error_ratio, 4)}  # fmt: skip
 
 
 def find_groups(edit: ModelEdit) -> list[Group]:
+    """Per activation read by matrix products with a constant 2-D weight of their own
+    (MatMul's B, Gemm's B without transA): those products, and the LayerNorm to fold
+    into where it produces the activation and nothing else reads it."""
     view = edit.view
     out: list[Group] = []
-    for i, n in enumerate(view.nodes):
-        if n.op_type != "LayerNormalization" or len(n.input) < 2 or not n.output:
+    for t in sorted(view.data, key=lambda x: view.producer.get(x, -1)):
+        if not view.is_float(t) or t in view.outputs:
             continue
-        params = [x for x in n.input[1:3] if x]
-        if any(x not in view.initializers for x in params):
-            continue
-        t = n.output[0]
         uses = view.consumers(t)
-        if not uses or t in view.outputs:
-            continue
         prods = []
         for u in uses:
             p = view.nodes[u.node]
+            if u.slot != 0 or p.op_type not in ("MatMul", "Gemm"):
+                continue
+            attrs = {a.name: a.i for a in p.attribute}
             w = edit.weight(p, 1)
-            trans = p.op_type == "Gemm" and any(a.name == "transB" and a.i for a in p.attribute)
-            if u.slot != 0 or p.op_type not in ("MatMul", "Gemm") or w is None:
-                break
-            if edit.value(w).ndim != 2:
-                break
-            prods.append((u.node, w, trans))
-        else:
-            out.append(Group(i, t, tuple(prods)))
+            if w is None or attrs.get("transA", 0) or edit.value(w).ndim != 2:
+                continue
+            prods.append((u.node, w, bool(attrs.get("transB", 0))))
+        if not prods:
+            continue
+        norm = view.producer.get(t)
+        foldable = (
+            norm is not None
+            and len(prods) == len(uses)
+            and view.nodes[norm].op_type == "LayerNormalization"
+            and all(x in view.initializers for x in view.nodes[norm].input[1:3] if x)
+        )
+        out.append(Group(t, tuple(prods), norm if foldable else None))
     return out
 
 
@@ -90,6 +103,7 @@ def smooth(
     rows = _collect(fm, data, [g.tensor for g in groups], samples, ui)
     alphas: dict[str, float] = {}
     ratios: list[float] = []
+    changed: list[str] = []
     for g in groups:
         x = rows[g.tensor]
         ws = [edit.value(w).T if tr else edit.value(w) for _, w, tr in g.products]  # K × N
@@ -104,19 +118,28 @@ def smooth(
         if best_alpha is None:
             continue
         s = _scales(x, w_all, best_alpha)
-        for slot in (1, 2):  # LayerNorm's scale and bias, made its own if shared
-            name = edit.own(g.norm, slot)
-            if name is not None:
-                edit.set(name, edit.value(name) / s)
+        if g.norm is not None:
+            changed.append(g.tensor)
+            for slot in (1, 2):  # LayerNorm's scale and bias, made its own if shared
+                name = edit.own(g.norm, slot)
+                if name is not None:
+                    edit.set(name, edit.value(name) / s)
+        else:
+            first = min(n for n, _, _ in g.products)
+            smoothed = edit.insert_mul(g.tensor, first, 1.0 / s,
+                                       f"{edit.view.node_name(first)}/smoothquant")  # fmt: skip
+            changed.append(smoothed)
+            for n, _, _ in g.products:
+                edit.set_node_input(n, 0, smoothed)
         for _, w, tr in g.products:
             v = edit.value(w)
             edit.set(w, v * s[None, :] if tr else v * s[:, None])
-        alphas[edit.view.node_name(g.norm)] = best_alpha
+        alphas[g.tensor] = best_alpha
         ratios.append(best / base if base > 0 else 1.0)
     report = SmoothReport(len(groups), len(alphas), alphas,
-                          float(np.mean(ratios)) if ratios else 1.0)  # fmt: skip
+                          float(np.mean(ratios)) if ratios else 1.0, tuple(changed))  # fmt: skip
     return edit.apply(
-        f"SmoothQuant: {report.smoothed} of {report.groups} LayerNorm(s) smoothed"
+        f"SmoothQuant: {report.smoothed} of {report.groups} product input(s) smoothed"
     ), report
 
 

@@ -22,7 +22,7 @@ that names the output and the samples.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,10 +238,14 @@ def calibrate(
     start: int = 0,
     histograms: bool = True,
     batch_size: int | None = None,
+    only: Collection[str] | None = None,
     ui: UI = SILENT,
 ) -> CalibrationTable:
-    """Statistics of every data tensor over data samples ``start … start+samples``."""
+    """Statistics of every data tensor (or of those of them in ``only``) over data
+    samples ``start … start+samples``."""
     tensors = observed_tensors(model)
+    if only is not None:
+        tensors = [t for t in tensors if t in only]
     if not tensors:
         raise ModelError("the model has no float activations to calibrate")
     fixed_batch = model.fixed_batch

@@ -300,7 +300,7 @@ def build(
     from quantship.exporter.pipeline import build_artifact
     from quantship.guard import Evaluator, held_feeds, held_labels, load_metric
 
-    algos = Algorithms.parse(opts.algorithms)
+    algos = Algorithms.parse(opts.algorithms).for_model(loaded.fm, loaded.data is not None)
     held = loaded.held
     # What INT8 is made from: the prepared model, changed by the algorithms asked for.
     fm, table, algo_report = before_planning(

@@ -74,7 +74,8 @@ def _load_and_calibrate(tmp_path: Path, model: onnx.ModelProto) -> tuple[Any, An
 
 def test_parse_names_presets_and_typos() -> None:
     assert Algorithms.parse("bias-correction,cle").names == ("cle", "bias-correction")
-    assert Algorithms.parse(None).names == () and Algorithms.parse("none").names == ()
+    assert Algorithms.parse("none").names == () and not Algorithms.parse("none").auto
+    assert Algorithms.parse(None) == Algorithms.parse("auto") == Algorithms((), auto=True)
     with pytest.raises(QuantshipError, match=r"unknown algorithm 'cel'.*did you mean 'cle'"):
         Algorithms.parse("cel")
 
@@ -209,9 +210,11 @@ def test_bias_correction_in_export_is_recorded_and_deterministic(tmp_path: Path)
     assert a["fidelity"]["cosine"] > p["fidelity"]["cosine"]
 
 
-def outliers(seed: int = 0) -> onnx.ModelProto:
+def outliers(seed: int = 0, residual: bool = False) -> onnx.ModelProto:
     """x → LayerNorm (two channels scaled ×40: activation outliers) → two MatMuls (the
-    Q and K projections of an attention block) → Add."""
+    Q and K projections of an attention block) → Add; with ``residual``, the
+    LayerNorm's output is also added to the output (through a third product of the
+    same width) as a residual path reads it."""
     rng = np.random.default_rng(seed)
     d, h = 32, 48
     gamma = np.ones(d, np.float32)
@@ -228,6 +231,14 @@ def outliers(seed: int = 0) -> onnx.ModelProto:
         helper.make_node("MatMul", ["n", "wk"], ["k"], name="proj_k"),
         helper.make_node("Add", ["q", "k"], ["y"], name="add"),
     ]
+    if residual:
+        h = d
+        inits[2:] = [
+            numpy_helper.from_array((rng.standard_normal((d, h)) * 0.2).astype(np.float32), w)
+            for w in ("wq", "wk")
+        ]
+        nodes[-1] = helper.make_node("Add", ["q", "k"], ["qk"], name="add")
+        nodes.append(helper.make_node("Add", ["qk", "n"], ["y"], name="residual"))
     graph = helper.make_graph(
         nodes, "outliers",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, d])],
@@ -260,6 +271,40 @@ def test_smoothquant_folds_into_the_layernorm_and_pays(tmp_path: Path) -> None:
         (a,) = res.manifest["artifacts"]
         err[algos] = 1 - a["fidelity"]["cosine"]
     assert err["smoothquant"] < 0.5 * err["none"], err
+
+
+def test_smoothquant_inserts_a_mul_where_a_residual_reads_the_layernorm(tmp_path: Path) -> None:
+    """A LayerNorm the residual path also reads (post-LN BERT) cannot take the
+    smoothing: one Mul by 1/s goes before the products, the residual reads the
+    LayerNorm's output unchanged, the model computes the same, and INT8 is closer."""
+    from quantship.algorithms.smoothquant import smooth
+    from quantship.calibration.sources import open_data
+    from quantship.exporter.load import load_model
+
+    path = save(outliers(residual=True), tmp_path / "m.onnx")
+    x = np.random.default_rng(1).standard_normal((64, 16, 32)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    fm = load_model(path)
+    smoothed, report = smooth(fm, open_data(tmp_path / "calib.npz", fm.inputs), 48)
+    assert report.smoothed == 1 and report.error_ratio < 0.5, report
+    g = smoothed.proto.graph
+    (mul,) = [n for n in g.node if n.op_type == "Mul"]
+    assert mul.input[0] == "n"
+    readers = {n.name: list(n.input) for n in g.node}
+    assert readers["proj_q"][0] == readers["proj_k"][0] == mul.output[0]
+    assert "n" in readers["residual"]
+    ln = {t.name: t for t in g.initializer}["ln.g"]
+    assert np.array_equal(numpy_helper.to_array(ln), numpy_helper.to_array(
+        {t.name: t for t in fm.proto.graph.initializer}["ln.g"]))  # fmt: skip
+    feed = {"x": x[:4]}
+    np.testing.assert_allclose(run_ort(smoothed.proto, feed)[0], run_ort(fm.proto, feed)[0],
+                               rtol=1e-3, atol=1e-4)  # fmt: skip
+    err = {}
+    for algos in ("none", "smoothquant"):
+        res = api.export(path, tmp_path / "calib.npz", tmp_path / algos, samples=48,
+                         bench=False, algorithms=algos, backends="onnxruntime,openvino")  # fmt: skip
+        err[algos] = [1 - a["fidelity"]["cosine"] for a in res.manifest["artifacts"]]
+    assert all(s < 0.5 * n for s, n in zip(err["smoothquant"], err["none"], strict=True)), err
 
 
 def test_adaround_learns_roundings_that_the_plan_reproduces(tmp_path: Path) -> None:
