@@ -39,16 +39,18 @@ def score_product(view: GraphView, softmax: int) -> int | None:
 
 
 def context_product(view: GraphView, softmax: int) -> int | None:
-    """The product that reads the Softmax's output (through casts), or None."""
+    """The product that reads the Softmax's output (through casts, and the NaN guard
+    newer Hugging Face exports put there: ``Where(IsNaN(p), 0, p)``), or None."""
     t = view.nodes[softmax].output[0]
-    for _ in range(3):
-        uses = view.consumers(t)
+    for _ in range(4):
+        uses = [u for u in view.consumers(t) if view.nodes[u.node].op_type != "IsNaN"]
         if len(uses) != 1:
             return None
         node = view.nodes[uses[0].node]
         if is_runtime_product(view, node):
             return int(uses[0].node)
-        if node.op_type not in _PASS:
+        guard = node.op_type == "Where" and uses[0].slot in (1, 2)
+        if node.op_type not in _PASS and not guard:
             return None
         t = node.output[0]
     return None

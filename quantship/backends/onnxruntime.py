@@ -338,6 +338,10 @@ class OnnxRuntimeBackend(BaseBackend):
                         float_ops=frozenset({"Sigmoid", "Mul"})),
             PlanVariant("outputs-float", "graph outputs left float (no Q after the heads)",
                         type(self)(replace(r, quantize_graph_outputs=False))),
+            # Small heads: quantizing Q, K, V and the Softmax's output can cost what the
+            # integer product saves.
+            PlanVariant("attention-float", "attention's score and context products left "
+                        "float", self, float_attention=True),
         )  # fmt: skip
 
     def plan(self, model: FloatModel, table: CalibrationTable, options: PlanOptions) -> QuantPlan:

@@ -300,3 +300,29 @@ def test_a_residual_sum_into_a_layernorm_stays_float_in_every_backend(tmp_path: 
         why = {f.node: f.reason for f in plan.float_nodes}
         assert "LayerNorm" in why["residual"], backend.name
         assert {"proj", "head"} <= set(plan.compute_nodes), backend.name
+
+
+def test_the_attention_float_variant_keeps_only_the_products_float(tmp_path: Path) -> None:
+    """The rule plan quantizes an attention block's score and context products; the
+    "attention-float" variant (for the plan search to measure) leaves exactly those
+    float, and every weighted product still runs on an integer kernel."""
+    pytest.importorskip("transformers")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "corpus"))
+    import families
+
+    fam = families.bert(tmp_path, "test", dynamo=False)
+    fm = load_model(fam.model)
+    table = calibrate(fm, open_data(fam.calib, fm.inputs), samples=8)
+    backend = OnnxRuntimeBackend()
+    (variant,) = [v for v in backend.plan_variants() if v.name == "attention-float"]
+    rules = backend.plan(fm, table, PlanOptions())  # type: ignore[arg-type]
+    plan = variant.backend.plan(fm, table, variant.options(PlanOptions(), fm))  # type: ignore[arg-type]
+    products = {n for n in rules.quantized_nodes if "/self/MatMul" in n}
+    assert len(products) == 2 * 2  # scores and context, in both layers
+    assert set(rules.quantized_nodes) - set(plan.quantized_nodes) == products
+    path = tmp_path / "q.onnx"
+    onnx.save_model(write_qdq(fm, plan), str(path))
+    mm = fused_kernels(path)["MatMul"]
+    assert mm["integer"] == mm["total"] - len(products) > 0, mm
