@@ -317,8 +317,8 @@ def test_the_attention_float_variant_keeps_only_the_products_float(tmp_path: Pat
     table = calibrate(fm, open_data(fam.calib, fm.inputs), samples=8)
     backend = OnnxRuntimeBackend()
     (variant,) = [v for v in backend.plan_variants() if v.name == "attention-float"]
-    rules = backend.plan(fm, table, PlanOptions())  # type: ignore[arg-type]
-    plan = variant.backend.plan(fm, table, variant.options(PlanOptions(), fm))  # type: ignore[arg-type]
+    rules = backend.plan(fm, table, PlanOptions())
+    plan = variant.backend.plan(fm, table, variant.options(PlanOptions(), fm))
     products = {n for n in rules.quantized_nodes if "/self/MatMul" in n}
     assert len(products) == 2 * 2  # scores and context, in both layers
     assert set(rules.quantized_nodes) - set(plan.quantized_nodes) == products
