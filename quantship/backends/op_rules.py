@@ -159,17 +159,19 @@ def table_check(node: onnx.NodeProto, view: GraphView) -> str | None:
     return None
 
 
-def embedding_table(quantize_output: bool, dtype: QDType = "int8") -> OpRule:
+def embedding_table(quantize_output: bool, dtype: QDType = "int8", per_row: bool = False) -> OpRule:
     """An embedding lookup (Gather from a float table at run-time indices): the table
-    is stored in 8 bits per tensor (a per-row scale would have to be gathered too),
-    int8 symmetric or, with ``dtype="uint8"``, asymmetric. ``quantize_output``: quantize the rows read with the table's own params, so a
-    runtime that drops a Q/DQ pair around data movement (ONNX Runtime) gathers int8 rows
-    and dequantizes only those, instead of the whole table on every run."""
+    is stored in 8 bits, int8 symmetric or, with ``dtype="uint8"``, asymmetric; per
+    tensor, or with ``per_row`` one scale per row (per token), for a runtime that
+    gathers the rows' scales with them (OpenVINO). ``quantize_output``: quantize the
+    rows read with the table's own params, so a runtime that drops a Q/DQ pair around
+    data movement (ONNX Runtime) gathers int8 rows and dequantizes only those, instead
+    of the whole table on every run; that needs one scale for the table."""
     return OpRule(
         "compute",
         act_inputs=(),
         weight=0,
-        weight_axis=None,
+        weight_axis=0 if per_row else None,
         quantize_output=quantize_output,
         output_like_weight=quantize_output,
         weight_dtype=dtype,

@@ -17,8 +17,9 @@ The placement follows how runtimes fuse QDQ into integer kernels:
   their input's params, so runtimes run them on integers and drop the pair;
 - once a tensor's producer is quantized, all its consumers read the DQ: a float
   consumer of the raw tensor would stop the producer's fusion;
-- an embedding table (Gather from a float constant) is stored as int8 per tensor; where
-  the runtime needs it (ONNX Runtime), the lookup's output is quantized with the table's
+- an embedding table (Gather from a float constant) is stored as int8, per tensor or
+  per row (OpenVINO, which gathers the rows' scales); where the runtime needs it (ONNX
+  Runtime), the lookup's output is quantized with the table's
   own params, so the lookup runs on int8 rows and only the rows read are dequantized.
 
 What is never quantized: tensors that do not carry the model's data (masks, position

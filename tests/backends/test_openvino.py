@@ -336,3 +336,53 @@ def test_matmul_and_gemm_weights_of_one_width_both_run_int8(tmp_path: Path) -> N
                      backends="openvino", bench=False, samples=32)  # fmt: skip
     (entry,) = res.manifest["artifacts"]
     assert entry["metadata"]["integer_kernels"]["FullyConnected"] == {"total": 2, "integer": 2}
+
+
+def test_an_embedding_table_gets_one_scale_per_row(tmp_path: Path) -> None:
+    """A word-embedding table whose rows differ in size by 10^4, normalised after the
+    lookup (as a transformer's embedding LayerNorm does): with one scale for the table
+    the small rows round to zero; per row, OpenVINO gathers each row's scale with it
+    and the small rows' outputs come back close."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from quantship.backends.base import Artifact
+
+    rng = np.random.default_rng(0)
+    vocab, width = 512, 32
+    rows = rng.standard_normal((vocab, width)) * np.logspace(-2, 2, vocab)[:, None]
+    inits = [
+        numpy_helper.from_array(rows.astype(np.float32), "table"),
+        numpy_helper.from_array(np.ones(width, np.float32), "g"),
+        numpy_helper.from_array(np.zeros(width, np.float32), "b"),
+        numpy_helper.from_array(
+            (rng.standard_normal((width, width)) * 0.2).astype(np.float32), "w"
+        ),
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["e"], name="lookup"),
+            helper.make_node("LayerNormalization", ["e", "g", "b"], ["n"], name="ln", axis=-1),
+            helper.make_node("MatMul", ["n", "w"], ["y"], name="proj"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, width])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "m.onnx")
+    ids = rng.integers(0, vocab, (64, 8)).astype(np.int64)
+    np.savez(tmp_path / "c.npz", ids=ids)
+    res = api.export(tmp_path / "m.onnx", tmp_path / "c.npz", tmp_path / "o",
+                     backends="openvino", bench=False, samples=32)  # fmt: skip
+    (entry,) = res.manifest["artifacts"]
+    assert "lookup" not in {f["node"] for f in entry["plan"]["float_nodes"]}
+    art = Artifact("openvino", "openvino-ir", tmp_path / "o",
+                   tuple(f["path"] for f in entry["files"]), "int8")  # fmt: skip
+    small = {"ids": np.arange(8, dtype=np.int64)[None, :]}  # rows of size ~0.01
+    want = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, small)[0]
+    with OpenVINOBackend().session(art, SessionSettings(precision="fp32")) as s:
+        (got,) = s.run(small)
+    cos = float(np.sum(got * want) / (np.linalg.norm(got) * np.linalg.norm(want)))
+    assert cos > 0.99, cos
