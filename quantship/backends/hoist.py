@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from quantship.backends.attention import is_runtime_product
 from quantship.backends.plan_types import PlanOptions, Use
 from quantship.calibration.table import CalibrationTable
 from quantship.exporter.graph import GraphView
@@ -94,7 +95,7 @@ def hoist_to_products(
     roots: set[str] = set()
     for t in sorted(through):
         uses = through.get(t)
-        if not uses or not all(_is_product(view, u.node) for u in uses):
+        if not uses or not all(is_runtime_product(view, view.nodes[u.node]) for u in uses):
             continue
         cur = t
         while True:
@@ -116,8 +117,3 @@ def hoist_to_products(
             cur = x
         roots.add(cur)
     return roots
-
-
-def _is_product(view: GraphView, node: int) -> bool:
-    n = view.nodes[node]
-    return n.op_type == "MatMul" and not any(view.is_constant(x) for x in n.input)

@@ -247,45 +247,48 @@ def outliers(seed: int = 0, residual: bool = False) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_smoothquant_folds_into_the_layernorm_and_pays(tmp_path: Path) -> None:
+def _smooth(tmp_path: Path, model: onnx.ModelProto) -> tuple[Path, Any, Any, Any, Any]:
+    """The model saved, its calibration data, and SmoothQuant's result on it."""
     from quantship.algorithms.smoothquant import smooth
     from quantship.calibration.sources import open_data
     from quantship.exporter.load import load_model
 
-    path = save(outliers(), tmp_path / "m.onnx")
+    path = save(model, tmp_path / "m.onnx")
     x = np.random.default_rng(1).standard_normal((64, 16, 32)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", x=x)
     fm = load_model(path)
     smoothed, report = smooth(fm, open_data(tmp_path / "calib.npz", fm.inputs), 48)
+    feed = {"x": x[:4]}
+    np.testing.assert_allclose(run_ort(smoothed.proto, feed)[0], run_ort(fm.proto, feed)[0],
+                               rtol=1e-3, atol=1e-4)  # fmt: skip
+    return path, x, fm, smoothed, report
+
+
+def _errors(path: Path, tmp_path: Path, backends: str) -> dict[str, list[float]]:
+    """1 − cosine of each backend's INT8 model, without and with SmoothQuant."""
+    err = {}
+    for algos in ("none", "smoothquant"):
+        res = api.export(path, tmp_path / "calib.npz", tmp_path / algos, samples=48,
+                         bench=False, algorithms=algos, backends=backends)  # fmt: skip
+        err[algos] = [1 - a["fidelity"]["cosine"] for a in res.manifest["artifacts"]]
+    return err
+
+
+def test_smoothquant_folds_into_the_layernorm_and_pays(tmp_path: Path) -> None:
+    path, _, fm, smoothed, report = _smooth(tmp_path, outliers())
     assert report.groups == 1 and report.smoothed == 1 and report.error_ratio < 0.5
     assert [n.op_type for n in smoothed.proto.graph.node] == [
         n.op_type for n in fm.proto.graph.node
     ]
-    feed = {"x": x[:4]}
-    np.testing.assert_allclose(run_ort(smoothed.proto, feed)[0], run_ort(fm.proto, feed)[0],
-                               rtol=1e-3, atol=1e-4)  # fmt: skip
-    err = {}
-    for algos in ("none", "smoothquant"):
-        res = api.export(path, tmp_path / "calib.npz", tmp_path / algos, samples=48,
-                         bench=False, algorithms=algos)  # fmt: skip
-        (a,) = res.manifest["artifacts"]
-        err[algos] = 1 - a["fidelity"]["cosine"]
-    assert err["smoothquant"] < 0.5 * err["none"], err
+    err = _errors(path, tmp_path, "onnxruntime")
+    assert err["smoothquant"][0] < 0.5 * err["none"][0], err
 
 
 def test_smoothquant_inserts_a_mul_where_a_residual_reads_the_layernorm(tmp_path: Path) -> None:
     """A LayerNorm the residual path also reads (post-LN BERT) cannot take the
     smoothing: one Mul by 1/s goes before the products, the residual reads the
     LayerNorm's output unchanged, the model computes the same, and INT8 is closer."""
-    from quantship.algorithms.smoothquant import smooth
-    from quantship.calibration.sources import open_data
-    from quantship.exporter.load import load_model
-
-    path = save(outliers(residual=True), tmp_path / "m.onnx")
-    x = np.random.default_rng(1).standard_normal((64, 16, 32)).astype(np.float32)
-    np.savez(tmp_path / "calib.npz", x=x)
-    fm = load_model(path)
-    smoothed, report = smooth(fm, open_data(tmp_path / "calib.npz", fm.inputs), 48)
+    path, _, fm, smoothed, report = _smooth(tmp_path, outliers(residual=True))
     assert report.smoothed == 1 and report.error_ratio < 0.5, report
     g = smoothed.proto.graph
     (mul,) = [n for n in g.node if n.op_type == "Mul"]
@@ -296,14 +299,7 @@ def test_smoothquant_inserts_a_mul_where_a_residual_reads_the_layernorm(tmp_path
     ln = {t.name: t for t in g.initializer}["ln.g"]
     assert np.array_equal(numpy_helper.to_array(ln), numpy_helper.to_array(
         {t.name: t for t in fm.proto.graph.initializer}["ln.g"]))  # fmt: skip
-    feed = {"x": x[:4]}
-    np.testing.assert_allclose(run_ort(smoothed.proto, feed)[0], run_ort(fm.proto, feed)[0],
-                               rtol=1e-3, atol=1e-4)  # fmt: skip
-    err = {}
-    for algos in ("none", "smoothquant"):
-        res = api.export(path, tmp_path / "calib.npz", tmp_path / algos, samples=48,
-                         bench=False, algorithms=algos, backends="onnxruntime,openvino")  # fmt: skip
-        err[algos] = [1 - a["fidelity"]["cosine"] for a in res.manifest["artifacts"]]
+    err = _errors(path, tmp_path, "onnxruntime,openvino")
     assert all(s < 0.5 * n for s, n in zip(err["smoothquant"], err["none"], strict=True)), err
 
 
