@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,demo,torch,openvino,images,plot]'
+	$(PY) -m pip install --quiet -e '.[export,dev,demo,torch,openvino,images,plot]'
 	touch $(STAMP)
 
 demo: setup

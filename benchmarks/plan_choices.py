@@ -32,12 +32,14 @@ THREADS = 2
 
 def variants() -> list[tuple[str, Any]]:
     """(label, a backend instance with its rules)."""
-    from quantship.backends import onnxruntime as qort
-    from quantship.backends import openvino as qov
+    from quantship.backends import onnxruntime_rules as qort
+    from quantship.backends import openvino_rules as qov
+    from quantship.backends.onnxruntime import OnnxRuntimeBackend
     from quantship.backends.op_rules import binary_check
+    from quantship.backends.openvino import OpenVINOBackend
     from quantship.backends.planning import OpRule
 
-    ort, ov = qort.OnnxRuntimeBackend, qov.OpenVINOBackend
+    ort, ov = OnnxRuntimeBackend, OpenVINOBackend
     mul = OpRule("compute", act_inputs=(0, 1), check=binary_check)
     return [
         ("ort plan", ort()),

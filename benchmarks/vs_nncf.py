@@ -45,7 +45,7 @@ def run_model(
     from quantship.backends import registry
     from quantship.backends.base import Artifact, SessionSettings
     from quantship.bench.fidelity import FidelityMeter
-    from quantship.bench.run import Candidate, bench_candidates, throughput_candidates
+    from quantship.bench.run import Candidate, ScenarioPlan, bench_candidates, scenario_candidates
     from quantship.bench.timing import BenchSettings
     from quantship.calibration.sources import open_data
     from quantship.exporter.load import InputSpec
@@ -116,9 +116,10 @@ def run_model(
     fid = {k: m.result(str(paths["held"])).to_json() for k, m in meters.items()}
     print(f"[{name}] latency, interleaved ...", flush=True)
     bs = BenchSettings(warmup=5, duration=duration, min_iterations=20, threads=threads)
-    lat = [s.to_json() for s in bench_candidates(cands, [spec], bs)]
+    lat = [s.to_json(samples=False) for s in bench_candidates(cands, [spec], bs)]
     print(f"[{name}] throughput mode ...", flush=True)
-    tput = [t.to_json() for t in throughput_candidates(cands, [spec], bs, 6.0)]
+    offline = ScenarioPlan(("offline",), 6.0)
+    tput = [t.to_json() for t in scenario_candidates(cands, [spec], bs, offline)]
     sizes = {
         k: sum(f.stat().st_size for f in (p, p.with_suffix(".bin")) if f.exists())
         for k, (p, _) in files.items()

@@ -6,20 +6,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quantship.backends import registry
 from quantship.backends.base import SessionSettings, ShapeRanges
 from quantship.calibration.images import ImageOptions
 from quantship.calibration.methods import MethodSpec
 from quantship.errors import BackendError, QuantshipError
-from quantship.exporter.job import ExportResult
 from quantship.exporter.output import (
     MANIFEST,
     write_json,
 )
 from quantship.types import Precision
 from quantship.ui import SILENT, UI
+
+if TYPE_CHECKING:  # importing the export side needs onnx; bench on a target does not
+    from quantship.exporter.job import ExportResult
 
 
 def export(
@@ -48,6 +50,7 @@ def export(
     plan: str = "rules",
     algorithms: str | Sequence[str] | None = None,
     pooling: str | None = None,
+    ray: str | None = None,
     ui: UI = SILENT,
 ) -> ExportResult:
     """Quantize ``model`` for each backend into ``out``; see ``quantship export --help``."""
@@ -81,6 +84,7 @@ def export(
         plan=plan,
         algorithms=algorithms,
         pooling=pooling,
+        ray=ray,
     )
     return run_export(opts, ui)
 
@@ -193,6 +197,15 @@ def distill(
 from quantship.bench.command import bench  # noqa: E402
 from quantship.bench.profile import profile  # noqa: E402
 from quantship.guard_command import sensitivity  # noqa: E402
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ExportResult":
+        from quantship.exporter.job import ExportResult
+
+        return ExportResult
+    raise AttributeError(f"module 'quantship.api' has no attribute {name!r}")
+
 
 __all__ = [
     "ExportResult",

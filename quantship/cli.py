@@ -27,6 +27,75 @@ def unique_shapes(
     return out or None
 
 
+def _bench(args: argparse.Namespace, ui: Any) -> int:
+    from quantship.bench.command import bench
+    from quantship.bench.run import ScenarioPlan
+    from quantship.bench.timing import BenchSettings
+
+    if args.compare:
+        from quantship.bench.compare import compare
+
+        if args.target is not None:
+            raise QuantshipError("--compare reads result files; give no folder or model beside it")
+        compare(args.compare, percentiles=args.percentiles, plot_path=args.plot, ui=ui)
+        return 0
+    if args.target is None:
+        raise QuantshipError(
+            "bench needs an export folder or a model.onnx (or --compare A.json B.json)"
+        )
+    try:
+        settings = BenchSettings(
+            warmup=args.warmup,
+            warmup_seconds=args.warmup_seconds,
+            iterations=args.iterations,
+            duration=args.duration,
+            batches=args.batch,
+            threads=args.threads,
+            lengths=args.lengths,
+            percentiles=args.percentiles,
+        )
+    except ValueError as err:
+        raise QuantshipError(str(err)) from None
+    scenarios, seconds = args.scenario, args.scenario_seconds
+    if args.throughput_seconds is not None:  # the older name of --scenario-seconds
+        ui.note("--throughput-seconds is deprecated: use --scenario-seconds "
+                "(0: --scenario single-stream)")  # fmt: skip
+        seconds = args.throughput_seconds
+        if seconds == 0:
+            scenarios = tuple(x for x in scenarios if x == "single-stream") or ("single-stream",)
+    plan = ScenarioPlan(scenarios, seconds, args.qps, args.latency_bound, args.streams)
+    if args.on is not None or args.ray is not None:
+        if args.on is None or args.ray is None:
+            raise QuantshipError("--ray ADDRESS and --on LABEL go together: bench on the nodes "
+                                 "of that cluster that carry the label")  # fmt: skip
+        from pathlib import Path
+
+        from quantship.bench.compare import fleet_report
+        from quantship.fleet import bench_on
+
+        if args.data is not None or args.tokenizer is not None or args.lengths:
+            raise QuantshipError("--on benches with the export's own inputs; --data, "
+                                 "--tokenizer and --lengths are not shipped to the nodes")  # fmt: skip
+        runs = bench_on(Path(args.target), args.on, args.ray, settings=settings, plan=plan,
+                        backends=args.backend, input_shapes=dict(args.input_shape) or None,
+                        ui=ui)  # fmt: skip
+        fleet_report(runs, args.json, args.plot, ui)
+        return 0
+    bench(
+        args.target,
+        backends=args.backend,
+        settings=settings,
+        scenarios=plan,
+        data=args.data,
+        input_shapes=dict(args.input_shape) or None,
+        tokenizer=args.tokenizer,
+        json_path=args.json,
+        plot_path=args.plot,
+        ui=ui,
+    )
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from quantship import api
     from quantship.ui import UI
@@ -85,6 +154,7 @@ def _run(args: argparse.Namespace) -> int:
             plan=args.plan,
             algorithms=args.algorithms,
             pooling=args.pooling,
+            ray=args.ray,
             ui=ui,
         )
         ui.note(f"wrote {result.out}/manifest.json")
@@ -92,33 +162,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"quantship: error: {failure}", file=sys.stderr)
         return 2 if result.failures else 0
     if args.command == "bench":
-        from quantship.bench.timing import BenchSettings
-
-        try:
-            settings = BenchSettings(
-                warmup=args.warmup,
-                warmup_seconds=args.warmup_seconds,
-                iterations=args.iterations,
-                duration=args.duration,
-                batches=args.batch,
-                threads=args.threads,
-                lengths=args.lengths,
-            )
-        except ValueError as err:
-            raise QuantshipError(str(err)) from None
-        api.bench(
-            args.target,
-            backends=args.backend,
-            settings=settings,
-            data=args.data,
-            input_shapes=dict(args.input_shape) or None,
-            tokenizer=args.tokenizer,
-            throughput_seconds=args.throughput_seconds,
-            json_path=args.json,
-            plot_path=args.plot,
-            ui=ui,
-        )
-        return 0
+        return _bench(args, ui)
     if args.command == "profile":
         api.profile(
             args.target,
@@ -214,6 +258,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QuantshipError as err:
         print(f"quantship: error: {err}", file=sys.stderr)
         return err.exit_code
+    except ModuleNotFoundError as err:
+        from quantship.backends.registry import EXPORT_DEPS
+
+        if err.name not in EXPORT_DEPS:
+            raise
+        print(
+            f"quantship: error: {args.command} needs {err.name}, which a runtime-only install "
+            "leaves out: pip install 'quantship[export]'",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("quantship: interrupted; nothing was written", file=sys.stderr)
         return 130

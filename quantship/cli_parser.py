@@ -83,6 +83,14 @@ def _size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names."""
+    out = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected names separated by commas, got {text!r}")
+    return out
+
+
 def _positive(text: str) -> int:
     try:
         v = int(text)
@@ -93,9 +101,12 @@ def _positive(text: str) -> int:
     return v
 
 
-def _run_target_args(p: argparse.ArgumentParser) -> None:
+def _run_target_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
     """What ``bench`` and ``profile`` run, on what inputs, with how many threads."""
-    p.add_argument("target", help="an export output folder, or a model.onnx")
+    if optional:
+        p.add_argument("target", nargs="?", help="an export output folder, or a model.onnx")
+    else:
+        p.add_argument("target", help="an export output folder, or a model.onnx")
     p.add_argument(
         "--backend", help="for a folder: only these backends; for a model: run it in these"
     )
@@ -245,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
         "output pooled over the attention mask, or at the first token): their cosine and "
         "how often each held-out sample keeps its nearest neighbour (default: off)",
     )
+    e.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="shard calibration over this Ray cluster (HOST:PORT, or auto); the table is "
+        "identical to a single-process run's (default: this process only)",
+    )
     e.add_argument("--threads", type=_positive, help="CPU threads for fidelity and latency runs")
     e.add_argument("--no-bench", action="store_true", help="skip the closing latency measurement")
     e.add_argument(
@@ -274,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser(
         "bench", help="measure latency: an export folder (float vs INT8) or one model"
     )
-    _run_target_args(b)
+    _run_target_args(b, optional=True)
     b.add_argument(
         "--batch", type=_ints, default=(1,), metavar="1,8", help="batch sizes (default: 1)"
     )
@@ -292,16 +309,78 @@ def build_parser() -> argparse.ArgumentParser:
         "--iterations", type=_positive, help="measured runs per model (default: by --duration)"
     )
     b.add_argument(
-        "--duration", type=float, default=10.0, help="seconds of measurement per batch size"
+        "--duration",
+        type=float,
+        default=10.0,
+        help="seconds of single-stream measurement per batch size (default: 10)",
+    )
+    b.add_argument(
+        "--scenario",
+        type=_names,
+        default=("single-stream", "offline"),
+        metavar="single-stream,offline,server",
+        help="MLPerf LoadGen's scenarios: single-stream (next query when the previous ends; "
+        "p50/p90/p99), offline (all samples at once, the runtime's requests kept full; "
+        "throughput), server (Poisson arrivals at --qps; latency percentiles) "
+        "(default: single-stream,offline)",
+    )
+    b.add_argument(
+        "--scenario-seconds",
+        type=float,
+        default=4.0,
+        metavar="S",
+        help="seconds per model of the offline and server scenarios (default: 4)",
+    )
+    b.add_argument("--qps", type=float, help="the server scenario's arrival rate, queries/s")
+    b.add_argument(
+        "--latency-bound",
+        type=float,
+        metavar="MS",
+        help="server scenario: also find the highest rate whose p99 stays under MS",
+    )
+    b.add_argument(
+        "--streams",
+        type=_positive,
+        help="parallel requests in the offline and server scenarios (default: the runtime's "
+        "own: OpenVINO's optimal number of infer requests, 1 thread for ONNX Runtime)",
+    )
+    b.add_argument(
+        "--percentiles",
+        type=_floats,
+        default=(50.0, 90.0, 99.0),
+        metavar="50,90,99",
+        help="latency percentiles to report (default: 50,90,99)",
     )
     b.add_argument(
         "--throughput-seconds",
         type=float,
-        default=4.0,
-        help="seconds of throughput mode for runtimes that have one (0: skip)",
+        help="deprecated: --scenario-seconds (0: single-stream only)",
+    )
+    b.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="a Ray cluster (HOST:PORT, or auto) whose labelled nodes run the bench (with --on)",
+    )
+    b.add_argument(
+        "--on",
+        type=_names,
+        metavar="LABEL[,LABEL]",
+        help="bench on every node of the --ray cluster carrying each of these custom "
+        "resources (ray start --resources '{\"amx\": 1}'); results gathered into one table "
+        "and one JSON",
+    )
+    b.add_argument(
+        "--compare",
+        nargs="+",
+        type=Path,
+        metavar="RUN.json",
+        help="print these bench --json results side by side (the same models across runs or "
+        "machines), with ratios to the first",
     )
     b.add_argument("--json", type=Path, metavar="FILE", help="write results as JSON")
-    b.add_argument("--plot", type=Path, metavar="FILE.png", help="write a latency plot")
+    b.add_argument(
+        "--plot", type=Path, metavar="FILE.png", help="draw the latency distributions (CDFs)"
+    )
     b.add_argument("--quiet", "-q", action="store_true")
 
     pr = sub.add_parser(

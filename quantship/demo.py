@@ -146,9 +146,9 @@ def run_demo(
     from quantship.bench.run import Candidate, bench_candidates
     from quantship.bench.timing import BenchSettings
     from quantship.distill.train import DistillConfig, distill
-    from quantship.exporter.load import InputSpec
     from quantship.exporter.output import write_json
     from quantship.exporter.torch_export import export_module
+    from quantship.types import InputSpec
 
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -279,14 +279,14 @@ def run_demo(
         ],
     )
     plotted = latency_plot(
-        stats, out / "latency.png", "digits: teacher, student, INT8 student (batch 1)"
+        stats, [], out / "latency.png", "digits: teacher, student, INT8 student (batch 1)"
     )
     summary = {
         "rows": rows,
         "epochs": epochs,
         "seed": seed,
         "skipped_backends": skipped,
-        "latency": [st.to_json() for st in stats],
+        "latency": [st.to_json(samples=False) for st in stats],
         "seconds": round(time.perf_counter() - t_start, 1),
         "plot": "latency.png" if plotted else None,
     }

@@ -106,9 +106,12 @@ class Evaluator:
         labels: npt.NDArray[Any] | None = None,
         threads: int | None = None,
         reference: FloatModel | None = None,
+        ray: str | None = None,
     ) -> None:
         """``reference``: the fp32 model errors are measured against (default ``model``;
-        another where a pre-quantization algorithm changed the model INT8 is made from)."""
+        another where a pre-quantization algorithm changed the model INT8 is made from).
+        ``ray``: a Ray cluster's address; independent evaluations (``errors``) run there
+        as parallel tasks."""
         from quantship.backends.base import SessionSettings
         from quantship.calibration.runner import consecutive_batches, ort_session
         from quantship.exporter.split import FIDELITY_BATCH
@@ -126,6 +129,7 @@ class Evaluator:
         self.ref = [ref.run(None, f) for f in self.runs]
         self.float_score = self._score(self.ref) if metric is not None else 0.0
         self.count = 0
+        self.ray = ray
 
     def _score(self, outs: list[list[npt.NDArray[Any]]]) -> float:
         import numpy as np
@@ -152,6 +156,38 @@ class Evaluator:
         for o, r in zip(outs, self.ref, strict=True):
             meter.update(r, o)
         return max(0.0, 1.0 - meter.result("guard").cosine)
+
+    def errors(self, plans: Sequence[PlanOptions], ui: UI = SILENT, what: str = "") -> list[float]:
+        """``error`` of each plan: one after another here, or as parallel Ray tasks
+        (``ray``), the evaluator shipped to the cluster once."""
+        if self.ray is None:
+            out = []
+            with ui.progress(what or "evaluations", len(plans)) as advance:
+                for o in plans:
+                    out.append(self.error(o))
+                    advance(1)
+            return out
+        from quantship.fleet import connect, map_tasks
+
+        ray = connect(self.ray)
+        me = ray.put(_detached(self))
+        self.count += len(plans)
+        return map_tasks(
+            _remote_error, [(me, o) for o in plans], self.ray, ui, what or "evaluations"
+        )
+
+
+def _detached(ev: Evaluator) -> Evaluator:
+    """A copy of ``ev`` to ship: it evaluates where it lands (no further Ray)."""
+    import copy
+
+    twin = copy.copy(ev)
+    twin.ray = None
+    return twin
+
+
+def _remote_error(ev: Evaluator, options: PlanOptions) -> float:
+    return ev.error(options)
 
 
 def sample_count(feeds: Sequence[Feed]) -> int:
@@ -347,13 +383,9 @@ def region_sensitivity(
 ) -> dict[str, float]:
     """Per region (by its first node), the error with only that region in INT8."""
     every = frozenset(n for r in regions for n in r)
-    out: dict[str, float] = {}
-    with ui.progress("region sensitivity", len(regions)) as advance:
-        for r in regions:
-            others = (every - set(r)) | options.float_nodes
-            out[r[0]] = evaluator.error(replace(options, float_nodes=others))
-            advance(1)
-    return out
+    plans = [replace(options, float_nodes=(every - set(r)) | options.float_nodes) for r in regions]
+    errors = evaluator.errors(plans, ui, "region sensitivity")
+    return {r[0]: e for r, e in zip(regions, errors, strict=True)}
 
 
 def held_labels(path: Any, start: int, count: int) -> npt.NDArray[Any]:

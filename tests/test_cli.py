@@ -76,9 +76,16 @@ def test_export_then_bench(tmp_path: Path, cnn_path: Path, calib_npz: Path) -> N
         str(js),
         "--plot",
         str(plot),
+        "--scenario-seconds",
+        "0.4",
     )
     assert p.returncode == 0, p.stderr
-    res = json.loads(js.read_text())["results"]
+    rows = json.loads(js.read_text())["results"]
+    res = [r for r in rows if r["scenario"] == "single-stream"]
+    # by default also the offline scenario, at each batch size
+    assert {(r["key"], r["batch"]) for r in rows if r["scenario"] == "offline"} == {
+        (k, b) for k in ("onnxruntime:float:fp32", "onnxruntime:int8") for b in (1, 4)
+    }
     assert {(r["label"], r["batch"]) for r in res} == {
         ("onnxruntime CPU fp32 (default)", 1),
         ("onnxruntime CPU fp32 (default)", 4),
@@ -104,6 +111,8 @@ def test_bench_a_model_file(tmp_path: Path, cnn_path: Path) -> None:
         "3",
         "--json",
         str(js),
+        "--scenario",
+        "single-stream",
     )
     assert p.returncode == 0, p.stderr
     assert len(json.loads(js.read_text())["results"]) == 2

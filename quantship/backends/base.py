@@ -27,13 +27,12 @@ Members, all required (``BaseBackend`` gives the optional ones a default):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, runtime_checkable
 
 import numpy.typing as npt
-import onnx
 
 from quantship.backends.plan_types import ActivationQuant as ActivationQuant
 from quantship.backends.plan_types import ConstantQuant as ConstantQuant
@@ -41,13 +40,15 @@ from quantship.backends.plan_types import FloatNode as FloatNode
 from quantship.backends.plan_types import PlanOptions as PlanOptions
 from quantship.backends.plan_types import QuantPlan as QuantPlan
 from quantship.backends.plan_types import Use as Use
-from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError
-from quantship.exporter.load import FloatModel
 from quantship.types import PRECISIONS, Feed, Precision
 
 if TYPE_CHECKING:
+    import onnx
+
     from quantship.backends.variants import PlanVariant
+    from quantship.calibration.table import CalibrationTable
+    from quantship.exporter.load import FloatModel
 
 # An engine's shape profile per input: (min, opt, max) shapes (``build-engine --shapes``).
 ShapeRanges = dict[str, tuple[list[int], list[int], list[int]]]
@@ -169,8 +170,10 @@ class LayerTime:
 class Session(Protocol):
     """A loaded artifact, ready to run feeds of the model's inputs. A context manager:
     leaving it frees what the runtime holds (device buffers, streams, compiled models).
-    ``throughput`` and ``profile`` (per-layer kernels and times, from a separate
-    profiling load of the same artifact) work where the backend's capabilities say;
+    ``queue`` gives parallel requests for the offline and server scenarios (the
+    runtime's own async queue where it has one, else threads); ``profile`` (per-layer
+    kernels and times, from a separate profiling load of the same artifact) works where
+    the backend's capabilities say;
     ``device_latency_ms`` where the session has a ``device_clock`` (a GPU engine; a
     TensorRT artifact without its engine runs in ONNX Runtime on the CPU and has none)."""
 
@@ -184,11 +187,69 @@ class Session(Protocol):
 
     def __exit__(self, *exc: object) -> None: ...
 
-    def throughput(self, feeds: Feed, seconds: float) -> tuple[int, float]: ...
-
     def device_latency_ms(self, feeds: Feed, warmup: int, iterations: int) -> list[float]: ...
 
     def profile(self, feeds: Feed, runs: int) -> list[LayerTime]: ...
+
+    def queue(self, feeds: Feed, streams: int | None) -> RequestQueue: ...
+
+
+class RequestQueue(Protocol):
+    """Parallel requests on one loaded artifact, for the offline and server scenarios:
+    ``start`` begins one run of the queue's feeds and returns at once if a request is
+    free (else when one frees up); ``done`` is called, from another thread, when that
+    run has finished. ``size`` requests run at a time."""
+
+    size: int
+    what: str  # how the requests run, for the table ("4 OpenVINO infer requests")
+
+    def start(self, done: Callable[[], None]) -> None: ...
+
+    def wait_all(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ThreadQueue:
+    """``size`` threads calling ``run`` (a runtime whose sessions may be run from
+    several threads at once, as ONNX Runtime's may); 1 by default: its own intra-op
+    threads already use the cores."""
+
+    def __init__(self, run: Callable[[], object], size: int, what: str) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+        from threading import Semaphore
+
+        self.size, self.what = size, what
+        self._run = run
+        self._free = Semaphore(size)
+        self._pool = ThreadPoolExecutor(max_workers=size)
+        self._pending: list[Any] = []
+        self._error: BaseException | None = None
+
+    def _one(self, done: Callable[[], None]) -> None:
+        try:
+            self._run()
+            done()
+        except BaseException as e:  # re-raised in wait_all, on the caller's thread
+            self._error = e
+        finally:
+            self._free.release()
+
+    def start(self, done: Callable[[], None]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._free.acquire()
+        self._pending.append(self._pool.submit(self._one, done))
+
+    def wait_all(self) -> None:
+        for f in self._pending:
+            f.result()
+        self._pending.clear()
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 class BaseSession:
@@ -208,14 +269,16 @@ class BaseSession:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def throughput(self, feeds: Feed, seconds: float) -> tuple[int, float]:
-        raise BackendError("this session has no throughput mode (see the backend's capabilities)")
-
     def device_latency_ms(self, feeds: Feed, warmup: int, iterations: int) -> list[float]:
         raise BackendError("this session has no device clock (see the backend's capabilities)")
 
     def profile(self, feeds: Feed, runs: int) -> list[LayerTime]:
         raise BackendError("this session has no per-layer profile (see the backend's capabilities)")
+
+    def queue(self, feeds: Feed, streams: int | None) -> RequestQueue:
+        """``streams`` threads (default 1) running this session."""
+        n = streams or 1
+        return ThreadQueue(lambda: self.run(feeds), n, f"{n} thread{'s' if n > 1 else ''}")
 
 
 class Backend(Protocol):

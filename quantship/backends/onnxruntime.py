@@ -31,11 +31,10 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import onnx
 
 from quantship.backends.base import (
     Artifact,
@@ -47,65 +46,16 @@ from quantship.backends.base import (
     QuantPlan,
     SessionSettings,
 )
-from quantship.backends.op_rules import (
-    activations_note,
-    binary_check,
-    both,
-    conv_check,
-    embedding_table,
-    gemm_axis,
-    gemm_check,
-    input_side_ops,
-    kernels_note,
-    not_gelu_part,
-    not_into_norm,
-)
-from quantship.backends.planning import OpRule, Rules, make_plan
 from quantship.backends.variants import ALL, PlanVariant
-from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError
-from quantship.exporter.load import FloatModel
-from quantship.exporter.onnx_file import save_model
 from quantship.types import Feed
 
-_TRANSPARENT = OpRule("transparent")
-ORT_OPS: dict[str, OpRule] = {
-    "Conv": OpRule("compute", weight=1, weight_axis=0, bias=2, check=conv_check),
-    "Gemm": OpRule(
-        "compute", weight=1, weight_axis=gemm_axis, bias=2, quantize_output=False, check=gemm_check
-    ),
-    # Float-output integer MatMul, inputs quantized: the same rule as OpenVINO/TensorRT.
-    "MatMul": input_side_ops()["MatMul"],
-    "Add": OpRule("compute", act_inputs=(0, 1), check=both(binary_check, not_into_norm)),
-    "Mul": OpRule("compute", act_inputs=(0, 1), check=both(binary_check, not_gelu_part)),
-    "GlobalAveragePool": OpRule("compute"),
-    "AveragePool": OpRule("compute"),
-    "Concat": OpRule("compute", act_inputs=None),
-    "Sigmoid": OpRule("compute"),
-    "LeakyRelu": OpRule("compute"),
-    # uint8 like every activation here: with an int8 table ORT converts the Q after the
-    # lookup to uint8 and can no longer drop the pair, and dequantizes the whole table on
-    # every run; with uint8 it gathers uint8 rows.
-    "Gather": embedding_table(quantize_output=True, dtype="uint8"),
-    "MaxPool": _TRANSPARENT,
-    "Reshape": _TRANSPARENT,
-    "Flatten": _TRANSPARENT,
-    "Transpose": _TRANSPARENT,
-    "Squeeze": _TRANSPARENT,
-    "Unsqueeze": _TRANSPARENT,
-    "Resize": _TRANSPARENT,
-    "Slice": _TRANSPARENT,
-    "Split": _TRANSPARENT,
-    "DepthToSpace": _TRANSPARENT,
-    "SpaceToDepth": _TRANSPARENT,
-}
-RULES = Rules(
-    backend="onnxruntime",
-    ops=ORT_OPS,
-    act_dtype="uint8",
-    symmetric=False,
-    quantize_graph_outputs=True,
-)
+if TYPE_CHECKING:  # the export side; bench on a runtime-only install needs none of it
+    import onnx
+
+    from quantship.backends.planning import Rules
+    from quantship.calibration.table import CalibrationTable
+    from quantship.exporter.load import FloatModel
 
 # What ORT's optimizer turns a quantized compute op into, to check that fusion happened.
 INTEGER_KERNELS = {
@@ -153,6 +103,8 @@ def session_options(settings: SessionSettings, optimized_path: str | None = None
 def fused_kernels(model_path: Path, threads: int | None = None) -> dict[str, Any]:
     """Load the model in ORT and read back the optimized graph: how many of each compute
     op became an integer kernel. This is what decides whether INT8 is faster."""
+    import onnx
+
     ort = _ort()
     with tempfile.TemporaryDirectory() as tmp:
         opt = str(Path(tmp) / "optimized.onnx")
@@ -309,8 +261,18 @@ class OnnxRuntimeBackend(BaseBackend):
     extra = "onnxruntime"
     formats: tuple[str, ...] = ("onnx", "onnx-qdq")
 
-    def __init__(self, rules: Rules = RULES) -> None:
-        self.rules = rules
+    def __init__(self, rules: Rules | None = None) -> None:
+        self._rules = rules
+
+    @property
+    def rules(self) -> Rules:
+        """The plan rules (``onnxruntime_rules.RULES`` unless given), imported on first
+        use: planning needs onnx, running an artifact does not."""
+        if self._rules is None:
+            from quantship.backends.onnxruntime_rules import RULES
+
+            self._rules = RULES
+        return self._rules
 
     def available(self) -> str | None:
         try:
@@ -345,9 +307,14 @@ class OnnxRuntimeBackend(BaseBackend):
         )  # fmt: skip
 
     def plan(self, model: FloatModel, table: CalibrationTable, options: PlanOptions) -> QuantPlan:
+        from quantship.backends.planning import make_plan
+
         return make_plan(model, table, options, self.rules)
 
     def compile(self, qdq: onnx.ModelProto, out_dir: Path, model: FloatModel) -> Artifact:
+        from quantship.backends.op_rules import activations_note, kernels_note
+        from quantship.exporter.onnx_file import save_model
+
         rel = f"{self.name}/model.int8.onnx"
         path = out_dir / rel
         data = save_model(qdq, path, model.weights_dir)

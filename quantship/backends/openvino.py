@@ -53,12 +53,10 @@ import re
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 
-from quantship.backends.attention import not_attention_product
 from quantship.backends.base import (
     Artifact,
     BaseBackend,
@@ -67,59 +65,22 @@ from quantship.backends.base import (
     QuantPlan,
     SessionSettings,
 )
-from quantship.backends.op_rules import (
-    activations_note,
-    binary_check,
-    both,
-    embedding_table,
-    input_side_ops,
-    kernels_note,
-)
-from quantship.backends.openvino_graph import convert_model, fuses_attention
 from quantship.backends.openvino_session import (
     OVSession,
     compile_config,
     openvino_module,
     precision_name,
 )
-from quantship.backends.planning import OpRule, Rules, make_plan
 from quantship.backends.variants import ALL, PlanVariant
-from quantship.calibration.table import CalibrationTable
 from quantship.errors import BackendError
-from quantship.exporter.load import FloatModel
 from quantship.types import Feed, Precision
 
-OV_OPS: dict[str, OpRule] = {
-    **input_side_ops(),
-    # An attention block's products stay float: see attention.not_attention_product.
-    "MatMul": replace(
-        input_side_ops()["MatMul"],
-        check=both(input_side_ops()["MatMul"].check, not_attention_product),
-    ),
-    # One scale per row: OpenVINO gathers the rows' scales with them. One scale for a
-    # whole word-embedding table was the largest single error in the MiniLM-shaped
-    # encoder (SQNR 38.3 dB, 42.3 with the table float, 40.4 per row; 1 − cosine 4.6e-5
-    # per row against NNCF's 5.8e-5, benchmarks/transformer_encoders.py).
-    "Gather": embedding_table(quantize_output=False, per_row=True),
-}
-# Quantization moves above Split, Concat, Resize and MaxPool so OpenVINO moves int8
-# data and requantizes nothing after them (as NNCF places it); a Concat's inputs share
-# its output's range (hoist.hoist). Above Concat, on the YOLOv8n-sized detector:
-# 4% faster, 1 − cosine 3.7e-4 → 3.1e-4 (benchmarks/plan_choices.py).
-RULES = Rules(
-    backend="openvino",
-    ops=OV_OPS,
-    act_dtype="uint8",
-    symmetric=False,
-    absorb=frozenset(),
-    hoist=frozenset({"Split", "Concat", "Resize", "MaxPool"}),
-    product_hoist=frozenset({"Reshape", "Transpose", "Mul", "Div"}),
-    symmetric_products=True,
-    # SiLU's Mul in INT8 only where a plan asks (the "silu-int8" variants, or a region of
-    # the profile-guided plan): it splits the activation from its convolution's kernel.
-    optional={"Mul": OpRule("compute", act_inputs=(0, 1), check=binary_check)},
-)
+if TYPE_CHECKING:  # the export side; bench on a runtime-only install needs none of it
+    import onnx
 
+    from quantship.backends.planning import Rules
+    from quantship.calibration.table import CalibrationTable
+    from quantship.exporter.load import FloatModel
 
 # What to turn off when a static-shape compile disagrees with the dynamic one. Seen with
 # OpenVINO 2026.4 on AVX-512 CPUs: at a static batch of 4 or more, the CPU plugin fuses
@@ -195,9 +156,19 @@ class OpenVINOBackend(BaseBackend):
     extra = "openvino"
     formats: tuple[str, ...] = ("onnx", "onnx-qdq", "openvino-ir")
 
-    def __init__(self, rules: Rules = RULES) -> None:
-        self.rules = rules
+    def __init__(self, rules: Rules | None = None) -> None:
+        self._rules = rules
         self._caps: Capabilities | None = None
+
+    @property
+    def rules(self) -> Rules:
+        """The plan rules (``openvino_rules.RULES`` unless given), imported on first use:
+        planning needs onnx, running an artifact does not."""
+        if self._rules is None:
+            from quantship.backends.openvino_rules import RULES
+
+            self._rules = RULES
+        return self._rules
 
     def available(self) -> str | None:
         try:
@@ -235,6 +206,8 @@ class OpenVINOBackend(BaseBackend):
         """Choices the CPU plugin's kernels tell apart: which convolution kernel an INT8
         layer lands on depends on the activations' signedness, and whether SiLU stays a
         fused post-op depends on where its FakeQuantize sits."""
+        from quantship.backends.op_rules import input_side_ops
+
         r = self.rules
         return (
             PlanVariant("symmetric", "int8 symmetric activations (NNCF's default)", self,
@@ -253,6 +226,11 @@ class OpenVINOBackend(BaseBackend):
         )  # fmt: skip
 
     def plan(self, model: FloatModel, table: CalibrationTable, options: PlanOptions) -> QuantPlan:
+        from quantship.backends.op_rules import input_side_ops
+        from quantship.backends.openvino_graph import fuses_attention
+        from quantship.backends.openvino_rules import OV_OPS
+        from quantship.backends.planning import make_plan
+
         rules = self.rules
         if rules.ops.get("MatMul") is OV_OPS["MatMul"] and not fuses_attention(model):
             # Nothing to keep whole: the products run as plain MatMuls either way.
@@ -260,6 +238,9 @@ class OpenVINOBackend(BaseBackend):
         return make_plan(model, table, options, rules)
 
     def compile(self, qdq: onnx.ModelProto, out_dir: Path, model: FloatModel) -> Artifact:
+        from quantship.backends.op_rules import activations_note, kernels_note
+        from quantship.backends.openvino_graph import convert_model
+
         ov = openvino_module()
         rel = f"{self.name}/model.int8.xml"
         xml = out_dir / rel
@@ -324,6 +305,8 @@ class OpenVINOBackend(BaseBackend):
         self, qdq: onnx.ModelProto, model: FloatModel, settings: SessionSettings
     ) -> OVSession:
         """The QDQ model converted as ``compile`` converts it, compiled in memory."""
+        from quantship.backends.openvino_graph import convert_model
+
         ov_model = convert_model(qdq, model)
         # Dynamic shapes: the guard runs batches of varying size, and a static batch
         # can meet OpenVINO 2026.4's snippets bug (see static_shape_check).

@@ -121,33 +121,17 @@ class OVSession(BaseSession):
             ) from None
         return [np.array(req.get_output_tensor(i).data) for i in range(len(compiled.outputs))]
 
-    def throughput(self, feeds: Feed, seconds: float) -> tuple[int, float]:
-        """Runs completed and seconds spent with OpenVINO's own async queue: as many
-        parallel infer requests as the plugin finds optimal (THROUGHPUT hint)."""
-        import time
-
-        ov = openvino_module()
-        # The same model at the same precision, compiled with the THROUGHPUT hint.
-        with OVSession(
+    def queue(self, feeds: Feed, streams: int | None) -> OVQueue:
+        """OpenVINO's own async queue on the model compiled with the THROUGHPUT hint (at
+        ``streams`` CPU streams, else the plugin's choice), as many infer requests as the
+        plugin finds optimal."""
+        tp = OVSession(
             self.model,
-            replace(self.settings, mode="throughput"),
+            replace(self.settings, mode="throughput", streams=streams),
             self.overrides,
             static=self.static,
-        ) as tp:
-            compiled = tp.compiled_for(feeds)
-            n = compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
-            queue = ov.AsyncInferQueue(compiled, n)
-            for _ in range(n):  # warm-up
-                queue.start_async(feeds)
-            queue.wait_all()
-            done = 0
-            t0 = time.perf_counter()
-            while time.perf_counter() - t0 < seconds:
-                for _ in range(n):
-                    queue.start_async(feeds)
-                queue.wait_all()
-                done += n
-            return done, time.perf_counter() - t0
+        )
+        return OVQueue(tp, feeds)
 
     def profile(self, feeds: Feed, runs: int) -> list[LayerTime]:
         """The plugin's per-layer counters (``PERF_COUNT``) over ``runs`` runs, from a
@@ -219,3 +203,28 @@ def ov_message(e: Exception) -> str:
     lines = [s.strip() for s in str(e).splitlines() if s.strip()]
     useful = [s for s in lines if not s.startswith("Exception from")]
     return (useful or lines or [type(e).__name__])[-1]
+
+
+class OVQueue:
+    """``RequestQueue`` over OpenVINO's ``AsyncInferQueue``."""
+
+    def __init__(self, session: OVSession, feeds: Feed) -> None:
+        ov = openvino_module()
+        self._session = session
+        self._feeds = feeds
+        compiled = session.compiled_for(feeds)
+        self.size = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        streams = compiled.get_property("NUM_STREAMS")
+        self.what = f"{self.size} OpenVINO infer requests, {streams} streams"
+        self._queue = ov.AsyncInferQueue(compiled, self.size)
+        self._queue.set_callback(lambda request, done: done())
+
+    def start(self, done: Any) -> None:
+        self._queue.start_async(self._feeds, done)
+
+    def wait_all(self) -> None:
+        self._queue.wait_all()
+
+    def close(self) -> None:
+        self._queue.wait_all()
+        self._session.close()

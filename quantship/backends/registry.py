@@ -23,6 +23,8 @@ BUILTIN: dict[str, str] = {
     "tensorrt": "quantship.backends.tensorrt:TensorRTBackend",
 }
 DEFAULT = DEFAULT_BACKEND
+# What the export side needs beyond numpy and a runtime (the ``export`` extra).
+EXPORT_DEPS = frozenset({"onnx", "onnxslim", "rich"})
 
 
 def _entry_points() -> dict[str, str]:
@@ -50,7 +52,16 @@ def get(name: str) -> Backend:
     if target is None or not _module_exists(target):
         raise BackendError(f"unknown backend {name!r}; available: {', '.join(names())}")
     mod_name, _, attr = target.partition(":")
-    obj = getattr(importlib.import_module(mod_name), attr)
+    try:
+        module = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        if e.name not in EXPORT_DEPS:
+            raise
+        raise BackendError(
+            f"backend {name!r} needs {e.name}, which a runtime-only install leaves out: "
+            "pip install 'quantship[export]'"
+        ) from None
+    obj = getattr(module, attr)
     if isinstance(obj, type) or (callable(obj) and not hasattr(obj, "plan")):
         obj = obj()
     return cast(Backend, obj)

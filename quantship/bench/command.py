@@ -1,20 +1,28 @@
 """``quantship bench``: latency of an export folder on this machine (every INT8
 artifact beside the float model at each precision each runtime has here, after
 checking every file against the manifest's sha256), or of one model in one or more
-runtimes."""
+runtimes, in MLPerf LoadGen's scenarios (``scenarios.py``); the load and first run of
+each apart (cold start). The JSON it writes is made to be compared across runs and
+machines (``compare.py``)."""
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from quantship.bench.machine import cpu_info
-from quantship.bench.run import bench_candidates
+from quantship import __version__
+from quantship.bench.machine import machine_record
+from quantship.bench.run import ColdStart, ScenarioPlan, bench_candidates
+from quantship.bench.scenarios import ScenarioResult
 from quantship.bench.timing import BenchSettings, LatencyStats, p50_by_key
 from quantship.bench.verdict import Option, decide
 from quantship.errors import QuantshipError
 from quantship.exporter.output import write_json
 from quantship.ui import SILENT, UI
+
+SCHEMA = "quantship.bench/2"
 
 
 def bench(
@@ -22,7 +30,8 @@ def bench(
     *,
     backends: str | Sequence[str] | None = None,
     settings: BenchSettings | None = None,
-    throughput_seconds: float = 0.0,
+    scenarios: ScenarioPlan | None = None,
+    throughput_seconds: float | None = None,
     data: str | Path | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     tokenizer: str | Path | None = None,
@@ -31,13 +40,20 @@ def bench(
     ui: UI = SILENT,
 ) -> list[LatencyStats]:
     """Latency of an export folder (each artifact beside the float model in its own
-    runtime) or of one ONNX model in one or more runtimes; with ``throughput_seconds``,
-    also the throughput mode of runtimes that have one (OpenVINO's async requests)."""
-    from quantship.bench.report import latency_plot, latency_table
-    from quantship.bench.run import throughput_candidates
+    runtime) or of one ONNX model in one or more runtimes, single-stream; ``scenarios``
+    adds the offline and server scenarios (``throughput_seconds``, the older name, runs
+    the offline scenario that long)."""
+    from quantship.bench.report import latency_plot, latency_table, scenario_tables
+    from quantship.bench.run import scenario_candidates
     from quantship.bench.targets import find_targets
 
     settings = settings or BenchSettings()
+    plan = scenarios or ScenarioPlan()
+    if throughput_seconds is not None:
+        if scenarios is not None:
+            raise QuantshipError("give the offline scenario's length once: --scenario-seconds")
+        if throughput_seconds > 0:
+            plan = ScenarioPlan(("single-stream", "offline"), throughput_seconds)
     found = find_targets(
         target, backends, data=data, input_shapes=input_shapes, tokenizer=tokenizer, ui=ui
     )
@@ -49,7 +65,11 @@ def bench(
             "--lengths and --input-shape both size the dynamic dimensions; give one of them"
         )
     shapes = found.shapes(settings.batches[0], first)  # what the first point feeds
-    stats = bench_candidates(cands, inputs, settings, sample=sample, examples=examples, ui=ui)
+    cold: dict[str, ColdStart] = {}
+    stats = bench_candidates(
+        cands, inputs, settings, sample=sample, examples=examples, ui=ui, cold_start=cold,
+        time_runs="single-stream" in plan.scenarios,
+    )  # fmt: skip
     p50 = p50_by_key(stats, settings.batches[0], first)
     verdict = decide(
         [Option(c.key, c.label, c.is_float, p50.get(c.key), recorded.get(c.key)) for c in cands],
@@ -60,37 +80,68 @@ def bench(
     floats = sorted((c for c in cands if c.is_float), key=lambda c: p50.get(c.key, 0.0))
     ref_key = verdict.fastest_float or floats[0].key
     reference = next(c.label for c in cands if c.key == ref_key)
-    latency_table(ui, stats, f"{title}   (speedup against {reference})", reference)
-    if recorded:
+    if stats:
+        latency_table(ui, stats, f"{title}   (speedup against {reference})", reference,
+                      settings.percentiles)  # fmt: skip
+    ui.table(
+        "cold start: loading (reading, compiling) and the first run",
+        ["model", "load ms", "first run ms", "total ms"],
+        [[c.label, f"{c.load_ms:.1f}", f"{c.first_run_ms:.1f}",
+          f"{c.load_ms + c.first_run_ms:.1f}"] for c in cold.values()],
+    )  # fmt: skip
+    if recorded and stats:
         ui.note(f"verdict (fidelity as recorded at export): {verdict.line}")
         for w in verdict.warnings:
             ui.note(f"warning: {w}")
-    tput = throughput_candidates(
-        cands, inputs, settings, throughput_seconds, sample=sample, examples=examples, ui=ui
+    results: list[ScenarioResult] = scenario_candidates(
+        cands, inputs, settings, plan, sample=sample, examples=examples, ui=ui
     )
-    if tput:
-        ui.table(
-            "throughput mode (the runtime's own parallel requests)"
-            + (f", length {first}" if first is not None else ""),
-            ["model", "batch", "samples/s", "runs"],
-            [[t.label, str(t.batch), f"{t.samples_per_s:.1f}", str(t.runs)] for t in tput],
-        )
+    scenario_tables(ui, results, settings.percentiles)
     if json_path is not None:
+        runtimes: dict[str, str] = {}
+        for c in cands:
+            runtimes.setdefault(c.backend.name, c.backend.version())
+        artifacts = []
+        for c in cands:
+            files = {f: found.hashes[f] for f in c.artifact.files if f in found.hashes}
+            artifacts.append(
+                {"key": c.key, "label": c.label, "backend": c.backend.name,
+                 "precision": c.precision or c.artifact.precision, "format": c.artifact.format,
+                 "files": files, "sha256_verified": len(files) == len(c.artifact.files)}
+            )  # fmt: skip
         write_json(
             Path(json_path),
             {
+                "schema": SCHEMA,
+                "quantship": __version__,
+                "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "target": str(target),
-                "machine": cpu_info(),
-                "settings": dict(settings.__dict__),
+                "machine": machine_record(),
+                "runtimes": runtimes,
+                "settings": _settings_json(settings, plan),
                 # At the first --batch (and --lengths): the others scale those axes.
                 "input_shapes": shapes,
-                "results": [s.to_json() for s in stats],
+                "artifacts": artifacts,
                 "keys": {c.label: c.key for c in cands},
+                "cold_start": [c.to_json() for c in cold.values()],
+                "results": [s.to_json(settings.percentiles) for s in stats]
+                + [r.to_json(settings.percentiles) for r in results],
                 "speedup_against": reference,
-                "throughput": [t.to_json() for t in tput],
-                "verdict": verdict.to_json(budget) if recorded else None,
+                "verdict": verdict.to_json(budget) if recorded and stats else None,
             },
         )
-    if plot_path is not None and not latency_plot(stats, Path(plot_path), title):
+    if plot_path is not None and not latency_plot(stats, results, Path(plot_path), title):
         ui.note("plot skipped: matplotlib is not installed (pip install 'quantship[plot]')")
     return stats
+
+
+def _settings_json(settings: BenchSettings, plan: ScenarioPlan) -> dict[str, Any]:
+    out: dict[str, Any] = dict(settings.__dict__)
+    out.update(
+        scenarios=list(plan.scenarios),
+        scenario_seconds=plan.seconds,
+        qps=plan.qps,
+        latency_bound_ms=plan.latency_bound_ms,
+        streams=plan.streams,
+    )
+    return out

@@ -52,3 +52,23 @@ def isa_line() -> str:
     """The CPU in one line, for a table's title: model, cores, the extensions."""
     info = cpu_info()
     return f"{info['cpu']}, {info['cores']} cores, {' '.join(info['isa']) or 'no listed ISA'}"
+
+
+def machine_record() -> dict[str, Any]:
+    """What a result file records of the machine it was measured on: the CPU (model,
+    cores, ISA flags by their /proc/cpuinfo names), memory, OS, Python, host name."""
+    memory = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        **cpu_info(),
+        "memory_bytes": memory,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "node": platform.node(),
+    }

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from quantship.bench.timing import LatencyStats
+from quantship.bench.scenarios import ScenarioResult
+from quantship.bench.timing import LatencyStats, percentile_key
 from quantship.ui import UI
 
 
@@ -26,23 +27,24 @@ def latency_table(
     stats: Sequence[LatencyStats],
     title: str,
     reference: str | None = None,
+    percentiles: Sequence[float] = (50.0, 90.0, 99.0),
 ) -> None:
     """Every row's speedup is against ``reference`` (a label) at the same batch size
-    (and length, where ``--lengths`` set one)."""
+    (and length, where ``--lengths`` set one), by p50."""
     by = {(s.label, s.batch, s.length): s for s in stats}
     lengths = any(s.length is not None for s in stats)
+    keys = [percentile_key(p) for p in percentiles]
     rows = []
     for s in stats:
         b = by.get((reference, s.batch, s.length)) if reference else None
         speed = f"{b.p50_ms / s.p50_ms:.2f}x" if b is not None and s.p50_ms > 0 else "-"
+        pct = s.percentiles(percentiles)
         rows.append(
             [
                 s.label,
                 str(s.batch),
                 *([str(s.length)] if lengths else []),
-                fmt_ms(s.p50_ms),
-                fmt_ms(s.p90_ms),
-                fmt_ms(s.p99_ms),
+                *(fmt_ms(pct.get(k)) for k in keys),
                 fmt_ms(s.mean_ms),
                 fmt_ms(s.std_ms),
                 f"{s.throughput:.1f}",
@@ -56,9 +58,7 @@ def latency_table(
             "model",
             "batch",
             *(["length"] if lengths else []),
-            "p50 ms",
-            "p90 ms",
-            "p99 ms",
+            *(f"{k[:-3]} ms" for k in keys),
             "mean ms",
             "std ms",
             "samples/s",
@@ -69,9 +69,48 @@ def latency_table(
     )
 
 
-def latency_plot(stats: Sequence[LatencyStats], path: Path, title: str) -> bool:
-    """p50 bars with p90 and p99 marks, grouped by batch size. False if matplotlib is
-    missing (plots are an extra)."""
+def scenario_tables(
+    ui: UI, results: Sequence[ScenarioResult], percentiles: Sequence[float] = (50.0, 90.0, 99.0)
+) -> None:
+    """The offline scenario's throughput, and the server scenario's latency at the
+    asked rate (and the highest rate within the latency bound, where one was given)."""
+    lengths = any(r.length is not None for r in results)
+    off = [r for r in results if r.scenario == "offline"]
+    if off:
+        ui.table(
+            "offline scenario: every sample at once, the runtime's requests kept full",
+            ["model", "batch", *(["length"] if lengths else []), "requests", "samples/s",
+             "queries/s", "queries"],
+            [[r.label, str(r.batch), *([str(r.length)] if lengths else []), r.requests,
+              f"{r.samples_per_s:.1f}", f"{r.qps:.1f}", str(r.queries)] for r in off],
+        )  # fmt: skip
+    srv = [r for r in results if r.scenario == "server"]
+    if srv:
+        keys = [percentile_key(p) for p in percentiles]
+        bound = srv[0].latency_bound_ms
+        rows = []
+        for r in srv:
+            pct = r.percentiles(percentiles)
+            rows.append(
+                [r.label, str(r.batch), *([str(r.length)] if lengths else []),
+                 f"{r.target_qps:g}", f"{r.qps:.1f}", *(fmt_ms(pct.get(k)) for k in keys),
+                 *([fmt_num(r.max_qps_within_bound, 1)] if bound is not None else [])]
+            )  # fmt: skip
+        ui.table(
+            "server scenario: Poisson arrivals; latency from arrival to completion",
+            ["model", "batch", *(["length"] if lengths else []), "asked qps", "achieved qps",
+             *(f"{k[:-3]} ms" for k in keys),
+             *([f"max qps, p99 <= {bound:g} ms"] if bound is not None else [])],
+            rows,
+        )  # fmt: skip
+
+
+def latency_plot(
+    stats: Sequence[LatencyStats], results: Sequence[ScenarioResult], path: Path, title: str
+) -> bool:
+    """Latency distributions: per batch size (and length) and scenario with latencies
+    (single-stream, server), each candidate's empirical CDF of its raw samples, p50 and
+    p99 marked. False if matplotlib is missing (plots are an extra)."""
     try:
         import matplotlib
 
@@ -79,43 +118,33 @@ def latency_plot(stats: Sequence[LatencyStats], path: Path, title: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    labels = list(dict.fromkeys(s.label for s in stats))
-    points = list(dict.fromkeys((s.batch, s.length) for s in stats))
-    fig, axes = plt.subplots(
-        1, len(points), figsize=(max(5, 2.2 * len(labels)) * len(points), 4), squeeze=False
-    )
-    for ax, (b, n) in zip(axes[0], points, strict=True):
-        row = [
-            next((s for s in stats if s.label == lab and s.batch == b and s.length == n), None)
-            for lab in labels
-        ]
-        xs = list(range(len(labels)))
-        p50 = [s.p50_ms if s else 0.0 for s in row]
-        ax.bar(xs, p50, color=["#7f7f7f"] + ["#1f77b4"] * (len(labels) - 1), label="p50")
-        ax.scatter(
-            xs,
-            [s.p90_ms if s else 0.0 for s in row],
-            marker="_",
-            s=300,
-            color="#ff7f0e",
-            label="p90",
-            zorder=3,
-        )
-        ax.scatter(
-            xs,
-            [s.p99_ms if s else 0.0 for s in row],
-            marker="_",
-            s=300,
-            color="#d62728",
-            label="p99",
-            zorder=3,
-        )
-        for x, v in zip(xs, p50, strict=True):
-            ax.annotate(f"{v:.2f}", (x, v), ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(xs, labels, rotation=20, ha="right")
-        ax.set_ylabel("latency per run (ms)")
-        ax.set_title(f"batch {b}" + (f", length {n}" if n is not None else ""))
-        ax.legend(loc="upper right", fontsize=8)
+    import numpy as np
+
+    panels: dict[tuple[str, int, int | None], list[tuple[str, Sequence[float]]]] = {}
+    for s in stats:
+        if s.samples_ms:
+            panels.setdefault(("single-stream", s.batch, s.length), []).append(
+                (s.label, s.samples_ms)
+            )
+    for r in results:
+        if r.latencies_ms:
+            panels.setdefault(("server", r.batch, r.length), []).append((r.label, r.latencies_ms))
+    if not panels:
+        return True
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+    for ax, ((scenario, b, n), curves) in zip(axes[0], panels.items(), strict=True):
+        for label, ms in curves:
+            xs = np.sort(np.asarray(ms))
+            ys = np.arange(1, len(xs) + 1) / len(xs)
+            (line,) = ax.step(xs, ys, where="post", label=label)
+            for q in (50, 99):
+                ax.plot([np.percentile(xs, q)], [q / 100], "o", color=line.get_color(), ms=4)
+        ax.set_xscale("log")
+        ax.set_xlabel("latency per query (ms, log scale); dots: p50, p99")
+        ax.set_ylabel("share of queries at or below")
+        ax.set_title(f"{scenario}, batch {b}" + (f", length {n}" if n is not None else ""))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

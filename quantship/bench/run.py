@@ -7,21 +7,23 @@ machine that has only what deployment has.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from quantship.backends.base import Artifact, Backend, Session, SessionSettings
+from quantship.bench.scenarios import ScenarioResult
 from quantship.bench.timing import (
     BenchSettings,
     LatencyStats,
     measure_interleaved,
     stats_from_samples,
 )
-from quantship.errors import QuantshipError
-from quantship.exporter.load import InputSpec
-from quantship.types import Feed, Precision
+from quantship.errors import QuantshipError, closest
+from quantship.types import Feed, InputSpec, Precision
 from quantship.ui import SILENT, UI
 
 
@@ -76,30 +78,6 @@ def float_candidates(float_art: Artifact, backends: Sequence[Backend]) -> list[C
 
 def artifact_candidates(pairs: Sequence[tuple[Artifact, Backend]]) -> list[Candidate]:
     return [Candidate(b.describe(a, SessionSettings()), b, a) for a, b in pairs]
-
-
-@dataclass(frozen=True)
-class Throughput:
-    """Throughput mode: the runtime's own parallel requests (OpenVINO's THROUGHPUT hint)."""
-
-    label: str
-    batch: int
-    runs: int
-    seconds: float
-
-    @property
-    def samples_per_s(self) -> float:
-        return self.batch * self.runs / self.seconds if self.seconds > 0 else 0.0
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "label": self.label,
-            "batch": self.batch,
-            "mode": "throughput",
-            "runs": self.runs,
-            "seconds": round(self.seconds, 3),
-            "samples_per_s": round(self.samples_per_s, 2),
-        }
 
 
 def make_feeds(
@@ -177,11 +155,15 @@ def bench_candidates(
     sample: Feed | None = None,
     examples: Mapping[str, Sequence[int]] | None = None,
     ui: UI = SILENT,
+    cold_start: dict[str, ColdStart] | None = None,
+    time_runs: bool = True,
 ) -> list[LatencyStats]:
     """Latency of every candidate at every batch size, interleaved per batch size, on
     the wall clock: a run from host inputs to host outputs, copies to and from a device
     included, so every row measures the same thing. Sessions with a device clock (a
-    TensorRT engine) also get a row of device time alone, named so."""
+    TensorRT engine) also get a row of device time alone, named so. Each session's load
+    and first run are timed apart (``cold_start``, filled where given); with
+    ``time_runs`` False, that is all."""
     for n in settings.lengths or (None,):
         for b in settings.batches:
             make_feeds(inputs, b, sample, examples=examples, length=n)  # fail before loading
@@ -193,11 +175,43 @@ def bench_candidates(
                 raise QuantshipError(f"two candidates to time are both {value!r}; name them apart")
             seen.add(value)
     with contextlib.ExitStack() as stack:
-        sessions: dict[str, Session] = {
-            c.key: stack.enter_context(c.backend.session(c.artifact, c.settings(settings.threads)))
-            for c in candidates
-        }
+        sessions: dict[str, Session] = {}
+        first = make_feeds(inputs, settings.batches[0], sample, examples=examples,
+                           length=settings.lengths[0] if settings.lengths else None)  # fmt: skip
+        for c in candidates:
+            t0 = time.perf_counter()
+            sessions[c.key] = stack.enter_context(
+                c.backend.session(c.artifact, c.settings(settings.threads))
+            )
+            t1 = time.perf_counter()
+            try:
+                sessions[c.key].run(first)
+            except Exception as e:
+                raise QuantshipError(
+                    f"{c.label} fails on its first run: {str(e).splitlines()[0]}"
+                ) from None
+            if cold_start is not None:
+                cold_start[c.key] = ColdStart(c.label, c.key, (t1 - t0) * 1e3,
+                                              (time.perf_counter() - t1) * 1e3)  # fmt: skip
+        if not time_runs:
+            return []
         return _time_all(candidates, sessions, inputs, settings, sample, examples, ui)
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """Loading an artifact (reading, compiling) and its first run, apart from the warm
+    latency: what a process that starts, answers one query and exits pays."""
+
+    label: str
+    key: str
+    load_ms: float
+    first_run_ms: float
+
+    def to_json(self) -> dict[str, object]:
+        return {"label": self.label, "key": self.key, "load_ms": round(self.load_ms, 3),
+                "first_run_ms": round(self.first_run_ms, 3),
+                "total_ms": round(self.load_ms + self.first_run_ms, 3)}  # fmt: skip
 
 
 def _time_all(
@@ -242,53 +256,112 @@ def _time_all(
     return out
 
 
-def throughput_candidates(
+def scenario_candidates(
     candidates: Sequence[Candidate],
     inputs: Sequence[InputSpec],
     settings: BenchSettings,
-    seconds: float,
+    plan: ScenarioPlan,
     *,
     sample: Feed | None = None,
     examples: Mapping[str, Sequence[int]] | None = None,
     ui: UI = SILENT,
-) -> list[Throughput]:
-    """Throughput mode for the candidates whose session offers it, in two interleaved
-    rounds of ``seconds / 2`` each."""
-    out: list[Throughput] = []
-    capable = [c for c in candidates if c.backend.capabilities().throughput]
-    if not capable or seconds <= 0:
+) -> list[ScenarioResult]:
+    """The offline and server scenarios (``plan``) for every candidate at every batch
+    size (and length): each candidate's request queue in turn, two rounds, the order
+    reversed in the second."""
+    from quantship.bench import scenarios as sc
+
+    out: list[ScenarioResult] = []
+    points = [(n, b) for n in settings.lengths or (None,) for b in settings.batches]
+    todo = [x for x in ("offline", "server") if x in plan.scenarios]
+    if not todo or plan.seconds <= 0:
         return out
-    with contextlib.ExitStack() as stack:
-        sessions = [
-            (c, stack.enter_context(c.backend.session(c.artifact, c.settings(settings.threads))))
-            for c in capable
-        ]
-        return _throughput(sessions, inputs, settings, seconds, sample, examples, ui)
-
-
-def _throughput(
-    capable: Sequence[tuple[Candidate, Session]],
-    inputs: Sequence[InputSpec],
-    settings: BenchSettings,
-    seconds: float,
-    sample: Feed | None,
-    examples: Mapping[str, Sequence[int]] | None,
-    ui: UI,
-) -> list[Throughput]:
-    out: list[Throughput] = []
-    with ui.progress("throughput mode", len(capable) * len(settings.batches) * 2) as advance:
-        for b in settings.batches:
-            first = settings.lengths[0] if settings.lengths else None
-            feeds = make_feeds(inputs, b, sample, examples=examples, length=first)
-            acc = {c.label: [0, 0.0] for c, _ in capable}
-            for _ in range(2):
-                for c, s in capable:
-                    runs, secs = s.throughput(feeds, seconds / 2)
-                    acc[c.label][0] += runs
-                    acc[c.label][1] += secs
-                    advance(1)
-            out.extend(
-                Throughput(c.label, b, int(acc[c.label][0]), float(acc[c.label][1]))
-                for c, _ in capable
-            )
+    steps = len(points) * len(candidates) * 2 * len(todo)
+    with contextlib.ExitStack() as stack, ui.progress("scenarios", steps) as advance:
+        sessions = {
+            c.key: stack.enter_context(c.backend.session(c.artifact, c.settings(settings.threads)))
+            for c in candidates
+        }
+        for n, b in points:
+            feeds = make_feeds(inputs, b, sample, examples=examples, length=n)
+            queues = {}
+            for c in candidates:
+                q = sessions[c.key].queue(feeds, plan.streams)
+                stack.callback(q.close)
+                queues[c.key] = q
+            for scenario in todo:
+                acc: dict[str, list[Any]] = {c.key: [0, 0.0, []] for c in candidates}
+                for rnd in range(2):
+                    for c in candidates if rnd == 0 else list(reversed(candidates)):
+                        q = queues[c.key]
+                        if scenario == "offline":
+                            done, secs = sc.offline(q, plan.seconds / 2)
+                            acc[c.key][0] += done
+                            acc[c.key][1] += secs
+                        else:
+                            assert plan.qps is not None
+                            lat, secs = sc.server(q, plan.qps, plan.seconds / 2, seed=rnd)
+                            acc[c.key][0] += len(lat)
+                            acc[c.key][1] += secs
+                            acc[c.key][2].extend(lat)
+                        advance(1)
+                for c in candidates:
+                    done, secs, lat = acc[c.key]
+                    res = ScenarioResult(
+                        c.label, c.key, scenario, b, n, int(done), float(secs),
+                        queues[c.key].what, tuple(lat),
+                        target_qps=plan.qps if scenario == "server" else None,
+                    )  # fmt: skip
+                    out.append(res)
+            if "server" in todo and plan.latency_bound_ms is not None:
+                for c in candidates:
+                    ceiling = next(
+                        (r.qps for r in out if r.key == c.key and r.scenario == "offline"
+                         and r.batch == b and r.length == n), None,
+                    )  # fmt: skip
+                    if ceiling is None:  # no offline run: the server run's own rate bounds it
+                        srv = next(r for r in out if r.key == c.key and r.scenario == "server")
+                        ceiling = max(srv.qps, 1e3 / max(np.median(srv.latencies_ms), 1e-3))
+                    ui.note(f"{c.label}: searching the highest rate with p99 under "
+                            f"{plan.latency_bound_ms:g} ms")  # fmt: skip
+                    best = sc.max_qps_within(
+                        queues[c.key], plan.latency_bound_ms, ceiling, plan.seconds / 2
+                    )
+                    i = next(i for i, r in enumerate(out) if r.key == c.key
+                             and r.scenario == "server" and r.batch == b and r.length == n)  # fmt: skip
+                    out[i] = replace(out[i], latency_bound_ms=plan.latency_bound_ms,
+                                     max_qps_within_bound=best)  # fmt: skip
     return out
+
+
+@dataclass(frozen=True)
+class ScenarioPlan:
+    """What ``--scenario`` asked for: the scenarios, seconds per candidate and scenario,
+    the server's rate and latency bound, parallel requests (None: the runtime's choice)."""
+
+    scenarios: tuple[str, ...] = ("single-stream",)
+    seconds: float = 4.0
+    qps: float | None = None
+    latency_bound_ms: float | None = None
+    streams: int | None = None
+
+    def __post_init__(self) -> None:
+        from quantship.bench.scenarios import SCENARIOS
+
+        for x in self.scenarios:
+            if x not in SCENARIOS:
+                raise QuantshipError(f"unknown scenario {x!r}; {closest(x, SCENARIOS)}")
+        if "server" in self.scenarios and (self.qps is None or self.qps <= 0):
+            raise QuantshipError("the server scenario needs an arrival rate: --qps N (queries/s)")
+        if self.qps is not None and "server" not in self.scenarios:
+            raise QuantshipError("--qps sets the server scenario's rate; add --scenario server")
+        if self.latency_bound_ms is not None:
+            if "server" not in self.scenarios:
+                raise QuantshipError("--latency-bound applies to the server scenario; add "
+                                     "--scenario server")  # fmt: skip
+            if self.latency_bound_ms <= 0:
+                raise QuantshipError("--latency-bound must be a positive number of milliseconds")
+        if self.seconds < 0:
+            raise QuantshipError("--scenario-seconds must be >= 0")
+        if self.streams is not None and self.streams < 1:
+            raise QuantshipError("--streams must be >= 1")

@@ -16,8 +16,7 @@ from quantship.bench.verdict import Budget
 from quantship.calibration.sources import open_data
 from quantship.calibration.text import TextOptions
 from quantship.errors import BackendError, QuantshipError
-from quantship.exporter.load import InputSpec
-from quantship.types import Feed
+from quantship.types import Feed, InputSpec
 from quantship.ui import UI
 
 
@@ -32,6 +31,9 @@ class Targets:
     budget: Budget = field(default_factory=Budget)
     recorded: dict[str, float] = field(default_factory=dict)  # cosine to fp32 per key
     sample: Feed | None = None
+    # Every file timed → its sha256, checked against the manifest before any timing (a
+    # model file's computed here).
+    hashes: dict[str, str] = field(default_factory=dict)
 
     def shapes(self, batch: int = 1, length: int | None = None) -> dict[str, list[int]]:
         feeds = make_feeds(self.inputs, batch, self.sample, examples=self.examples, length=length)
@@ -48,7 +50,6 @@ def find_targets(
     what: str = "latency",
     ui: UI,
 ) -> Targets:
-    from quantship.exporter.load import load_model
     from quantship.exporter.manifest import (
         artifacts_in,
         float_artifact,
@@ -59,7 +60,7 @@ def find_targets(
     path = Path(target)
     if path.is_dir():
         manifest = read_manifest(path)
-        verify_files(path, manifest)
+        hashes = verify_files(path, manifest)
         inputs = [
             InputSpec(i["name"], tuple(i["shape"]), i["dtype"])
             for i in manifest["float_model"]["inputs"]
@@ -89,7 +90,7 @@ def find_targets(
             runtimes.insert(0, default)
         cands = float_candidates(float_artifact(path, manifest), runtimes)
         cands += artifact_candidates(pairs)
-        found = Targets(f"{what}: {path}", inputs, examples, cands)
+        found = Targets(f"{what}: {path}", inputs, examples, cands, hashes=hashes)
         v = manifest.get("verdict") or {}
         if "min_cosine" in v:  # the budget the export was judged by
             found.budget = Budget(float(v["min_cosine"]), str(v.get("budget", "")))
@@ -98,7 +99,7 @@ def find_targets(
             if entry.get("key") and cos is not None:
                 found.recorded[entry["key"]] = float(cos)
     else:
-        fm = load_model(path)
+        model_inputs = _model_inputs(path)
         chosen, missing = registry.available(backends or registry.DEFAULT)
         for m in missing:
             ui.note(f"error: {m}")
@@ -108,13 +109,63 @@ def find_targets(
             raise BackendError(
                 f"none of {', '.join(b.name for b in chosen)} can run a float model on this machine"
             )
-        found = Targets(f"{what}: {path.name}", list(fm.inputs), {}, cands)
+        from quantship.exporter.output import sha256_file
+
+        found = Targets(f"{what}: {path.name}", model_inputs, {}, cands,
+                        hashes={path.name: sha256_file(path)})  # fmt: skip
     for name, shape in (input_shapes or {}).items():
         found.examples[name] = _checked_shape(found.inputs, name, shape)
     if data is not None:
         tokens = TextOptions(Path(tokenizer)) if tokenizer is not None else None
         found.sample = open_data(data, found.inputs, role="benchmark", tokens=tokens).first()
     return found
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16",
+              "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32",
+              "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool"}  # fmt: skip
+
+
+def _model_inputs(path: Path) -> list[InputSpec]:
+    """A model file's inputs: read with onnx where the export side is installed, else
+    by the runtime there is (a runtime-only install on a target machine)."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is not None:
+        from quantship.exporter.load import load_model
+
+        return list(load_model(path).inputs)
+    if not path.is_file():
+        raise QuantshipError(f"{path}: no such model file or export folder")
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime as ort
+
+        try:
+            s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise QuantshipError(
+                f"{path}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}"
+            ) from None
+        out = []
+        for i in s.get_inputs():
+            if i.type not in _ORT_TYPES:
+                raise QuantshipError(
+                    f"{path}: input {i.name!r} is {i.type}, which bench cannot feed"
+                )
+            shape = tuple(d if isinstance(d, int) else None for d in i.shape)
+            out.append(InputSpec(i.name, shape, _ORT_TYPES[i.type]))
+        return out
+    from quantship.backends.openvino_session import openvino_module
+
+    try:
+        model = openvino_module().Core().read_model(str(path))
+    except Exception as e:
+        raise QuantshipError(f"{path}: OpenVINO cannot read it: {str(e).splitlines()[0]}") from None
+    specs = []
+    for port in model.inputs:
+        dims = tuple(None if d.is_dynamic else d.get_length() for d in port.get_partial_shape())
+        specs.append(InputSpec(port.get_any_name(), dims, port.get_element_type().to_dtype().name))
+    return specs
 
 
 def _checked_shape(

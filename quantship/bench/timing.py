@@ -40,6 +40,8 @@ class BenchSettings:
     # Sizes for every dynamic dimension other than the batch (sequence lengths), each
     # measured in turn; empty: the sample's or --input-shape's.
     lengths: tuple[int, ...] = ()
+    # Reported besides p50/p90/p99 (--percentiles), in (0, 100].
+    percentiles: tuple[float, ...] = (50.0, 90.0, 99.0)
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.warmup_seconds < 0:
@@ -58,6 +60,21 @@ class BenchSettings:
             raise ValueError("min_rounds must be >= 1")
         if self.settle_max_seconds < 0:
             raise ValueError("settle_max_seconds must be non-negative")
+        if not self.percentiles or any(not 0 < p <= 100 for p in self.percentiles):
+            raise ValueError(f"percentiles must lie in (0, 100], got {self.percentiles}")
+
+
+def percentile_key(p: float) -> str:
+    """The JSON key of a percentile: 50 → ``p50_ms``, 99.9 → ``p99.9_ms``."""
+    return f"p{p:g}_ms"
+
+
+def percentiles_of(ms: Sequence[float], ps: Sequence[float]) -> dict[str, float]:
+    """``percentile_key(p)`` → the value, for each ``p`` (linear interpolation)."""
+    if not len(ms):
+        return {}
+    values = np.percentile(np.asarray(ms, dtype=np.float64), list(ps))
+    return {percentile_key(p): float(v) for p, v in zip(ps, values, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -80,11 +97,25 @@ class LatencyStats:
     mode: str = "latency"  # "latency": wall clock, host to host; "device": device time only
     key: str = ""  # the candidate's stable key, where there is one
     length: int | None = None  # the size of the dynamic dimensions (--lengths), if set
+    # Every run's latency, in the order measured (the raw samples the JSON keeps).
+    samples_ms: tuple[float, ...] = ()
 
-    def to_json(self) -> dict[str, Any]:
+    def percentiles(self, ps: Sequence[float]) -> dict[str, float]:
+        """``p<p>_ms`` for each ``p`` from the raw samples (p50/p90/p99 without them)."""
+        if self.samples_ms:
+            return percentiles_of(self.samples_ms, ps)
+        known = {50.0: self.p50_ms, 90.0: self.p90_ms, 99.0: self.p99_ms}
+        return {percentile_key(p): known[p] for p in ps if p in known}
+
+    def to_json(
+        self, ps: Sequence[float] = (50.0, 90.0, 99.0), samples: bool = True
+    ) -> dict[str, Any]:
+        pct = {k: round(v, 4) for k, v in self.percentiles(ps).items()}
+        runs_per_s = self.throughput / self.batch
         return {
             "label": self.label,
             "key": self.key,
+            "scenario": "single-stream",
             "batch": self.batch,
             "length": self.length,
             "threads": self.threads,
@@ -94,11 +125,16 @@ class LatencyStats:
             "p50_ms": round(self.p50_ms, 4),
             "p90_ms": round(self.p90_ms, 4),
             "p99_ms": round(self.p99_ms, 4),
+            **pct,
             "mean_ms": round(self.mean_ms, 4),
             "std_ms": round(self.std_ms, 4),
             "min_ms": round(self.min_ms, 4),
             "max_ms": round(self.max_ms, 4),
+            # Queries (runs) per second of running, and samples (batch items) per second.
+            "qps": round(runs_per_s, 3),
+            "samples_per_s": round(self.throughput, 3),
             "throughput": round(self.throughput, 3),
+            **({"samples_ms": [round(v, 4) for v in self.samples_ms]} if samples else {}),
         }
 
 
@@ -132,6 +168,7 @@ def stats_from_samples(
         throughput=float(batch * ms.size / (ms.sum() / 1e3)),
         mode=mode,
         key=key,
+        samples_ms=tuple(float(v) for v in ms),
     )
 
 

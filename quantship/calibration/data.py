@@ -27,9 +27,8 @@ import numpy as np
 import numpy.typing as npt
 
 from quantship.errors import DataError
-from quantship.exporter.load import InputSpec
 from quantship.specs import resolve
-from quantship.types import Feed
+from quantship.types import Feed, InputSpec
 
 
 @dataclass(frozen=True, eq=False)

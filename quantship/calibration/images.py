@@ -12,8 +12,7 @@ import numpy as np
 
 from quantship.calibration.data import CalibrationData
 from quantship.errors import DataError
-from quantship.exporter.load import InputSpec
-from quantship.types import Feed
+from quantship.types import Feed, InputSpec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 

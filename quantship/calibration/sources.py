@@ -18,8 +18,8 @@ from quantship.calibration.data import (
 from quantship.calibration.images import ImageOptions, image_folder
 from quantship.calibration.text import FIELDS, TextOptions, is_text, text_data
 from quantship.errors import DataError
-from quantship.exporter.load import InputSpec
 from quantship.specs import is_callable_spec
+from quantship.types import InputSpec
 
 
 def open_data(

@@ -24,8 +24,7 @@ import numpy as np
 
 from quantship.calibration.data import CalibrationData
 from quantship.errors import DataError
-from quantship.exporter.load import InputSpec
-from quantship.types import Feed
+from quantship.types import Feed, InputSpec
 
 TEXT_SUFFIXES = (".txt", ".text")
 # What each encoding field feeds: the input names Hugging Face exporters write.

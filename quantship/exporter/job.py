@@ -68,6 +68,7 @@ class ExportOptions:
     plan: str = "rules"  # a plan variant's name, or "search" (exporter/plan_search.py)
     algorithms: str | Sequence[str] | None = None  # quantship/algorithms: names or a preset
     pooling: str | None = None  # "mean" or "cls": sentence-embedding fidelity (encoders)
+    ray: str | None = None  # a Ray cluster's address (or "auto"): calibration shards there
 
     def __post_init__(self) -> None:
         if self.samples is not None and self.samples < 1:
@@ -131,7 +132,7 @@ def run_export(opts: ExportOptions, ui: UI = SILENT) -> ExportResult:
     check_output_dir(opts.out)
     chosen, failures = choose_backends(opts)
     loaded = load(opts, ui)
-    table = calibration(opts, loaded, ui)
+    table, sharding = calibration(opts, loaded, ui)
     if table.input_dims:
         fm = dataclasses.replace(loaded.fm, input_ranges=dict(table.input_dims))
         # The same graph and weights: its identity carries over (hashing it again
@@ -168,6 +169,7 @@ def run_export(opts: ExportOptions, ui: UI = SILENT) -> ExportResult:
             failures,
             opts.calib_cache,
             drift,
+            sharding=sharding.to_json() if sharding is not None else None,
         )
         write_json(stage / MANIFEST, manifest)
     final = tuple(dataclasses.replace(c.artifact, root=opts.out) for c in measured.artifacts)
@@ -238,16 +240,25 @@ def load(opts: ExportOptions, ui: UI) -> Loaded:
     return Loaded(fm, data, split, feeds, reference_outputs(reference, feeds))
 
 
-def calibration(opts: ExportOptions, loaded: Loaded, ui: UI) -> CalibrationTable:
-    """One pass over the calibration data, or the table of an earlier one."""
+def calibration(opts: ExportOptions, loaded: Loaded, ui: UI) -> tuple[CalibrationTable, Any]:
+    """One pass over the calibration data (sharded over a Ray cluster with ``--ray``:
+    the same table, and how it was split), or the table of an earlier one."""
     from quantship.calibration.runner import calibrate
 
     fm, mspec = loaded.fm, opts.method
     if opts.calib_cache is None:
         assert loaded.data is not None
-        return calibrate(
+        if opts.ray is not None:
+            from quantship.fleet import calibrate_sharded
+
+            return calibrate_sharded(
+                fm, loaded.data, samples=loaded.held.calib_stop,
+                histograms=mspec.needs_histogram, address=opts.ray, ui=ui,
+            )  # fmt: skip
+        table = calibrate(
             fm, loaded.data, samples=loaded.held.calib_stop, histograms=mspec.needs_histogram, ui=ui
         )
+        return table, None
     table = CalibrationTable.load(Path(opts.calib_cache))
     if table.model_sha256 != fm.sha256:
         raise DataError(
@@ -261,7 +272,7 @@ def calibration(opts: ExportOptions, loaded: Loaded, ui: UI) -> CalibrationTable
             f"minmax); --method {mspec.method} needs them: drop --calib-cache to recalibrate"
         )
     ui.note(f"calibration: reusing {opts.calib_cache} ({table.samples} samples)")
-    return table
+    return table, None
 
 
 def plan_options(opts: ExportOptions, loaded: Loaded) -> PlanOptions:
@@ -337,7 +348,7 @@ def build(
         if opts.max_drop is not None:
             res = run_guard(
                 partial(Evaluator, b_fm, table, b, guard_feeds, metric_fn, labels, opts.threads,
-                        reference=loaded.fm),
+                        reference=loaded.fm, ray=opts.ray),
                 b, b_fm, table, opts.threads, planned, opts.max_drop, opts.metric, held, float_art, ui,
             )  # fmt: skip
             b_options = dataclasses.replace(

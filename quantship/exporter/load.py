@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -33,36 +33,10 @@ from quantship.exporter.onnx_file import (
     read_onnx,
     save_model,
 )
+from quantship.types import InputSpec as InputSpec
+from quantship.types import Shape as Shape
 
 MIN_OPSET = 13
-Shape = tuple[int | None, ...]
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """A model input: name, shape (``None`` for a dynamic dimension) and numpy dtype."""
-
-    name: str
-    shape: Shape
-    dtype: str
-
-    def shape_str(self) -> str:
-        return "x".join("?" if d is None else str(d) for d in self.shape)
-
-    def concrete(self, batch: int, example: Sequence[int] | None) -> tuple[int | None, ...]:
-        """This input's shape at ``batch``: its fixed dimensions, the batch on a dynamic
-        first axis, ``example``'s size on another dynamic one (None if it has none)."""
-        dims: list[int | None] = []
-        for axis, d in enumerate(self.shape):
-            if d is not None:
-                dims.append(d)
-            elif axis == 0:
-                dims.append(batch)
-            elif example is not None and axis < len(example):
-                dims.append(int(example[axis]))
-            else:
-                dims.append(None)
-        return tuple(dims)
 
 
 @dataclass(frozen=True, eq=False)

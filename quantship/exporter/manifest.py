@@ -91,9 +91,11 @@ def artifacts_in(folder: Path, manifest: dict[str, Any]) -> list[Artifact]:
     return out
 
 
-def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
+def verify_files(folder: Path, manifest: dict[str, Any]) -> dict[str, str]:
     """Every file the manifest lists (the float model's and each artifact's) must have
-    the sha256 recorded for it: a changed or corrupt copy is named, before any timing."""
+    the sha256 recorded for it: a changed or corrupt copy is named, before any timing.
+    Returns each file's path (relative to ``folder``) → its verified sha256."""
+    verified: dict[str, str] = {}
     entries = [manifest["float_model"], *manifest.get("artifacts", [])]
     for e in entries:
         listed = e.get("files") or [e.get("path")]
@@ -112,6 +114,8 @@ def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
                     f"'{path}' does not match the sha256 {MANIFEST} records for it "
                     "(changed or corrupted since the export); export again or restore the file"
                 )
+            verified[f["path"]] = f["sha256"]
+    return verified
 
 
 def float_artifact(folder: Path, manifest: dict[str, Any]) -> Artifact:

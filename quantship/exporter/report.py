@@ -37,7 +37,9 @@ class Measured:
 
     def latency_of(self, c: Candidate) -> list[dict[str, Any]]:
         """Its rows: wall clock at each batch size, and device time where there is one."""
-        return [s.to_json() for s in self.latency if s.key in (c.key, f"{c.key}:device")]
+        return [
+            s.to_json(samples=False) for s in self.latency if s.key in (c.key, f"{c.key}:device")
+        ]
 
     def p50(self, c: Candidate) -> float | None:
         """Wall-clock p50 at the first batch size measured."""
@@ -60,6 +62,7 @@ def manifest_for(
     failures: Sequence[str],
     calib_cache: object,
     drift: Mapping[str, float | None],
+    sharding: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     v = measured.verdict
     baselines = [
@@ -141,6 +144,8 @@ def manifest_for(
             "input_sizes": {k: [list(r) for r in v] for k, v in sorted(table.input_dims.items())},
             "reused_cache": str(calib_cache) if calib_cache is not None else None,
             **method.to_json(),
+            # How the pass was split over a Ray cluster (--ray); the table is the same.
+            **({"sharded": dict(sharding)} if sharding is not None else {}),
         },
         "fidelity_data": held_note,
         "plan_options": options.to_json(),

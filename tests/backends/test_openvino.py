@@ -130,14 +130,25 @@ def test_quantization_moves_above_concat(tmp_path: Path, calib_npz: Path) -> Non
     assert scales["r1"] == scales["p3"] == own("cat") > 2 * own("r1")
 
 
-def test_throughput_mode(exported: Path) -> None:
+def test_offline_scenario_on_openvinos_async_queue(exported: Path) -> None:
+    """The offline scenario keeps OpenVINO's own infer requests (THROUGHPUT hint) full;
+    ``--streams`` sets the plugin's streams (at most one per thread: no thread limit here)."""
+    from quantship.bench.scenarios import offline
     from quantship.exporter.manifest import artifacts_in, read_manifest
 
     (art,) = artifacts_in(exported, read_manifest(exported))
-    s = OpenVINOBackend().session(art, SessionSettings(threads=1))
     x = {"images": np.zeros((1, 3, 16, 16), np.float32)}
-    runs, secs = s.throughput(x, 0.3)
-    assert runs > 0 and secs >= 0.3
+    with OpenVINOBackend().session(art, SessionSettings()) as s:
+        for streams in (None, 2):
+            q = s.queue(x, streams)
+            try:
+                runs, secs = offline(q, 0.3)
+            finally:
+                q.close()
+            assert runs > 0 and secs >= 0.3
+            assert "OpenVINO infer requests" in q.what and q.size >= 1
+            if streams is not None:
+                assert q.what.endswith(f"{streams} streams"), q.what
 
 
 def test_without_openvino_the_error_names_the_extra_and_others_complete(
@@ -244,7 +255,7 @@ def test_attention_products_stay_float_so_openvino_fuses_the_block(tmp_path: Pat
 
     assert "ScaledDotProductAttention" in ops(plan)
     # The same plan with the products quantized (the rule relaxed): no fusion.
-    from quantship.backends import openvino as ov_backend
+    from quantship.backends import openvino_rules as ov_backend
     from quantship.backends.op_rules import input_side_ops
     from quantship.backends.planning import make_plan
 
