@@ -162,14 +162,17 @@ def distill(
     epochs: int = 20,
     temperature: float = 4.0,
     alpha: float = 0.7,
-    lr: float = 1e-3,
+    lr: float | str | None = 1e-3,
     batch_size: int = 64,
     seed: int = 0,
     resume: bool = False,
+    patience: int = 0,
+    schedule: str = "cosine",
     ui: UI = SILENT,
 ) -> dict[str, Any]:
     """Distill ``student`` (package.module:factory) from ``teacher``; writes
-    student.pt, student.onnx and metrics.json into ``out``."""
+    student.pt (the best epoch on validation), student.onnx and metrics.json into
+    ``out``. ``lr="auto"`` (or None) picks the learning rate by a short sweep."""
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -181,7 +184,9 @@ def distill(
     from quantship.exporter.torch_export import load_factory, load_weights
 
     try:
-        config = DistillConfig(epochs, temperature, alpha, lr, batch_size, seed)
+        rate = None if lr in (None, "auto") else float(lr)
+        config = DistillConfig(epochs, temperature, alpha, rate, batch_size, seed, patience,
+                               schedule)  # fmt: skip
     except ValueError as e:
         raise QuantshipError(str(e)) from None
     t = load_factory(teacher, "teacher")

@@ -235,6 +235,8 @@ def _run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             resume=args.resume,
+            patience=args.patience,
+            schedule=args.schedule,
             ui=ui,
         )
         ui.note(f"wrote {args.out}/student.pt, student.onnx and metrics.json")

@@ -92,7 +92,9 @@ def _calibrate_shard(
 ) -> CalibrationTable:
     from quantship.calibration.runner import calibrate
 
-    return calibrate(model, data, samples=stop - start, start=start, histograms=histograms)
+    # One thread: the task holds one CPU of the node, and several tasks share a node.
+    return calibrate(model, data, samples=stop - start, start=start, histograms=histograms,
+                     threads=1)  # fmt: skip
 
 
 def data_sha256(data: CalibrationData, samples: int | None) -> tuple[str, int]:
@@ -150,11 +152,12 @@ def calibrate_sharded(
 
 def map_tasks(
     fn: Callable[..., Any], args: Sequence[tuple[Any, ...]], address: str, ui: UI = SILENT,
-    what: str = "evaluations",
+    what: str = "evaluations", cpus: int = 1,
 ) -> list[Any]:  # fmt: skip
-    """``fn(*a)`` for each ``a`` as Ray tasks (one CPU each); results in ``args``'s order."""
+    """``fn(*a)`` for each ``a`` as Ray tasks (``cpus`` CPUs each); results in ``args``'s
+    order."""
     ray = connect(address)
-    task = ray.remote(fn).options(num_cpus=1)
+    task = ray.remote(fn).options(num_cpus=cpus)
     futures = [task.remote(*a) for a in args]
     out: dict[int, Any] = {}
     index = {f: i for i, f in enumerate(futures)}
@@ -313,6 +316,11 @@ def local_cluster(
             time.sleep(1)
         raise RuntimeError(f"the local Ray cluster did not reach {n} node(s) in {timeout:g} s")
 
+    # A throwaway cluster on loopback: no token authentication (Ray 2.60 turns it on
+    # once a local ray.init has written ~/.ray/auth_token, and then the nodes started
+    # here did not accept connections). Children started meanwhile inherit the setting.
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     try:
         for i, res in enumerate(resources):
             role = ["--head", f"--port={port}", "--include-dashboard=false",
@@ -346,3 +354,7 @@ def local_cluster(
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved

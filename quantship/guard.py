@@ -178,11 +178,16 @@ class Evaluator:
 
 
 def _detached(ev: Evaluator) -> Evaluator:
-    """A copy of ``ev`` to ship: it evaluates where it lands (no further Ray)."""
+    """A copy of ``ev`` to ship: it evaluates where it lands (no further Ray), on
+    ``--threads`` threads, else one (a task holds one CPU of its node, and several
+    tasks share a node). ONNX Runtime's float kernels round differently at different
+    thread counts, so the decisions equal a single-process run's at the same
+    ``--threads``."""
     import copy
 
     twin = copy.copy(ev)
     twin.ray = None
+    twin.settings = replace(ev.settings, threads=ev.settings.threads or 1)
     return twin
 
 

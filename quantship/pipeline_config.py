@@ -45,6 +45,8 @@ DISTILL_KEYS = {
     "lr": float,
     "batch_size": int,
     "seed": int,
+    "patience": int,
+    "schedule": str,
     "out": str,
 }
 EXPORT_KEYS = {
@@ -86,6 +88,9 @@ def _section(
         if k not in keys:
             raise QuantshipError(f"'{src}': unknown key {k!r} in [{name}]; {closest(k, keys)}")
         want = keys[k]
+        if k == "lr" and v == "auto":  # the learning-rate sweep
+            out[k] = v
+            continue
         ok = isinstance(v, want) or (
             want is float and isinstance(v, int) and not isinstance(v, bool)
         )
@@ -142,7 +147,16 @@ def run_config(path: Path, ui: UI = SILENT) -> Any:
             teacher_weights=dst.get("teacher_weights"),
             **{
                 k: dst[k]
-                for k in ("epochs", "temperature", "alpha", "lr", "batch_size", "seed")
+                for k in (
+                    "epochs",
+                    "temperature",
+                    "alpha",
+                    "lr",
+                    "batch_size",
+                    "seed",
+                    "patience",
+                    "schedule",
+                )
                 if k in dst
             },
             ui=ui,

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from quantship.exporter.plan_search import GUIDED
+
 pytestmark = pytest.mark.slow
 
 
@@ -82,8 +84,9 @@ def test_guard_evaluations_run_in_parallel_with_the_same_decision(
     cluster: str, tmp_path: Path
 ) -> None:
     """The accuracy guard's region-by-region evaluations as Ray tasks: the same regions
-    kept float, the same error, the same number of evaluations (each run with its own
-    decision cache, so neither reads the other's)."""
+    kept float, the same error, the same number of evaluations as in one process at the
+    same --threads (each run with its own decision cache, so neither reads the
+    other's)."""
     import numpy as np
     from models import save
     from test_guard import fragile_model
@@ -99,7 +102,8 @@ def test_guard_evaluations_run_in_parallel_with_the_same_decision(
         out = tmp_path / name
         p = _cli("export", str(model), "--calib", str(tmp_path / "calib.npz"), "--held-out",
                  str(tmp_path / "held.npz"), "--method", "minmax", "--max-drop", "0.01",
-                 "--no-bench", "-q", "--out", str(out), *extra, cache=tmp_path / f"cache-{name}")  # fmt: skip
+                 "--no-bench", "-q", "--threads", "1", "--out", str(out), *extra,
+                 cache=tmp_path / f"cache-{name}")  # fmt: skip
         assert p.returncode == 0, p.stderr
         guards[name] = json.loads((out / "manifest.json").read_text())["artifacts"][0][
             "accuracy_guard"
@@ -107,3 +111,24 @@ def test_guard_evaluations_run_in_parallel_with_the_same_decision(
     a, b = guards["local"], guards["ray"]
     assert a["float_nodes"] == b["float_nodes"] == ["conv1"]
     assert a["after"] == b["after"] and a["evaluations"] == b["evaluations"] > 2
+
+
+def test_plan_search_builds_on_the_cluster(cluster: str, tmp_path: Path, cnn_path: Path,
+                                           calib_npz: Path) -> None:  # fmt: skip
+    """``--plan search --ray``: the variants are built as Ray tasks and their files
+    come back; the same variants give the same artifacts (the same repeats, the same
+    fidelity) as built in one process. Which is fastest is timed here either way."""
+    records = {}
+    for name, extra in (("local", ()), ("ray", ("--ray", cluster))):
+        out = tmp_path / name
+        p = _cli("export", str(cnn_path), "--calib", str(calib_npz), "--out", str(out),
+                 "--plan", "search", "--threads", "1", "-q", "--no-bench", *extra,
+                 cache=tmp_path / f"cache-{name}")  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        rec = json.loads((out / "manifest.json").read_text())["artifacts"][0]["plan_search"]
+        records[name] = [
+            (r["plan"], r.get("same_as"), r.get("cosine"))
+            for r in rec["plans"]
+            if r["plan"] != GUIDED
+        ]  # the profile-guided plan follows timings
+    assert records["local"] == records["ray"] and len(records["local"]) > 2

@@ -239,6 +239,7 @@ def calibrate(
     histograms: bool = True,
     batch_size: int | None = None,
     only: Collection[str] | None = None,
+    threads: int | None = None,
     ui: UI = SILENT,
 ) -> CalibrationTable:
     """Statistics of every data tensor (or of those of them in ``only``) over data
@@ -250,7 +251,7 @@ def calibrate(
         raise ModelError("the model has no float activations to calibrate")
     fixed_batch = model.fixed_batch
     graph, probes = augmented(model, tensors, histograms)
-    session = ort_session(graph, weights_dir=model.weights_dir)
+    session = ort_session(graph, threads=threads, weights_dir=model.weights_dir)
     del graph
     out_names = [o.name for o in session.get_outputs()]
     view = model.view()

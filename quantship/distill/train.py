@@ -25,14 +25,24 @@ from quantship.ui import SILENT, UI
 CHECKPOINT = "checkpoint.pt"
 
 
+# Learning rates ``--lr auto`` tries, each for a few epochs from the same initial
+# weights; the one with the best validation accuracy trains the student.
+LR_CANDIDATES = (3e-4, 1e-3, 3e-3, 1e-2)
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     epochs: int = 20
     temperature: float = 4.0
     alpha: float = 0.7
-    lr: float = 1e-3
+    lr: float | None = 1e-3  # None: chosen by a short sweep (--lr auto)
     batch_size: int = 64
     seed: int = 0
+    # Stop after this many epochs without a better validation accuracy (0: never).
+    patience: int = 0
+    schedule: str = "cosine"  # "cosine" (to 0 over the epochs) or "constant"
+    # Without --val, this share of the training data (seeded) validates.
+    val_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -41,8 +51,14 @@ class DistillConfig:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if self.lr <= 0 or self.batch_size < 1:
-            raise ValueError("lr must be positive and batch size at least 1")
+        if (self.lr is not None and self.lr <= 0) or self.batch_size < 1:
+            raise ValueError("lr must be positive (or auto) and batch size at least 1")
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0, got {self.patience}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
+        if not 0.0 <= self.val_fraction < 0.5:
+            raise ValueError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
 
 
 def load_dataset(spec: str | Path, role: str) -> Any:
@@ -115,17 +131,60 @@ def _save_atomic(obj: Any, path: Path) -> None:
 
 
 def _accuracy(net: Any, data: Any, device: Any, batch: int) -> float:
+    return _evaluate(net, data, device, batch)[0]
+
+
+def _evaluate(net: Any, data: Any, device: Any, batch: int) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy on labelled ``data``."""
     import torch
+    import torch.nn.functional as F  # noqa: N812
     from torch.utils.data import DataLoader
 
     net.eval()
     hit = n = 0
+    ce = 0.0
     with torch.no_grad():
         for x, y in DataLoader(data, batch_size=batch):
-            pred = net(x.to(device)).argmax(1).cpu()
-            hit += int((pred == y).sum())
+            logits = net(x.to(device)).cpu()
+            hit += int((logits.argmax(1) == y).sum())
+            ce += float(F.cross_entropy(logits, y, reduction="sum"))
             n += len(y)
-    return hit / max(n, 1)
+    return hit / max(n, 1), ce / max(n, 1)
+
+
+def _epoch(
+    model: Any, teacher: Any, loader: Any, opt: Any, config: DistillConfig, device: Any,
+    ui: UI, what: str,
+) -> float:  # fmt: skip
+    """One pass over ``loader``; the mean loss."""
+    import torch
+
+    from quantship.distill.loss import distillation_loss
+
+    model.train()
+    total, count = 0.0, 0
+    with ui.progress(what, len(loader)) as advance:
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            with torch.no_grad():
+                t_logits = teacher(x)
+            loss = distillation_loss(model(x), t_logits, y if config.alpha < 1 else None,
+                                     temperature=config.temperature, alpha=config.alpha)  # fmt: skip
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(y)
+            count += len(y)
+            advance(1)
+    return total / max(count, 1)
+
+
+def _schedule(opt: Any, config: DistillConfig, epochs: int) -> Any:
+    import torch
+
+    if config.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
 
 
 def distill(
@@ -139,16 +198,18 @@ def distill(
     resume: bool = False,
     ui: UI = SILENT,
 ) -> dict[str, Any]:
-    """Train ``student`` to match ``teacher`` (and the labels, by ``config.alpha``)."""
+    """Train ``student`` to match ``teacher`` (and the labels, by ``config.alpha``), and
+    export the epoch with the best validation accuracy (``val``, else a seeded share of
+    ``train`` held out); with ``config.lr`` None, the learning rate is the one of
+    ``LR_CANDIDATES`` that validates best after a few epochs from the same start."""
+    import copy
+
     import torch
     from torch.nn.parallel import DistributedDataParallel
-    from torch.utils.data import DataLoader, DistributedSampler
-
-    from quantship.distill.loss import distillation_loss
+    from torch.utils.data import DataLoader, DistributedSampler, Subset
 
     rank, world, device = _dist()
     torch.manual_seed(config.seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
     teacher = teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -167,14 +228,21 @@ def distill(
         raise DataError(
             f"labels must be in [0, {classes - 1}] for {classes} outputs; found {int(labels.min())}..{int(labels.max())}"
         )
+    validation = "--val" if val is not None else None
+    if val is None and config.val_fraction > 0 and len(train) >= 20:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
+        k = max(1, round(len(train) * config.val_fraction))
+        val, train = Subset(train, order[:k].tolist()), Subset(train, order[k:].tolist())
+        validation = f"{k} samples ({config.val_fraction:.0%}) of the training data, held out"
 
     model = DistributedDataParallel(student) if world > 1 else student
-    opt = torch.optim.Adam(student.parameters(), lr=config.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs)
-    history: list[dict[str, Any]] = []
-    start = 0
+    sampler: Any = DistributedSampler(
+        train, num_replicas=world, rank=rank, shuffle=True, seed=config.seed
+    )
+    loader = DataLoader(train, batch_size=config.batch_size, sampler=sampler)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT
+    ck: dict[str, Any] | None = None
     if resume:
         if not ckpt_path.exists():
             raise QuantshipError(f"--resume: no {CHECKPOINT} in '{out}'")
@@ -183,52 +251,51 @@ def distill(
             raise QuantshipError(
                 f"--resume: '{ckpt_path}' was made with other settings: {ck['config']}"
             )
+    lr, sweep = config.lr, list(ck["lr_sweep"]) if ck is not None else []
+    if ck is not None:
+        lr = ck["lr"]
+    elif lr is None:
+        if val is None:
+            raise QuantshipError("--lr auto chooses by validation accuracy: give --val data")
+        lr, sweep = _lr_sweep(model, student, teacher, loader, sampler, val, config, device, ui)
+        torch.manual_seed(config.seed)  # the run then is the one with that rate given
+    assert lr is not None
+    opt = torch.optim.Adam(student.parameters(), lr=lr)
+    sched = _schedule(opt, config, config.epochs)
+    history: list[dict[str, Any]] = []
+    start, best_acc, best_epoch, best_state, stale = 0, -1.0, 0, None, 0
+    if ck is not None:
         student.load_state_dict(ck["student"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         torch.set_rng_state(ck["rng"])
         history, start = ck["history"], ck["epoch"] + 1
+        best_acc, best_epoch, best_state = ck["best_accuracy"], ck["best_epoch"], ck["best"]
+        stale = ck["stale"]
         ui.note(f"resuming after epoch {start} of {config.epochs}")
     teacher_acc = _accuracy(teacher, val, device, config.batch_size) if val is not None else None
-    sampler: Any = DistributedSampler(
-        train, num_replicas=world, rank=rank, shuffle=True, seed=config.seed
-    )
-    loader = DataLoader(train, batch_size=config.batch_size, sampler=sampler)
+    stopped = False
     for epoch in range(start, config.epochs):
+        if config.patience and stale >= config.patience:
+            stopped = True
+            break
         sampler.set_epoch(epoch)
-        model.train()
-        total, count = 0.0, 0
         t0 = time.perf_counter()
-        with ui.progress(f"epoch {epoch + 1}/{config.epochs}", len(loader)) as advance:
-            for x, y in loader:
-                x, y = x.to(device), y.to(device)
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                loss = distillation_loss(
-                    model(x),
-                    t_logits,
-                    y if config.alpha < 1 else None,
-                    temperature=config.temperature,
-                    alpha=config.alpha,
-                )
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(y)
-                count += len(y)
-                advance(1)
+        loss = _epoch(model, teacher, loader, opt, config, device, ui,
+                      f"epoch {epoch + 1}/{config.epochs}")  # fmt: skip
         sched.step()
-        acc = _accuracy(student, val, device, config.batch_size) if val is not None else None
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": total / max(count, 1),
-                "val_accuracy": acc,
-                "seconds": round(time.perf_counter() - t0, 2),
-            }
+        acc, val_loss = (
+            _evaluate(student, val, device, config.batch_size) if val is not None else (None, None)
         )
+        history.append({"epoch": epoch + 1, "loss": loss, "val_accuracy": acc,
+                        "val_loss": val_loss, "seconds": round(time.perf_counter() - t0, 2)})  # fmt: skip
+        if acc is not None and acc > best_acc:
+            best_acc, best_epoch, stale = acc, epoch + 1, 0
+            best_state = copy.deepcopy(student.state_dict())
+        else:
+            stale += 1
         ui.note(
-            f"epoch {epoch + 1}: loss {total / max(count, 1):.4f}"
+            f"epoch {epoch + 1}: loss {loss:.4f}"
             + (f", student val accuracy {100 * acc:.2f}%" if acc is not None else "")
         )
         if rank == 0:
@@ -241,14 +308,28 @@ def distill(
                     "rng": torch.get_rng_state(),
                     "history": history,
                     "config": asdict(config),
+                    "lr": lr,
+                    "lr_sweep": sweep,
+                    "best": best_state,
+                    "best_accuracy": best_acc,
+                    "best_epoch": best_epoch,
+                    "stale": stale,
                 },
                 ckpt_path,
             )
+    if best_state is not None:  # the best epoch on validation is what is exported
+        student.load_state_dict(best_state)
     metrics = {
         "config": asdict(config),
         "world_size": world,
+        "lr": lr,
+        "lr_sweep": sweep,
+        "validation": validation,
         "teacher_val_accuracy": teacher_acc,
         "epochs": history,
+        "exported_epoch": best_epoch if best_state is not None else len(history),
+        "val_accuracy": best_acc if best_state is not None else None,
+        "stopped_early": stopped,
         "student_parameters": sum(p.numel() for p in student.parameters()),
         "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
     }
@@ -265,3 +346,37 @@ def distill(
         (out / ".metrics.json.tmp").write_text(text)
         (out / ".metrics.json.tmp").replace(out / "metrics.json")
     return metrics
+
+
+def _lr_sweep(
+    model: Any, student: Any, teacher: Any, loader: Any, sampler: Any, val: Any,
+    config: DistillConfig, device: Any, ui: UI,
+) -> tuple[float, list[dict[str, Any]]]:  # fmt: skip
+    """Each of ``LR_CANDIDATES`` for a few epochs (a quarter of the run, 1 to 3) from
+    the student's initial weights and the same seed; the best validation accuracy
+    wins (ties: the lower validation loss). The student is left at its initial
+    weights."""
+    import copy
+
+    import torch
+
+    init = copy.deepcopy(student.state_dict())
+    epochs = max(1, min(3, config.epochs // 4))
+    rows = []
+    for lr in LR_CANDIDATES:
+        student.load_state_dict(init)
+        torch.manual_seed(config.seed)
+        opt = torch.optim.Adam(student.parameters(), lr=lr)
+        sched = _schedule(opt, config, epochs)
+        for e in range(epochs):
+            sampler.set_epoch(e)
+            _epoch(
+                model, teacher, loader, opt, config, device, ui, f"--lr auto: {lr:g}, epoch {e + 1}"
+            )
+            sched.step()
+        acc, loss = _evaluate(student, val, device, config.batch_size)
+        rows.append({"lr": lr, "epochs": epochs, "val_accuracy": acc, "val_loss": loss})
+        ui.note(f"--lr auto: {lr:g} gives val accuracy {100 * acc:.2f}% after {epochs} epoch(s)")
+    student.load_state_dict(init)
+    best = max(rows, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+    return float(best["lr"]), rows

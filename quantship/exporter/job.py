@@ -394,5 +394,5 @@ def plan_choice(
     return search(
         backend, loaded.fm, table, options, loaded.held, float_art,
         stage / ".search" / backend.name, min_cosine=floor, threads=opts.threads,
-        sample=loaded.check_feeds[0] if loaded.check_feeds else None, ui=ui,
+        sample=loaded.check_feeds[0] if loaded.check_feeds else None, ray=opts.ray, ui=ui,
     )  # fmt: skip

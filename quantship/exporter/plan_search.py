@@ -102,10 +102,15 @@ def search(
     min_cosine: float | None,
     threads: int | None,
     sample: Feed | None = None,
+    ray: str | None = None,
     ui: UI = SILENT,
 ) -> Choice:
     """The fastest variant within the budget (``min_cosine``; None: the rule plan's
-    cosine), measured here; or the cached decision for the same inputs."""
+    cosine), measured here; or the cached decision for the same inputs. With ``ray``
+    (a Ray cluster's address), the variants' builds (plan, QDQ, compile: OpenVINO's
+    compiles and static-shape checks are most of it) run as parallel tasks and their
+    files come back here; fidelity and the interleaved timing stay here, where the
+    candidates must be measured side by side."""
     from quantship.exporter.pipeline import build_artifact, measure_fidelity
 
     variants = variants_of(backend)
@@ -152,11 +157,29 @@ def search(
 
     failed: dict[str, str] = {}  # a plan -> why it could not be built here
 
+    prebuilt: dict[int, Artifact | str] = {}
+    if ray is not None:
+        from quantship.fleet import map_tasks
+
+        args = [(v.backend, fm, table, v.options(options, fm)) for v in variants]
+        for i, got in enumerate(map_tasks(_build_remote, args, ray, ui, "plan builds")):
+            if isinstance(got, str):
+                prebuilt[i] = got
+            else:
+                files, meta = got
+                for rel, data in files.items():
+                    (work / str(i) / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (work / str(i) / rel).write_bytes(data)
+                prebuilt[i] = Artifact(root=work / str(i), **meta)
+
     def add(i: int, v: PlanVariant) -> Candidate | None:
         try:
-            art, _ = build_artifact(
+            got = prebuilt.get(i)
+            if isinstance(got, str):
+                raise QuantshipError(got)
+            art = got if got is not None else build_artifact(
                 v.backend, fm, table, v.options(options, fm), work / str(i), SILENT
-            )
+            )[0]  # fmt: skip
         except QuantshipError as e:
             if v.name == RULES:
                 raise
@@ -258,6 +281,26 @@ def regional_plan(
     rules, flt = times(by_name[RULES]), times(float_default)
     choices = decide(rules, flt, {k: times(by_name[k]) for k in alts}, MARGIN)
     return guided_variant(GUIDED, base, regions_of(fm.proto), choices, alts)
+
+
+def _build_remote(
+    backend: Backend, fm: FloatModel, table: CalibrationTable, options: PlanOptions
+) -> tuple[dict[str, bytes], dict[str, Any]] | str:
+    """A variant's build as a Ray task: its files and what describes the artifact, or
+    why it could not be built."""
+    import tempfile
+
+    from quantship.exporter.pipeline import build_artifact
+
+    with tempfile.TemporaryDirectory(prefix="quantship-plan-") as tmp:
+        try:
+            art, _ = build_artifact(backend, fm, table, options, Path(tmp), SILENT)
+        except QuantshipError as e:
+            return str(e)
+        files = {rel: (Path(tmp) / rel).read_bytes() for rel in art.files}
+    meta = {"backend": art.backend, "format": art.format, "files": art.files,
+            "precision": art.precision, "metadata": dict(art.metadata), "notes": art.notes}  # fmt: skip
+    return files, meta
 
 
 def _choose(rows: list[dict[str, Any]], min_cosine: float | None) -> str:

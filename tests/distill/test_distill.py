@@ -276,3 +276,32 @@ def test_distill_without_torch_names_the_extra(work: Path) -> None:
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "quantship[torch]" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_the_best_epoch_on_validation_is_exported(work: Path) -> None:
+    """student.pt holds the epoch with the best validation accuracy, not the last one;
+    metrics say which and its accuracy, recomputed here from the saved weights."""
+    m = api.distill("qs_distill_nets:teacher", "qs_distill_nets:student", work / "train.npz",
+                    work / "out", val=work / "val.npz", epochs=6, lr=0.05, batch_size=32)  # fmt: skip
+    accs = [e["val_accuracy"] for e in m["epochs"]]
+    assert m["exported_epoch"] == 1 + accs.index(max(accs))
+    assert m["val_accuracy"] == max(accs) and m["validation"] == "--val"
+    assert _agreement(work / "out/student.pt", work) == pytest.approx(max(accs))
+
+
+def test_lr_auto_sweeps_and_patience_stops(work: Path) -> None:
+    from quantship.distill.train import LR_CANDIDATES
+
+    m = api.distill("qs_distill_nets:teacher", "qs_distill_nets:student", work / "train.npz",
+                    work / "auto", epochs=8, lr="auto", batch_size=32)  # fmt: skip
+    sweep = m["lr_sweep"]
+    assert [r["lr"] for r in sweep] == list(LR_CANDIDATES) and m["lr"] in LR_CANDIDATES
+    best = max(sweep, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+    assert m["lr"] == best["lr"] and all(r["epochs"] == 2 for r in sweep)
+    assert "of the training data, held out" in m["validation"]  # no --val: 10 % held out
+    # A rate too small to change anything: no epoch improves on the first; two more
+    # epochs without progress stop the run.
+    m = api.distill("qs_distill_nets:teacher", "qs_distill_nets:student", work / "train.npz",
+                    work / "stuck", val=work / "val.npz", epochs=10, lr=1e-12, patience=2,
+                    batch_size=32)  # fmt: skip
+    assert m["stopped_early"] and len(m["epochs"]) == 3 and m["exported_epoch"] == 1
