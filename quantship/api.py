@@ -162,7 +162,7 @@ def distill(
     epochs: int = 20,
     temperature: float = 4.0,
     alpha: float = 0.7,
-    lr: float | str | None = 1e-3,
+    lr: float | str | None = "auto",
     batch_size: int = 64,
     seed: int = 0,
     resume: bool = False,

@@ -464,10 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument(
         "--lr",
         type=_lr,
-        default=1e-3,
+        default=None,
         metavar="LR|auto",
         help="Adam's learning rate, or auto: the best on validation of 3e-4, 1e-3, 3e-3, 1e-2 "
-        "after a few epochs each (default: 0.001)",
+        "after a few epochs each (default: auto)",
     )
     ds.add_argument(
         "--schedule",
