@@ -382,4 +382,11 @@ def _lr_sweep(
         ui.note(f"--lr auto: {lr:g} gives val accuracy {100 * acc:.2f}% after {epochs} epoch(s)")
     student.load_state_dict(init)
     best = max(rows, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
-    return float(best["lr"]), rows
+    lr = float(best["lr"])
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # every rank trains with rank 0's choice
+        chosen = torch.tensor([lr], dtype=torch.float64)
+        dist.broadcast(chosen, 0)
+        lr = float(chosen.item())
+    return lr, rows

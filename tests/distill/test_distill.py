@@ -206,8 +206,6 @@ def test_two_process_torchrun(work: Path) -> None:
         "2",
         "--alpha",
         "1",
-        "--lr",
-        "0.01",
         "--batch-size",
         "32",
         "--out",
@@ -219,6 +217,7 @@ def test_two_process_torchrun(work: Path) -> None:
     assert p.returncode == 0, p.stderr[-2000:]
     m = json.loads((work / "ddp/metrics.json").read_text())
     assert m["world_size"] == 2 and len(m["epochs"]) == 2
+    assert len(m["lr_sweep"]) == 4 and m["lr"] in [r["lr"] for r in m["lr_sweep"]]  # --lr auto
     assert _agreement(work / "ddp/student.pt", work) > 0.6
 
 
