@@ -58,7 +58,14 @@ def main() -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--width", type=int, default=4, help="student width (teacher: 32)")
     ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument(
+        "--grid",
+        metavar="T,T:A,A",
+        help="instead: quantship's defaults at each temperature T and alpha A (e.g. 2,4,8:0.5,0.9)",
+    )
     args = ap.parse_args()
+    if args.grid:
+        return grid(args)
     quiet = UI(quiet=True)
     old = _old_loop()
     torch.set_num_threads(2)
@@ -139,6 +146,57 @@ def main() -> int:
     write_results("distill_recipe", {"machine": machine(), "args": vars(args),
                                      "teachers": teachers, "params": params, "results": results,
                                      "lr_auto_chose": chosen}, md)  # fmt: skip
+    return 0
+
+
+def grid(args: Any) -> int:
+    """Test accuracy of quantship's defaults (--lr auto, best epoch on a held-out 10 %)
+    at each temperature and α, same teacher, student and seeds."""
+    import numpy as np
+    import torch
+
+    from quantship.demo import _dataset, digits_cnn, load_digits, train
+    from quantship.distill.train import DistillConfig, distill
+    from quantship.ui import UI
+
+    quiet = UI(quiet=True)
+    torch.set_num_threads(2)
+    ts_text, as_text = args.grid.split(":")
+    temps = [float(t) for t in ts_text.split(",")]
+    alphas = [float(a) for a in as_text.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    res: dict[str, list[float]] = {}
+    for seed in seeds:
+        data = load_digits(seed)
+        torch.manual_seed(seed)
+        teacher = train(digits_cnn(32), data, 8, seed, quiet).eval()
+        tr = _dataset(data.x_train, data.y_train)
+        for t in temps:
+            for a in alphas:
+                torch.manual_seed(seed + 1)
+                student = digits_cnn(args.width)
+                with tempfile.TemporaryDirectory() as tmp:
+                    cfg = DistillConfig(epochs=args.epochs, temperature=t, alpha=a, seed=seed)
+                    distill(teacher, student, tr, None, Path(tmp), cfg, ui=quiet)
+                student.eval()
+                with torch.no_grad():
+                    pred = student(torch.from_numpy(data.x_test)).argmax(1).numpy()
+                acc = float((pred == data.y_test).mean())
+                res.setdefault(f"T={t:g}, alpha={a:g}", []).append(acc)
+                print(f"seed {seed}: T={t:g} alpha={a:g}: {100 * acc:.2f}%", flush=True)
+    rows = [[k, *(f"{100 * v:.2f}" for v in vals), f"{100 * np.mean(vals):.2f}",
+             f"{100 * np.std(vals):.2f}"] for k, vals in res.items()]  # fmt: skip
+    md = (
+        "# Distillation: temperature and alpha\n\n"
+        f"Command: `python benchmarks/distill_recipe.py --grid {args.grid} --seeds {args.seeds} "
+        f"--width {args.width}`\n\nMachine: {machine_line(machine())}. The recipe benchmark's "
+        f"teacher and student (digits_cnn(32) and digits_cnn({args.width})), {args.epochs} "
+        "epochs, quantship's defaults otherwise (--lr auto, the best epoch on a held-out 10 % "
+        "of the training digits). Test accuracy (%).\n\n"
+        + md_table(["setting", *(f"seed {s}" for s in seeds), "mean", "std"], rows)
+    )
+    write_results("distill_temperature", {"machine": machine(), "args": vars(args),
+                                          "results": res}, md)  # fmt: skip
     return 0
 
 
