@@ -199,7 +199,7 @@ def import_time() -> dict[str, Any]:
     import apart."""
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
                         "-q", "-w", tmp, str(root)], check=True)  # fmt: skip
         wheel = next(Path(tmp).glob("quantship-*.whl"))
         venv = Path(tmp) / "venv"
