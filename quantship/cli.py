@@ -37,7 +37,7 @@ def _bench(args: argparse.Namespace, ui: Any) -> int:
 
         if args.target is not None:
             raise QuantshipError("--compare reads result files; give no folder or model beside it")
-        compare(args.compare, percentiles=args.percentiles, plot_path=args.plot, ui=ui)
+        compare(args.compare, plot_path=args.plot, ui=ui)
         return 0
     if args.target is None:
         raise QuantshipError(

@@ -110,7 +110,6 @@ class Capabilities:
     float_precisions: tuple[Precision, ...]
     default_precision: Precision
     runs_here: bool = True  # its INT8 artifacts run natively on this machine
-    throughput: bool = False  # sessions offer throughput(feeds, seconds)
     device_timing: bool = False  # sessions time themselves on the device
     profile: bool = False  # sessions report per-layer kernels and times (profile())
     engine: bool = False  # build(artifact) makes a runtime engine

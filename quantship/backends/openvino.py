@@ -197,7 +197,6 @@ class OpenVINOBackend(BaseBackend):
                 "CPU",
                 tuple(precisions),
                 default if default in precisions else "fp32",
-                throughput=True,
                 profile=True,
             )
         return self._caps

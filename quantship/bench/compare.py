@@ -65,7 +65,6 @@ def machine_line(run: dict[str, Any]) -> str:
 def compare(
     paths: Sequence[Path],
     *,
-    percentiles: Sequence[float] = (50.0, 90.0, 99.0),
     plot_path: Path | None = None,
     ui: UI,
 ) -> list[dict[str, Any]]:
