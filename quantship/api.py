@@ -158,6 +158,7 @@ def distill(
     out: str | Path,
     *,
     val: str | Path | None = None,
+    unlabelled: str | Path | None = None,
     teacher_weights: str | Path | None = None,
     epochs: int = 20,
     temperature: float = 4.0,
@@ -172,7 +173,8 @@ def distill(
 ) -> dict[str, Any]:
     """Distill ``student`` (package.module:factory) from ``teacher``; writes
     student.pt (the best epoch on validation), student.onnx and metrics.json into
-    ``out``. ``lr="auto"`` (or None) picks the learning rate by a short sweep."""
+    ``out``. ``lr="auto"`` (or None) picks the learning rate by a short sweep;
+    ``unlabelled`` data (inputs only) is taught by the teacher alone."""
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -195,7 +197,8 @@ def distill(
     s = load_factory(student, "student")
     train = load_dataset(data, "training")
     v = load_dataset(val, "validation") if val is not None else None
-    return run(t, s, train, v, Path(out), config, resume=resume, ui=ui)
+    u = load_dataset(unlabelled, "unlabelled", labelled=False) if unlabelled is not None else None
+    return run(t, s, train, v, Path(out), config, unlabelled=u, resume=resume, ui=ui)
 
 
 # Implemented beside what they orchestrate; part of this API.

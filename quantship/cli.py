@@ -227,6 +227,7 @@ def _run(args: argparse.Namespace) -> int:
             args.data,
             args.out,
             val=args.val,
+            unlabelled=args.unlabelled,
             teacher_weights=args.teacher_weights,
             epochs=args.epochs,
             temperature=args.temperature,

@@ -448,7 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument(
         "--val",
         help="validation data, same forms: picks the epoch exported and --lr auto's rate "
-        "(default: 10%% of --data, seeded, held out)",
+        "(default: 10%% of --data and --unlabelled, seeded, held out)",
+    )
+    ds.add_argument(
+        "--unlabelled",
+        metavar="DATA",
+        help="more inputs without labels, taught by the teacher alone: an .npz with x, or "
+        "package.module:function -> Dataset (default: none)",
     )
     ds.add_argument("--epochs", type=_positive, default=20, help="epochs (default: 20)")
     ds.add_argument(

@@ -39,6 +39,7 @@ DISTILL_KEYS = {
     "student": str,
     "data": str,
     "val": str,
+    "unlabelled": str,
     "epochs": int,
     "temperature": float,
     "alpha": float,
@@ -68,6 +69,7 @@ PATH_KEYS = {
     "teacher_weights",
     "data",
     "val",
+    "unlabelled",
     "out",
     "model",
     "calib",
@@ -144,6 +146,7 @@ def run_config(path: Path, ui: UI = SILENT) -> Any:
             dst["data"],
             dst["out"],
             val=dst.get("val"),
+            unlabelled=dst.get("unlabelled"),
             teacher_weights=dst.get("teacher_weights"),
             **{
                 k: dst[k]

@@ -5,12 +5,16 @@
 KL is the Kullback–Leibler divergence of the seed note, averaged over the batch. The
 T² factor keeps the soft term's gradients on the scale of the hard term's as T grows
 (soft-target gradients shrink as 1/T²). α = 1 distills from the teacher alone, and
-then no labels are needed.
+then no labels are needed. A label of -1 (``UNLABELLED``) marks a sample only the
+teacher teaches: it adds to the KL term and not to the cross-entropy, which is the mean
+over the labelled samples of the batch (0 when the batch has none).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+UNLABELLED = -1
 
 
 def distillation_loss(
@@ -37,6 +41,10 @@ def distillation_loss(
     if alpha < 1.0:
         if labels is None:
             raise ValueError("labels are needed when alpha < 1")
-        loss = loss + (1.0 - alpha) * F.cross_entropy(student_logits, labels)
+        known = labels != UNLABELLED
+        if bool(known.all()):
+            loss = loss + (1.0 - alpha) * F.cross_entropy(student_logits, labels)
+        elif bool(known.any()):
+            loss = loss + (1.0 - alpha) * F.cross_entropy(student_logits[known], labels[known])
     out: torch.Tensor = loss
     return out

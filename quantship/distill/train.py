@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from quantship.distill.loss import UNLABELLED
 from quantship.errors import DataError, ModelError, QuantshipError
 from quantship.specs import is_callable_spec
 from quantship.ui import SILENT, UI
@@ -64,9 +65,12 @@ class DistillConfig:
             raise ValueError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
 
 
-def load_dataset(spec: str | Path, role: str) -> Any:
+def load_dataset(spec: str | Path, role: str, *, labelled: bool = True) -> Any:
     """An .npz with ``x`` (inputs, first axis samples) and ``y`` (integer labels), or
-    ``package.module:function`` returning a ``torch.utils.data.Dataset``."""
+    ``package.module:function`` returning a ``torch.utils.data.Dataset``. With
+    ``labelled`` False the data needs only ``x`` (a Dataset's items: an input, or a
+    tuple whose first element is the input), and every sample gets the label
+    ``UNLABELLED``: only the teacher teaches it."""
     import torch
     from torch.utils.data import TensorDataset
 
@@ -76,6 +80,20 @@ def load_dataset(spec: str | Path, role: str) -> Any:
         if not path.exists():
             raise DataError(f"{role} data '{path}' not found")
         with np.load(path, allow_pickle=False) as z:
+            if not labelled:
+                if "x" not in z:
+                    raise DataError(
+                        f"{role} data '{path}' needs an array 'x' (inputs); it has {', '.join(z.files)}"
+                    )
+                x = z["x"]
+                if len(x) == 0:
+                    raise DataError(f"{role} data '{path}' holds no samples")
+                if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+                    raise DataError(f"{role} data '{path}': inputs contain NaN or Inf")
+                return TensorDataset(
+                    torch.from_numpy(np.ascontiguousarray(x, np.float32)),
+                    torch.full((len(x),), UNLABELLED, dtype=torch.int64),
+                )
             if "x" not in z or "y" not in z:
                 raise DataError(
                     f"{role} data '{path}' needs arrays 'x' (inputs) and 'y' (labels); it has {', '.join(z.files)}"
@@ -103,10 +121,70 @@ def load_dataset(spec: str | Path, role: str) -> Any:
             obj = fn()
         except Exception as e:
             raise DataError(f"{role} data '{text}': {type(e).__name__}: {e}") from None
-        return obj
+        return obj if labelled else _Unlabelled(obj)
     raise DataError(
         f"{role} data '{text}' not found (an .npz with x and y, or package.module:function)"
     )
+
+
+class _Unlabelled:
+    """A Dataset's inputs with the label ``UNLABELLED``."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int) -> Any:
+        item = self.inner[i]
+        return (item[0] if isinstance(item, (tuple, list)) else item), UNLABELLED
+
+
+class _Indexed:
+    """``(x, y, i)``: each sample with its index, to look up the teacher's cached logits."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int) -> Any:
+        x, y = self.inner[i]
+        return x, y, i
+
+
+def _static(data: Any) -> bool:
+    """Whether every item of ``data`` is the same on every read (tensors held in memory,
+    no random transform), so that the teacher's logits can be computed once."""
+    from torch.utils.data import ConcatDataset, Subset, TensorDataset
+
+    if isinstance(data, TensorDataset):
+        return True
+    if isinstance(data, (Subset, _Unlabelled)):
+        return _static(data.dataset if isinstance(data, Subset) else data.inner)
+    if isinstance(data, ConcatDataset):
+        return all(_static(d) for d in data.datasets)
+    return False
+
+
+def _teacher_logits(teacher: Any, data: Any, device: Any, batch: int, ui: UI) -> Any | None:
+    """The teacher's logits for every sample of ``data`` in order, when ``data`` is
+    static (else None: the teacher then runs on every batch, as it must for data that
+    a transform changes from read to read)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    if not _static(data):
+        return None
+    parts = []
+    loader = DataLoader(data, batch_size=max(batch, 256))
+    with torch.no_grad(), ui.progress("teacher logits (once)", len(loader)) as advance:
+        for x, _ in loader:
+            parts.append(teacher(x.to(device)))
+            advance(1)
+    return torch.cat(parts)
 
 
 def _dist() -> tuple[int, int, Any]:
@@ -133,12 +211,15 @@ def _save_atomic(obj: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def _accuracy(net: Any, data: Any, device: Any, batch: int) -> float:
-    return _evaluate(net, data, device, batch)[0]
+def _accuracy(net: Any, data: Any, device: Any, batch: int, teacher: Any = None) -> float:
+    return _evaluate(net, data, device, batch, teacher)[0]
 
 
-def _evaluate(net: Any, data: Any, device: Any, batch: int) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy on labelled ``data``."""
+def _evaluate(
+    net: Any, data: Any, device: Any, batch: int, teacher: Any = None
+) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy on ``data``; an unlabelled sample counts
+    against the teacher's top class."""
     import torch
     import torch.nn.functional as F  # noqa: N812
     from torch.utils.data import DataLoader
@@ -148,6 +229,11 @@ def _evaluate(net: Any, data: Any, device: Any, batch: int) -> tuple[float, floa
     ce = 0.0
     with torch.no_grad():
         for x, y in DataLoader(data, batch_size=batch):
+            unknown = y == UNLABELLED
+            if bool(unknown.any()):
+                if teacher is None:
+                    raise DataError("validation data holds unlabelled samples: label them")
+                y = torch.where(unknown, teacher(x.to(device)).argmax(1).cpu(), y)
             logits = net(x.to(device)).cpu()
             hit += int((logits.argmax(1) == y).sum())
             ce += float(F.cross_entropy(logits, y, reduction="sum"))
@@ -156,10 +242,11 @@ def _evaluate(net: Any, data: Any, device: Any, batch: int) -> tuple[float, floa
 
 
 def _epoch(
-    model: Any, teacher: Any, loader: Any, opt: Any, config: DistillConfig, device: Any,
-    ui: UI, what: str,
+    model: Any, teacher: Any, cache: Any, loader: Any, opt: Any, config: DistillConfig,
+    device: Any, ui: UI, what: str,
 ) -> float:  # fmt: skip
-    """One pass over ``loader``; the mean loss."""
+    """One pass over ``loader``; the mean loss. ``cache``: the teacher's logits by
+    sample index, or None to run the teacher on each batch."""
     import torch
 
     from quantship.distill.loss import distillation_loss
@@ -167,10 +254,13 @@ def _epoch(
     model.train()
     total, count = 0.0, 0
     with ui.progress(what, len(loader)) as advance:
-        for x, y in loader:
+        for x, y, i in loader:
             x, y = x.to(device), y.to(device)
-            with torch.no_grad():
-                t_logits = teacher(x)
+            if cache is not None:
+                t_logits = cache[i.to(cache.device)]
+            else:
+                with torch.no_grad():
+                    t_logits = teacher(x)
             loss = distillation_loss(model(x), t_logits, y if config.alpha < 1 else None,
                                      temperature=config.temperature, alpha=config.alpha)  # fmt: skip
             opt.zero_grad()
@@ -198,18 +288,22 @@ def distill(
     out: Path,
     config: DistillConfig,
     *,
+    unlabelled: Any | None = None,
     resume: bool = False,
     ui: UI = SILENT,
 ) -> dict[str, Any]:
     """Train ``student`` to match ``teacher`` (and the labels, by ``config.alpha``), and
     export the epoch with the best validation accuracy (``val``, else a seeded share of
     ``train`` held out); with ``config.lr`` None, the learning rate is the one of
-    ``LR_CANDIDATES`` that validates best after a few epochs from the same start."""
+    ``LR_CANDIDATES`` that validates best after a few epochs from the same start.
+    ``unlabelled``: more inputs, taught by the teacher alone (samples labelled
+    ``UNLABELLED`` in ``train`` are the same); the share held out for validation is
+    drawn from both, and an unlabelled sample there counts against the teacher's class."""
     import copy
 
     import torch
     from torch.nn.parallel import DistributedDataParallel
-    from torch.utils.data import DataLoader, DistributedSampler, Subset
+    from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, Subset
 
     rank, world, device = _dist()
     torch.manual_seed(config.seed)
@@ -226,11 +320,18 @@ def distill(
             f"teacher and student outputs differ in shape: {tuple(t_out.shape)} vs {tuple(s_out.shape)}"
         )
     classes = t_out.shape[1]
+    if unlabelled is not None:
+        train = ConcatDataset([train, unlabelled])
     labels = torch.as_tensor([int(train[i][1]) for i in range(len(train))])
-    if config.alpha < 1.0 and (labels.min() < 0 or labels.max() >= classes):
+    known = labels[labels != UNLABELLED]
+    if config.alpha < 1.0 and len(known) and (known.min() < 0 or known.max() >= classes):
         raise DataError(
-            f"labels must be in [0, {classes - 1}] for {classes} outputs; found {int(labels.min())}..{int(labels.max())}"
+            f"labels must be in [0, {classes - 1}] for {classes} outputs (or {UNLABELLED}: "
+            f"unlabelled); found {int(known.min())}..{int(known.max())}"
         )
+    if config.alpha < 1.0 and not len(known):
+        raise DataError("no sample is labelled: give labels, or --alpha 1 (the teacher alone)")
+    samples = {"labelled": len(known), "unlabelled": len(labels) - len(known)}
     validation = "--val" if val is not None else None
     if val is None and config.val_fraction > 0 and len(train) >= 20:
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
@@ -239,10 +340,12 @@ def distill(
         validation = f"{k} samples ({config.val_fraction:.0%}) of the training data, held out"
 
     model = DistributedDataParallel(student) if world > 1 else student
+    cache = _teacher_logits(teacher, train, device, config.batch_size, ui)
+    indexed: Any = _Indexed(train)
     sampler: Any = DistributedSampler(
-        train, num_replicas=world, rank=rank, shuffle=True, seed=config.seed
+        indexed, num_replicas=world, rank=rank, shuffle=True, seed=config.seed
     )
-    loader = DataLoader(train, batch_size=config.batch_size, sampler=sampler)
+    loader: Any = DataLoader(indexed, batch_size=config.batch_size, sampler=sampler)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT
     ck: dict[str, Any] | None = None
@@ -260,7 +363,8 @@ def distill(
     elif lr is None:
         if val is None:
             raise QuantshipError("--lr auto chooses by validation accuracy: give --val data")
-        lr, sweep = _lr_sweep(model, student, teacher, loader, sampler, val, config, device, ui)
+        lr, sweep = _lr_sweep(model, student, teacher, cache, loader, sampler, val, config,
+                              device, ui)  # fmt: skip
         torch.manual_seed(config.seed)  # the run then is the one with that rate given
     assert lr is not None
     opt = torch.optim.Adam(student.parameters(), lr=lr)
@@ -276,7 +380,9 @@ def distill(
         best_acc, best_epoch, best_state = ck["best_accuracy"], ck["best_epoch"], ck["best"]
         stale = ck["stale"]
         ui.note(f"resuming after epoch {start} of {config.epochs}")
-    teacher_acc = _accuracy(teacher, val, device, config.batch_size) if val is not None else None
+    teacher_acc = (
+        _accuracy(teacher, val, device, config.batch_size, teacher) if val is not None else None
+    )
     stopped = False
     for epoch in range(start, config.epochs):
         if config.patience and stale >= config.patience:
@@ -284,11 +390,13 @@ def distill(
             break
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()
-        loss = _epoch(model, teacher, loader, opt, config, device, ui,
+        loss = _epoch(model, teacher, cache, loader, opt, config, device, ui,
                       f"epoch {epoch + 1}/{config.epochs}")  # fmt: skip
         sched.step()
         acc, val_loss = (
-            _evaluate(student, val, device, config.batch_size) if val is not None else (None, None)
+            _evaluate(student, val, device, config.batch_size, teacher)
+            if val is not None
+            else (None, None)
         )
         history.append({"epoch": epoch + 1, "loss": loss, "val_accuracy": acc,
                         "val_loss": val_loss, "seconds": round(time.perf_counter() - t0, 2)})  # fmt: skip
@@ -328,6 +436,7 @@ def distill(
         "lr": lr,
         "lr_sweep": sweep,
         "validation": validation,
+        "samples": samples,
         "teacher_val_accuracy": teacher_acc,
         "epochs": history,
         "exported_epoch": best_epoch if best_state is not None else len(history),
@@ -352,7 +461,7 @@ def distill(
 
 
 def _lr_sweep(
-    model: Any, student: Any, teacher: Any, loader: Any, sampler: Any, val: Any,
+    model: Any, student: Any, teacher: Any, cache: Any, loader: Any, sampler: Any, val: Any,
     config: DistillConfig, device: Any, ui: UI,
 ) -> tuple[float, list[dict[str, Any]]]:  # fmt: skip
     """Each of ``LR_CANDIDATES`` for a few epochs (a quarter of the run, 1 to 3) from
@@ -373,11 +482,10 @@ def _lr_sweep(
         sched = _schedule(opt, config, epochs)
         for e in range(epochs):
             sampler.set_epoch(e)
-            _epoch(
-                model, teacher, loader, opt, config, device, ui, f"--lr auto: {lr:g}, epoch {e + 1}"
-            )
+            _epoch(model, teacher, cache, loader, opt, config, device, ui,
+                   f"--lr auto: {lr:g}, epoch {e + 1}")  # fmt: skip
             sched.step()
-        acc, loss = _evaluate(student, val, device, config.batch_size)
+        acc, loss = _evaluate(student, val, device, config.batch_size, teacher)
         rows.append({"lr": lr, "epochs": epochs, "val_accuracy": acc, "val_loss": loss})
         ui.note(f"--lr auto: {lr:g} gives val accuracy {100 * acc:.2f}% after {epochs} epoch(s)")
     student.load_state_dict(init)

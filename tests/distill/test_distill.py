@@ -304,3 +304,76 @@ def test_lr_auto_sweeps_and_patience_stops(work: Path) -> None:
                     work / "stuck", val=work / "val.npz", epochs=10, lr=1e-12, patience=2,
                     batch_size=32)  # fmt: skip
     assert m["stopped_early"] and len(m["epochs"]) == 3 and m["exported_epoch"] == 1
+
+
+def test_unlabelled_samples_add_only_to_the_teacher_term() -> None:
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    y = torch.tensor([1, -1, 3, -1, 0, 2])
+    known = y >= 0
+    got = distillation_loss(s, t, y, temperature=3.0, alpha=0.4)
+    kl = distillation_loss(s, t, None, temperature=3.0, alpha=1.0)
+    ce = torch.nn.functional.cross_entropy(s[known], y[known])
+    assert float(got) == pytest.approx(float(0.4 * kl + 0.6 * ce), rel=1e-6)
+    none = distillation_loss(s, t, torch.full((6,), -1), temperature=3.0, alpha=0.4)
+    assert float(none) == pytest.approx(float(0.4 * kl), rel=1e-6)
+
+
+def test_unlabelled_inputs_taught_by_the_teacher_help(work: Path) -> None:
+    """32 labelled samples alone against the same 32 plus 480 inputs without labels
+    (--unlabelled): the teacher's teaching on the latter brings the student closer."""
+    z = np.load(work / "train.npz")
+    np.savez(work / "few.npz", x=z["x"][:32], y=z["y"][:32])
+    np.savez(work / "inputs.npz", x=z["x"][32:])
+    kw = {"val": work / "val.npz", "epochs": 4, "lr": 1e-2, "batch_size": 32}
+    api.distill("qs_distill_nets:teacher", "qs_distill_nets:student", work / "few.npz",
+                work / "few", **kw)  # type: ignore[arg-type]  # fmt: skip
+    p = _cli(work, "--teacher", "qs_distill_nets:teacher", "--student", "qs_distill_nets:student",
+             "--data", str(work / "few.npz"), "--unlabelled", str(work / "inputs.npz"),
+             "--val", str(work / "val.npz"), "--epochs", "4", "--lr", "1e-2",
+             "--batch-size", "32", "--out", str(work / "more"))  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    m = json.loads((work / "more/metrics.json").read_text())
+    assert m["samples"] == {"labelled": 32, "unlabelled": 480}
+    few, more = (
+        _agreement(work / "few/student.pt", work),
+        _agreement(work / "more/student.pt", work),
+    )
+    assert more > few + 0.05, (few, more)
+    # with no label at all, only the teacher can teach: alpha < 1 is refused
+    p = _cli(work, "--teacher", "qs_distill_nets:teacher", "--student", "qs_distill_nets:student",
+             "--data", str(work / "few.npz"), "--unlabelled", str(work / "inputs.npz"),
+             "--epochs", "1", "--alpha", "0.5", "--out", str(work / "o"))  # fmt: skip
+    assert p.returncode == 0, p.stderr  # the 32 labels are enough
+    np.savez(work / "none.npz", x=z["x"][:8], y=np.full(8, -1))
+    p = _cli(work, "--teacher", "qs_distill_nets:teacher", "--student", "qs_distill_nets:student",
+             "--data", str(work / "none.npz"), "--epochs", "1", "--out", str(work / "o2"))  # fmt: skip
+    assert p.returncode == 2 and "no sample is labelled" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_cached_teacher_logits_train_as_the_teacher_would(work: Path) -> None:
+    """Data held in memory gets the teacher's logits once; data a Dataset computes
+    runs the teacher on every batch. Both give the same student."""
+    import importlib
+
+    from torch.utils.data import Dataset
+
+    from quantship.distill.train import DistillConfig, distill, load_dataset
+
+    nets = importlib.import_module("qs_distill_nets")
+    mem = load_dataset(work / "train.npz", "training")
+
+    class Computed(Dataset):  # type: ignore[type-arg]
+        def __len__(self) -> int:
+            return len(mem)
+
+        def __getitem__(self, i: int) -> object:
+            return mem[i]
+
+    cfg = DistillConfig(epochs=2, lr=1e-2, batch_size=32)
+    out = []
+    for name, data in (("mem", mem), ("computed", Computed())):
+        s = nets.student()
+        distill(nets.teacher().eval(), s, data, None, work / name, cfg)
+        out.append(torch.cat([p.detach().flatten() for p in s.parameters()]))
+    assert torch.allclose(out[0], out[1], atol=1e-4)
