@@ -169,18 +169,32 @@ def distill(
     resume: bool = False,
     patience: int = 0,
     schedule: str = "cosine",
+    qat: bool = False,
+    backend: str = "onnxruntime",
+    calib: str | Path | None = None,
+    method: str = "percentile",
+    qat_epochs: int = 5,
+    qat_scales: str = "learned",
+    qat_lr: float | str | None = "auto",
     ui: UI = SILENT,
 ) -> dict[str, Any]:
     """Distill ``student`` (package.module:factory) from ``teacher``; writes
     student.pt (the best epoch on validation), student.onnx and metrics.json into
     ``out``. ``lr="auto"`` (or None) picks the learning rate by a short sweep;
-    ``unlabelled`` data (inputs only) is taught by the teacher alone."""
+    ``unlabelled`` data (inputs only) is taught by the teacher alone.
+
+    ``qat``: then quantization-aware distillation for ``backend``: the student's INT8
+    model as that backend's plan writes it (ranges from ``calib``, else the training
+    data, by ``method``) fine-tuned for ``qat_epochs`` with the teacher guiding it,
+    scales ``"learned"`` (LSQ) or ``"frozen"``; writes student.ptq.onnx,
+    student.int8.onnx and metrics.json's ``qat`` section."""
     try:
         import torch  # noqa: F401
     except ImportError:
         raise QuantshipError(
             "distill needs torch: pip install torch==2.13.0 'quantship[torch]'"
         ) from None
+    from quantship.distill.qad import QatOptions, quantization_aware
     from quantship.distill.train import DistillConfig, load_dataset
     from quantship.distill.train import distill as run
     from quantship.exporter.torch_export import load_factory, load_weights
@@ -189,8 +203,12 @@ def distill(
         rate = None if lr in (None, "auto") else float(lr)
         config = DistillConfig(epochs, temperature, alpha, rate, batch_size, seed, patience,
                                schedule)  # fmt: skip
+        qopts = QatOptions(backend, calib, method, epochs=qat_epochs, scales=qat_scales,
+                           lr=None if qat_lr in (None, "auto") else float(qat_lr))  # fmt: skip
     except ValueError as e:
         raise QuantshipError(str(e)) from None
+    if qat:  # a backend that is not here fails now, not after the float training
+        registry.available(backend)
     t = load_factory(teacher, "teacher")
     if teacher_weights is not None:
         load_weights(t, Path(teacher_weights), "teacher")
@@ -198,7 +216,13 @@ def distill(
     train = load_dataset(data, "training")
     v = load_dataset(val, "validation") if val is not None else None
     u = load_dataset(unlabelled, "unlabelled", labelled=False) if unlabelled is not None else None
-    return run(t, s, train, v, Path(out), config, unlabelled=u, resume=resume, ui=ui)
+    metrics = run(t, s, train, v, Path(out), config, unlabelled=u, resume=resume, ui=ui)
+    if not qat:
+        return metrics
+    metrics["qat"] = quantization_aware(
+        t, train, v, u, Path(out), config, qopts, resume=resume, ui=ui
+    )
+    return metrics
 
 
 # Implemented beside what they orchestrate; part of this API.

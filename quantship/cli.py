@@ -238,9 +238,17 @@ def _run(args: argparse.Namespace) -> int:
             resume=args.resume,
             patience=args.patience,
             schedule=args.schedule,
+            qat=args.qat,
+            backend=args.backend,
+            calib=args.calib,
+            method=args.method,
+            qat_epochs=args.qat_epochs,
+            qat_scales=args.qat_scales,
+            qat_lr=args.qat_lr,
             ui=ui,
         )
-        ui.note(f"wrote {args.out}/student.pt, student.onnx and metrics.json")
+        extra = ", student.ptq.onnx, student.int8.onnx" if args.qat else ""
+        ui.note(f"wrote {args.out}/student.pt, student.onnx{extra} and metrics.json")
         return 0
     if args.command == "demo":
         from quantship.demo import run_demo

@@ -492,7 +492,52 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument(
         "--seed", type=int, default=0, help="seed of weights, order, split (default: 0)"
     )
-    ds.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    ds.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint.pt (and OUT/qat_checkpoint.pt with --qat)",
+    )
+    ds.add_argument(
+        "--qat",
+        action="store_true",
+        help="then quantization-aware distillation: fine-tune the student's INT8 model, as "
+        "--backend's plan writes it, with the teacher; writes student.ptq.onnx and "
+        "student.int8.onnx (QDQ models for that backend)",
+    )
+    ds.add_argument(
+        "--backend",
+        default="onnxruntime",
+        help="with --qat: the backend whose plan is trained (default: onnxruntime)",
+    )
+    ds.add_argument(
+        "--calib",
+        metavar="DATA",
+        help="with --qat: calibration data for the starting ranges, in export's forms "
+        "(default: 512 samples of --data)",
+    )
+    ds.add_argument(
+        "--method",
+        default="percentile",
+        choices=["minmax", "percentile", "entropy", "mse"],
+        help="with --qat: activation range method (default: percentile)",
+    )
+    ds.add_argument(
+        "--qat-epochs", type=_positive, default=5, help="with --qat: epochs (default: 5)"
+    )
+    ds.add_argument(
+        "--qat-scales",
+        choices=["learned", "frozen"],
+        default="learned",
+        help="with --qat: scales learned as in LSQ, or frozen as calibrated (default: learned)",
+    )
+    ds.add_argument(
+        "--qat-lr",
+        type=_lr,
+        default=None,
+        metavar="LR|auto",
+        help="with --qat: Adam's learning rate, or auto: the best on validation of 1e-5, "
+        "3e-5, 1e-4, 3e-4 (default: auto)",
+    )
     ds.add_argument("--out", type=Path, required=True)
     ds.add_argument("--quiet", "-q", action="store_true")
 

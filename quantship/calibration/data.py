@@ -264,6 +264,13 @@ def _arrays_source(
     return CalibrationData(desc, role, tuple(inputs), n, gen, tuple(notes))
 
 
+def arrays_data(
+    arrays: dict[str, Any], inputs: Sequence[InputSpec], desc: str, role: str
+) -> CalibrationData:
+    """Arrays held in memory, keyed by input name, first axis the sample axis."""
+    return _arrays_source(arrays, inputs, desc, role)
+
+
 def npz_data(path: Path, inputs: Sequence[InputSpec], role: str) -> CalibrationData:
     return _arrays_source(stored_npz(path), inputs, f"'{path}'", role)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,9 @@ class DistillConfig:
     schedule: str = "cosine"  # "cosine" (to 0 over the epochs) or "constant"
     # Without --val, this share of the training data (seeded) validates.
     val_fraction: float = 0.1
+    # What --lr auto tries (quantization-aware fine-tuning starts from trained weights
+    # and tries smaller rates: QAT_LR_CANDIDATES in qad.py).
+    lr_candidates: tuple[float, ...] = LR_CANDIDATES
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -61,6 +65,8 @@ class DistillConfig:
             raise ValueError(f"patience must be >= 0, got {self.patience}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
+        if not self.lr_candidates or min(self.lr_candidates) <= 0:
+            raise ValueError("lr_candidates must be positive learning rates")
         if not 0.0 <= self.val_fraction < 0.5:
             raise ValueError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
 
@@ -291,6 +297,9 @@ def distill(
     unlabelled: Any | None = None,
     resume: bool = False,
     ui: UI = SILENT,
+    checkpoint: str = CHECKPOINT,
+    keep_start: bool = False,
+    finish: Callable[[Any, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``student`` to match ``teacher`` (and the labels, by ``config.alpha``), and
     export the epoch with the best validation accuracy (``val``, else a seeded share of
@@ -298,12 +307,18 @@ def distill(
     ``LR_CANDIDATES`` that validates best after a few epochs from the same start.
     ``unlabelled``: more inputs, taught by the teacher alone (samples labelled
     ``UNLABELLED`` in ``train`` are the same); the share held out for validation is
-    drawn from both, and an unlabelled sample there counts against the teacher's class."""
+    drawn from both, and an unlabelled sample there counts against the teacher's class.
+
+    Quantization-aware distillation (``qad.py``) trains a QDQ model through this loop:
+    ``keep_start`` scores the student as given (epoch 0) so that training never exports
+    something worse on validation than where it began, ``checkpoint`` names its own
+    checkpoint file, and ``finish(student, metrics)`` writes its artifacts (rank 0)
+    instead of student.pt, student.onnx and metrics.json."""
     import copy
 
     import torch
     from torch.nn.parallel import DistributedDataParallel
-    from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler, Subset
+    from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
     rank, world, device = _dist()
     torch.manual_seed(config.seed)
@@ -332,12 +347,7 @@ def distill(
     if config.alpha < 1.0 and not len(known):
         raise DataError("no sample is labelled: give labels, or --alpha 1 (the teacher alone)")
     samples = {"labelled": len(known), "unlabelled": len(labels) - len(known)}
-    validation = "--val" if val is not None else None
-    if val is None and config.val_fraction > 0 and len(train) >= 20:
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
-        k = max(1, round(len(train) * config.val_fraction))
-        val, train = Subset(train, order[:k].tolist()), Subset(train, order[k:].tolist())
-        validation = f"{k} samples ({config.val_fraction:.0%}) of the training data, held out"
+    train, val, validation = holdout(train, val, config)
 
     model = DistributedDataParallel(student) if world > 1 else student
     cache = _teacher_logits(teacher, train, device, config.batch_size, ui)
@@ -347,11 +357,11 @@ def distill(
     )
     loader: Any = DataLoader(indexed, batch_size=config.batch_size, sampler=sampler)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / CHECKPOINT
+    ckpt_path = out / checkpoint
     ck: dict[str, Any] | None = None
     if resume:
         if not ckpt_path.exists():
-            raise QuantshipError(f"--resume: no {CHECKPOINT} in '{out}'")
+            raise QuantshipError(f"--resume: no {checkpoint} in '{out}'")
         ck = torch.load(str(ckpt_path), map_location=device, weights_only=False)
         if ck["config"] != asdict(config):
             raise QuantshipError(
@@ -383,6 +393,10 @@ def distill(
     teacher_acc = (
         _accuracy(teacher, val, device, config.batch_size, teacher) if val is not None else None
     )
+    if keep_start and ck is None and val is not None:
+        best_acc, best_epoch = _accuracy(student, val, device, config.batch_size, teacher), 0
+        best_state = copy.deepcopy(student.state_dict())
+        ui.note(f"before training: student val accuracy {100 * best_acc:.2f}%")
     stopped = False
     for epoch in range(start, config.epochs):
         if config.patience and stale >= config.patience:
@@ -445,7 +459,9 @@ def distill(
         "student_parameters": sum(p.numel() for p in student.parameters()),
         "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
     }
-    if rank == 0:
+    if rank == 0 and finish is not None:
+        finish(student, metrics)
+    elif rank == 0:
         _save_atomic(student.state_dict(), out / "student.pt")
         from quantship.exporter.torch_export import export_module
 
@@ -460,11 +476,29 @@ def distill(
     return metrics
 
 
+def holdout(
+    train: Any, val: Any | None, config: DistillConfig
+) -> tuple[Any, Any | None, str | None]:
+    """(training, validation, how validation was chosen): ``val`` if given, else a
+    seeded ``config.val_fraction`` of ``train`` (the same samples for the same seed)."""
+    import torch
+    from torch.utils.data import Subset
+
+    if val is not None:
+        return train, val, "--val"
+    if config.val_fraction > 0 and len(train) >= 20:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
+        k = max(1, round(len(train) * config.val_fraction))
+        desc = f"{k} samples ({config.val_fraction:.0%}) of the training data, held out"
+        return Subset(train, order[k:].tolist()), Subset(train, order[:k].tolist()), desc
+    return train, None, None
+
+
 def _lr_sweep(
     model: Any, student: Any, teacher: Any, cache: Any, loader: Any, sampler: Any, val: Any,
     config: DistillConfig, device: Any, ui: UI,
 ) -> tuple[float, list[dict[str, Any]]]:  # fmt: skip
-    """Each of ``LR_CANDIDATES`` for a few epochs (a quarter of the run, 1 to 3) from
+    """Each of ``config.lr_candidates`` for a few epochs (a quarter of the run, 1 to 3) from
     the student's initial weights and the same seed; the best validation accuracy
     wins (ties: the lower validation loss). The student is left at its initial
     weights."""
@@ -475,7 +509,7 @@ def _lr_sweep(
     init = copy.deepcopy(student.state_dict())
     epochs = max(1, min(3, config.epochs // 4))
     rows = []
-    for lr in LR_CANDIDATES:
+    for lr in config.lr_candidates:
         student.load_state_dict(init)
         torch.manual_seed(config.seed)
         opt = torch.optim.Adam(student.parameters(), lr=lr)

@@ -208,6 +208,11 @@ def test_two_process_torchrun(work: Path) -> None:
         "1",
         "--batch-size",
         "32",
+        "--qat",
+        "--qat-epochs",
+        "1",
+        "--qat-lr",
+        "1e-3",
         "--out",
         str(work / "ddp"),
         "-q",
@@ -219,6 +224,8 @@ def test_two_process_torchrun(work: Path) -> None:
     assert m["world_size"] == 2 and len(m["epochs"]) == 2
     assert len(m["lr_sweep"]) == 4 and m["lr"] in [r["lr"] for r in m["lr_sweep"]]  # --lr auto
     assert _agreement(work / "ddp/student.pt", work) > 0.6
+    # --qat under torchrun: every rank trains the INT8 model, rank 0 writes it.
+    assert len(m["qat"]["epochs"]) == 1 and (work / "ddp/student.int8.onnx").stat().st_size > 0
 
 
 def test_pipeline_config_distills_then_exports(work: Path) -> None:

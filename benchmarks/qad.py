@@ -1,0 +1,267 @@
+"""Quantization-aware distillation: PTQ against QAD on a student that PTQ hurts.
+
+On scikit-learn's digits, per seed:
+1. a teacher (digits_cnn(64), ~410k parameters) trained on the training digits;
+2. a narrow MobileNet-like student (depthwise-separable blocks, ReLU, no bound on the
+   activations: per-tensor activation ranges hurt it) distilled in float by
+   ``quantship distill`` at its defaults;
+3. its INT8 model for each backend as ``export`` would write it (PTQ, ``--qat``'s
+   starting point), then ``--qat`` with scales learned (LSQ) and with scales frozen;
+4. NNCF's QAT on the same float student and data (``nncf.quantize`` on the torch
+   model, then the same teacher-guided loss and epochs), exported to ONNX.
+
+Accuracy on the 360 test digits (no run sees them while training or choosing), each
+INT8 model run by the backend it was made for. Recovery = (QAD − PTQ) / (float − PTQ).
+
+    python benchmarks/qad.py [--seeds 0,1,2,3,4] [--backends onnxruntime,openvino]
+
+Results: benchmarks/results/qad.{json,md}, rewritten after every seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import WORK, machine, machine_line, md_table, write_results
+
+TEACHER = 64
+
+
+def mobile_student(width: int = 8) -> Any:
+    """A narrow MobileNet-like CNN for 1×32×32 digits: a stem, four depthwise-separable
+    blocks (depthwise 3×3, pointwise 1×1, BN and ReLU after each), global pooling, a
+    linear classifier."""
+    from torch import nn
+
+    def block(cin: int, cout: int, stride: int) -> list[Any]:
+        return [
+            nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False),
+            nn.BatchNorm2d(cin),
+            nn.ReLU(),
+            nn.Conv2d(cin, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+        ]
+
+    w = width
+    return nn.Sequential(
+        nn.Conv2d(1, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+        *block(w, w, 1), *block(w, 2 * w, 2), *block(2 * w, 2 * w, 1), *block(2 * w, 4 * w, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, 10),
+    )  # fmt: skip
+
+
+def main() -> int:
+    import torch
+
+    from quantship.backends import registry
+    from quantship.demo import _dataset, digits_cnn, load_digits, train
+    from quantship.distill.qad import QatOptions, backend_accuracy, quantization_aware
+    from quantship.distill.train import DistillConfig, distill
+    from quantship.exporter import load as loader
+    from quantship.exporter.onnx_file import read_onnx
+    from quantship.ui import UI
+
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--width", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=20, help="float distillation epochs")
+    ap.add_argument("--qat-epochs", type=int, default=5)
+    ap.add_argument("--teacher-epochs", type=int, default=8)
+    ap.add_argument("--backends", default="onnxruntime,openvino")
+    ap.add_argument("--no-nncf", action="store_true")
+    args = ap.parse_args()
+    quiet = UI(quiet=True)
+    torch.set_num_threads(2)
+    m = machine()
+    backends = [b for b in args.backends.split(",") if registry.get(b).available() is None]
+    results: list[dict[str, Any]] = []
+    params: dict[str, int] = {}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        t0 = time.perf_counter()
+        data = load_digits(seed)
+        torch.manual_seed(seed)
+        teacher = train(digits_cnn(TEACHER), data, args.teacher_epochs, seed, quiet).eval()
+        test = _dataset(data.x_test, data.y_test)
+        tr = _dataset(data.x_train, data.y_train)
+        torch.manual_seed(seed + 1)
+        student = mobile_student(args.width)
+        params = {"teacher": sum(p.numel() for p in teacher.parameters()),
+                  "student": sum(p.numel() for p in student.parameters())}  # fmt: skip
+        d = WORK / "qad" / f"seed{seed}"
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = DistillConfig(epochs=args.epochs, seed=seed)
+        distill(teacher, student, tr, None, d, cfg, ui=quiet)
+        src = read_onnx(d / "student.onnx")
+        fm = loader.prepare_source(src, None, {"input": (1, 1, 32, 32)})
+        r: dict[str, Any] = {"seed": seed}
+        with torch.no_grad():
+            r["teacher"] = float((teacher(torch.from_numpy(data.x_test)).argmax(1).numpy()
+                                  == data.y_test).mean())  # fmt: skip
+        r["float"] = backend_accuracy(registry.get("onnxruntime"), src.proto, fm, test, teacher)
+        for b in backends:
+            row: dict[str, Any] = {}
+            for scales in ("learned", "frozen"):
+                opts = QatOptions(backend=b, epochs=args.qat_epochs, scales=scales)
+                t1 = time.perf_counter()
+                met = quantization_aware(teacher, tr, None, None, d, cfg, opts, ui=quiet)
+                row[f"qad {scales} seconds"] = round(time.perf_counter() - t1, 1)
+                be = registry.get(b)
+                if "ptq" not in row:
+                    row["ptq"] = backend_accuracy(
+                        be, read_onnx(d / "student.ptq.onnx").proto, fm, test, teacher
+                    )
+                row[f"qad {scales}"] = backend_accuracy(
+                    be, read_onnx(d / "student.int8.onnx").proto, fm, test, teacher
+                )
+                row[f"qad {scales} lr"] = met["lr"]
+                row[f"qad {scales} epoch"] = met["exported_epoch"]
+            r[b] = row
+            print(
+                f"seed {seed} {b}: float {r['float']:.4f} "
+                + ", ".join(f"{k} {v}" for k, v in row.items()),
+                flush=True,
+            )
+        if not args.no_nncf:
+            r["nncf"] = nncf_qat(teacher, d, tr, test, data, args, seed)
+            print(f"seed {seed} nncf: {r['nncf']}", flush=True)
+        r["seconds"] = round(time.perf_counter() - t0, 1)
+        results.append(r)
+        _write(results, params, backends, args, m)
+    return 0
+
+
+def nncf_qat(
+    teacher: Any, d: Path, tr: Any, test: Any, data: Any, args: Any, seed: int
+) -> dict[str, Any]:
+    """NNCF's QAT on the float student: ``nncf.quantize`` (its default preset) on the
+    torch model with the same calibration samples, fine-tuned with the same
+    teacher-guided loss, Adam and epochs as ``--qat``, exported to ONNX and run by
+    ONNX Runtime and OpenVINO. NNCF 3.x has no distillation loss of its own for
+    ``nncf.quantize`` models (the legacy ``create_compressed_model`` API carried one),
+    so the loss is ours."""
+    import numpy as np
+    import torch
+
+    try:
+        import nncf
+    except ImportError:
+        return {"error": "nncf is not installed (pip install 'quantship[bench]')"}
+    from quantship.distill.loss import distillation_loss
+
+    out: dict[str, Any] = {"version": nncf.__version__}
+    student = mobile_student(args.width)
+    student.load_state_dict(torch.load(str(d / "student.pt")))
+    student.eval()
+    calib = nncf.Dataset([torch.from_numpy(data.x_train[i : i + 1]) for i in range(512)])
+    try:
+        q = nncf.quantize(student, calib, subset_size=512)
+    except Exception as e:
+        return {**out, "error": f"nncf.quantize: {type(e).__name__}: {e}"}
+
+    def acc(net: Any) -> float:
+        net.eval()
+        with torch.no_grad():
+            return float(
+                (net(torch.from_numpy(data.x_test)).argmax(1).numpy() == data.y_test).mean()
+            )
+
+    out["ptq_torch"] = acc(q)
+    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    with torch.no_grad():
+        t_logits = teacher(x)
+    best = {}
+    for lr in (1e-5, 1e-4):  # NNCF's QAT guidance: about 1e-5 with Adam; 1e-4 too
+        net = nncf.quantize(mobile_student_from(d, args.width), calib, subset_size=512)
+        torch.manual_seed(seed)
+        opt = torch.optim.Adam(net.parameters(), lr=lr)
+        for _ in range(args.qat_epochs):
+            net.train()
+            perm = torch.randperm(len(x))
+            for i in range(0, len(x), 64):
+                idx = perm[i : i + 64]
+                loss = distillation_loss(
+                    net(x[idx]), t_logits[idx], y[idx], temperature=4.0, alpha=0.7
+                )
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        out[f"qat lr {lr:g} torch"] = acc(net)
+        best[lr] = net
+    # ONNX of the QAT model (NNCF's FakeQuantize → QuantizeLinear/DequantizeLinear), run by ORT
+    import onnxruntime as ort
+
+    for lr, net in best.items():
+        path = d / f"nncf_qat_{lr:g}.onnx"
+        try:
+            net.eval()
+            torch.onnx.export(net, (torch.from_numpy(data.x_test[:1]),), str(path),
+                              input_names=["input"], opset_version=17, dynamo=False)  # fmt: skip
+            s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            preds = [int(np.argmax(s.run(None, {"input": data.x_test[i : i + 1]})[0]))
+                     for i in range(len(data.x_test))]  # fmt: skip
+            out[f"qat lr {lr:g} onnxruntime"] = float(np.mean(np.asarray(preds) == data.y_test))
+        except Exception as e:
+            out[f"qat lr {lr:g} onnxruntime"] = f"{type(e).__name__}: {str(e)[:200]}"
+    return out
+
+
+def mobile_student_from(d: Path, width: int) -> Any:
+    import torch
+
+    s = mobile_student(width)
+    s.load_state_dict(torch.load(str(d / "student.pt")))
+    return s.eval()
+
+
+def _write(results: list[dict[str, Any]], params: dict[str, int], backends: list[str], args: Any, m: dict[str, Any]) -> None:  # fmt: skip
+    import numpy as np
+
+    def ms(vals: list[float]) -> str:
+        a = 100 * np.asarray(vals, dtype=float)
+        return f"{a.mean():.2f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.2f}"
+
+    rows, summary = [], {}
+    fl = [r["float"] for r in results]
+    for b in backends:
+        ptq = [r[b]["ptq"] for r in results]
+        s: dict[str, Any] = {"float": float(np.mean(fl)), "ptq": float(np.mean(ptq))}
+        for scales in ("learned", "frozen"):
+            qad = [r[b][f"qad {scales}"] for r in results]
+            lost = float(np.mean(fl) - np.mean(ptq))
+            rec = (float(np.mean(qad)) - float(np.mean(ptq))) / lost if lost > 0 else None
+            s[scales] = {"qad": float(np.mean(qad)), "recovered": rec,
+                         "gap_to_float": float(np.mean(fl) - np.mean(qad))}  # fmt: skip
+            rows.append([b, scales, ms(fl), ms(ptq), ms(qad),
+                         f"{100 * lost:.2f}", f"{100 * rec:.0f} %" if rec is not None else "n/a",
+                         f"{100 * (np.mean(fl) - np.mean(qad)):+.2f}"])  # fmt: skip
+        summary[b] = s
+    nn_rows = []
+    for key in ("ptq_torch", "qat lr 1e-05 torch", "qat lr 0.0001 torch",
+                "qat lr 1e-05 onnxruntime", "qat lr 0.0001 onnxruntime"):  # fmt: skip
+        vals = [r.get("nncf", {}).get(key) for r in results]
+        if all(isinstance(v, float) for v in vals):
+            nn_rows.append([key, ms(vals)])
+    table = md_table(["backend", "scales", "float", "PTQ INT8", "QAD INT8", "PTQ loses (pts)",
+                      "QAD recovers", "QAD − float"], rows)  # fmt: skip
+    nncf_table = md_table(["NNCF", "accuracy"], nn_rows) if nn_rows else "(NNCF did not run)"
+    md = (
+        f"# Quantization-aware distillation (benchmarks/qad.py)\n\n{machine_line(m)}\n\n"
+        f"Student: mobile_student({args.width}), {params.get('student', 0):,} parameters; teacher "
+        f"digits_cnn({TEACHER}), {params.get('teacher', 0):,}. Seeds {[r['seed'] for r in results]}; "
+        f"float distillation {args.epochs} epochs, QAD {args.qat_epochs} epochs; accuracy on the 360 "
+        f"test digits, mean ± sample std.\n\n{table}\n\n{nncf_table}\n"
+    )
+    write_results("qad", {"machine": m, "args": vars(args), "params": params,
+                          "summary": summary, "runs": results}, md)  # fmt: skip
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
