@@ -2,9 +2,16 @@
 
 On scikit-learn's digits, per seed:
 1. a teacher (digits_cnn(64), ~410k parameters) trained on the training digits;
-2. a narrow MobileNet-like student (depthwise-separable blocks, ReLU, no bound on the
-   activations: per-tensor activation ranges hurt it) distilled in float by
-   ``quantship distill`` at its defaults;
+2. a narrow MobileNet-like student (depthwise-separable blocks; the depthwise output
+   linear, as MobileNetV2's bottlenecks are) distilled in float by ``quantship distill``
+   at its defaults; then, before quantization, its channels' ranges spread by a
+   function-preserving rescaling (each BatchNorm channel feeding a 1×1 conv or the
+   classifier times s, that consumer's input channel times 1/s, s log-uniform in
+   [1/8, 8]): the imbalance between channels that trained MobileNets show after BN
+   folding (Nagel et al., "Data-Free Quantization", 2019), which per-tensor activation
+   ranges cannot serve. The float model computes the same function; PTQ loses ~10
+   points on it. PTQ after cross-layer equalization (``export --algorithms cle``,
+   the repair DFQ proposes) is measured beside it;
 3. its INT8 model for each backend as ``export`` would write it (PTQ, ``--qat``'s
    starting point), then ``--qat`` with scales learned (LSQ) and with scales frozen;
 4. NNCF's QAT on the same float student and data (``nncf.quantize`` on the torch
@@ -35,15 +42,14 @@ TEACHER = 64
 
 def mobile_student(width: int = 8) -> Any:
     """A narrow MobileNet-like CNN for 1×32×32 digits: a stem, four depthwise-separable
-    blocks (depthwise 3×3, pointwise 1×1, BN and ReLU after each), global pooling, a
-    linear classifier."""
+    blocks (depthwise 3×3 and BN, linear; pointwise 1×1, BN and ReLU), global pooling,
+    a linear classifier."""
     from torch import nn
 
     def block(cin: int, cout: int, stride: int) -> list[Any]:
         return [
             nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False),
             nn.BatchNorm2d(cin),
-            nn.ReLU(),
             nn.Conv2d(cin, cout, 1, bias=False),
             nn.BatchNorm2d(cout),
             nn.ReLU(),
@@ -57,6 +63,31 @@ def mobile_student(width: int = 8) -> Any:
     )  # fmt: skip
 
 
+def spread_ranges(net: Any, spread: float, seed: int) -> None:
+    """Multiply each BatchNorm channel that feeds a 1×1 conv (or the classifier) by s
+    and divide that consumer's input channel by s, s log-uniform in [1/spread, spread]:
+    the same function in float (ReLU and average pooling commute with s > 0), with
+    ranges that differ between channels."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    rng = np.random.default_rng(seed)
+    mods = list(net)
+    with torch.no_grad():
+        for i, m in enumerate(mods):
+            if not isinstance(m, nn.BatchNorm2d):
+                continue
+            nxt = next((x for x in mods[i + 1 :] if isinstance(x, (nn.Conv2d, nn.Linear))), None)
+            if nxt is None or (isinstance(nxt, nn.Conv2d) and nxt.groups != 1):
+                continue
+            lim = np.log(spread)
+            s = torch.from_numpy(np.exp(rng.uniform(-lim, lim, m.num_features))).float()
+            m.weight.mul_(s)
+            m.bias.mul_(s)
+            nxt.weight.div_(s.reshape(1, -1, *([1] * (nxt.weight.dim() - 2))))
+
+
 def main() -> int:
     import torch
 
@@ -66,6 +97,7 @@ def main() -> int:
     from quantship.distill.train import DistillConfig, distill
     from quantship.exporter import load as loader
     from quantship.exporter.onnx_file import read_onnx
+    from quantship.exporter.torch_export import export_module
     from quantship.ui import UI
 
     ap = argparse.ArgumentParser(description=__doc__,
@@ -75,8 +107,11 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=20, help="float distillation epochs")
     ap.add_argument("--qat-epochs", type=int, default=5)
     ap.add_argument("--teacher-epochs", type=int, default=8)
+    ap.add_argument("--spread", type=float, default=8.0, help="channel range spread (1: none)")
     ap.add_argument("--backends", default="onnxruntime,openvino")
     ap.add_argument("--no-nncf", action="store_true")
+    ap.add_argument("--frozen-backends", default="onnxruntime",
+                    help="backends on which QAD with frozen scales runs too (time)")  # fmt: skip
     args = ap.parse_args()
     quiet = UI(quiet=True)
     torch.set_num_threads(2)
@@ -99,6 +134,12 @@ def main() -> int:
         d.mkdir(parents=True, exist_ok=True)
         cfg = DistillConfig(epochs=args.epochs, seed=seed)
         distill(teacher, student, tr, None, d, cfg, ui=quiet)
+        student.eval()
+        if args.spread > 1:
+            spread_ranges(student, args.spread, seed)
+            torch.save(student.state_dict(), d / "student.pt")
+            proto = export_module(student, {"input": (1, 1, 32, 32)})
+            (d / "student.onnx").write_bytes(proto.SerializeToString())
         src = read_onnx(d / "student.onnx")
         fm = loader.prepare_source(src, None, {"input": (1, 1, 32, 32)})
         r: dict[str, Any] = {"seed": seed}
@@ -109,6 +150,8 @@ def main() -> int:
         for b in backends:
             row: dict[str, Any] = {}
             for scales in ("learned", "frozen"):
+                if scales == "frozen" and b not in args.frozen_backends.split(","):
+                    continue
                 opts = QatOptions(backend=b, epochs=args.qat_epochs, scales=scales)
                 t1 = time.perf_counter()
                 met = quantization_aware(teacher, tr, None, None, d, cfg, opts, ui=quiet)
@@ -123,6 +166,7 @@ def main() -> int:
                 )
                 row[f"qad {scales} lr"] = met["lr"]
                 row[f"qad {scales} epoch"] = met["exported_epoch"]
+            row["ptq cle"] = cle_accuracy(d, data, b)
             r[b] = row
             print(
                 f"seed {seed} {b}: float {r['float']:.4f} "
@@ -136,6 +180,27 @@ def main() -> int:
         results.append(r)
         _write(results, params, backends, args, m)
     return 0
+
+
+def cle_accuracy(d: Path, data: Any, backend: str) -> float:
+    """PTQ after cross-layer equalization, as ``quantship export --algorithms cle``."""
+    import shutil
+
+    import numpy as np
+
+    from quantship import api
+    from quantship.backends import registry
+    from quantship.backends.base import SessionSettings
+    from quantship.demo import accuracy
+    from quantship.ui import UI
+
+    np.savez(d / "calib.npz", input=data.x_train[:512])
+    shutil.rmtree(d / f"cle-{backend}", ignore_errors=True)
+    res = api.export(d / "student.onnx", d / "calib.npz", d / f"cle-{backend}", backends=backend,
+                     algorithms="cle", bench=False, ui=UI(quiet=True))  # fmt: skip
+    (art,) = res.artifacts
+    with registry.get(backend).session(art, SessionSettings()) as s:
+        return accuracy(s.run, data.x_test, data.y_test)
 
 
 def nncf_qat(
@@ -232,14 +297,18 @@ def _write(results: list[dict[str, Any]], params: dict[str, int], backends: list
     fl = [r["float"] for r in results]
     for b in backends:
         ptq = [r[b]["ptq"] for r in results]
-        s: dict[str, Any] = {"float": float(np.mean(fl)), "ptq": float(np.mean(ptq))}
+        cle = [r[b]["ptq cle"] for r in results]
+        s: dict[str, Any] = {"float": float(np.mean(fl)), "ptq": float(np.mean(ptq)),
+                             "ptq_cle": float(np.mean(cle))}  # fmt: skip
         for scales in ("learned", "frozen"):
+            if f"qad {scales}" not in results[0][b]:
+                continue
             qad = [r[b][f"qad {scales}"] for r in results]
             lost = float(np.mean(fl) - np.mean(ptq))
             rec = (float(np.mean(qad)) - float(np.mean(ptq))) / lost if lost > 0 else None
             s[scales] = {"qad": float(np.mean(qad)), "recovered": rec,
                          "gap_to_float": float(np.mean(fl) - np.mean(qad))}  # fmt: skip
-            rows.append([b, scales, ms(fl), ms(ptq), ms(qad),
+            rows.append([b, scales, ms(fl), ms(ptq), ms(cle), ms(qad),
                          f"{100 * lost:.2f}", f"{100 * rec:.0f} %" if rec is not None else "n/a",
                          f"{100 * (np.mean(fl) - np.mean(qad)):+.2f}"])  # fmt: skip
         summary[b] = s
@@ -249,7 +318,7 @@ def _write(results: list[dict[str, Any]], params: dict[str, int], backends: list
         vals = [r.get("nncf", {}).get(key) for r in results]
         if all(isinstance(v, float) for v in vals):
             nn_rows.append([key, ms(vals)])
-    table = md_table(["backend", "scales", "float", "PTQ INT8", "QAD INT8", "PTQ loses (pts)",
+    table = md_table(["backend", "scales", "float", "PTQ INT8", "PTQ + CLE", "QAD INT8", "PTQ loses (pts)",
                       "QAD recovers", "QAD − float"], rows)  # fmt: skip
     nncf_table = md_table(["NNCF", "accuracy"], nn_rows) if nn_rows else "(NNCF did not run)"
     md = (

@@ -472,8 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_lr,
         default=None,
         metavar="LR|auto",
-        help="Adam's learning rate, or auto: the best on validation of 3e-4, 1e-3, 3e-3, 1e-2 "
-        "after a few epochs each (default: auto)",
+        help="Adam's learning rate, or auto: of 3e-4, 1e-3, 3e-3, 1e-2 the one with the lowest "
+        "validation loss after a few epochs each (default: auto)",
     )
     ds.add_argument(
         "--schedule",
@@ -535,8 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_lr,
         default=None,
         metavar="LR|auto",
-        help="with --qat: Adam's learning rate, or auto: the best on validation of 1e-5, "
-        "3e-5, 1e-4, 3e-4 (default: auto)",
+        help="with --qat: Adam's learning rate, or auto: of 1e-5, 3e-5, 1e-4, 3e-4 the one "
+        "with the lowest validation loss after an epoch or so each (default: auto)",
     )
     ds.add_argument("--out", type=Path, required=True)
     ds.add_argument("--quiet", "-q", action="store_true")

@@ -302,7 +302,7 @@ def test_lr_auto_sweeps_and_patience_stops(work: Path) -> None:
                     work / "auto", epochs=8, lr="auto", batch_size=32)  # fmt: skip
     sweep = m["lr_sweep"]
     assert [r["lr"] for r in sweep] == list(LR_CANDIDATES) and m["lr"] in LR_CANDIDATES
-    best = max(sweep, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+    best = min(sweep, key=lambda r: (r["val_loss"], -r["val_accuracy"]))
     assert m["lr"] == best["lr"] and all(r["epochs"] == 2 for r in sweep)
     assert "of the training data, held out" in m["validation"]  # no --val: 10 % held out
     # A rate too small to change anything: no epoch improves on the first; two more
