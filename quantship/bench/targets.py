@@ -5,6 +5,7 @@ inputs to feed them."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,8 @@ def find_targets(
             ui.note(f"error: {m}")
         art = Artifact("", "onnx", path.parent, (path.name,), precision="float")
         cands = float_candidates(art, chosen)
+        if _has_qdq(path):  # an INT8 model (QAD's student.int8.onnx): not a float one
+            cands = [dataclasses.replace(c, label=f"{c.label}, QDQ INT8 model") for c in cands]
         if not cands:
             raise BackendError(
                 f"none of {', '.join(b.name for b in chosen)} can run a float model on this machine"
@@ -124,6 +127,22 @@ def find_targets(
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16",
               "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32",
               "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool"}  # fmt: skip
+
+
+def _has_qdq(path: Path) -> bool:
+    """Whether a model file holds QuantizeLinear/DequantizeLinear nodes (read where onnx
+    is installed; a runtime-only install labels it as the file it is)."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:
+        return False
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # an unreadable model: the runtime that loads it says why
+        return False
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
 
 
 def _model_inputs(path: Path) -> list[InputSpec]:

@@ -231,3 +231,15 @@ def test_qat_bad_input_is_one_line(work: Path) -> None:
     p = subprocess.run([*base, "--qat-scales", "sometimes"], capture_output=True, text=True,
                        cwd=work / "code", timeout=300)  # fmt: skip
     assert p.returncode == 2 and "invalid choice: 'sometimes'" in p.stderr
+
+
+def test_bench_labels_a_qdq_model_as_int8(tmp_path: Path) -> None:
+    from torch import nn
+
+    from quantship.bench.targets import _has_qdq
+    from quantship.exporter.torch_export import export_module
+
+    net = nn.Sequential(nn.Linear(4, 3)).eval()
+    onnx.save(_qdq(net, (1, 4)), str(tmp_path / "q.onnx"))
+    onnx.save(export_module(net, {"input": (1, 4)}), str(tmp_path / "f.onnx"))
+    assert _has_qdq(tmp_path / "q.onnx") and not _has_qdq(tmp_path / "f.onnx")
