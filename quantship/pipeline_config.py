@@ -10,7 +10,9 @@ one run, described in a file.
     epochs = 20
     temperature = 4.0
     alpha = 0.7
-    out = "student"
+    qat = true                     # optional: also student.int8.onnx by quantization-aware
+    backend = "onnxruntime"        # distillation for this backend (qat_epochs, qat_scales,
+    out = "student"                # qat_lr, calib, method as the CLI's --qat options)
 
     [export]
     model = "model.onnx"           # not with [distill]: the student is exported
@@ -48,6 +50,13 @@ DISTILL_KEYS = {
     "seed": int,
     "patience": int,
     "schedule": str,
+    "qat": bool,
+    "backend": str,
+    "calib": str,
+    "method": str,
+    "qat_epochs": int,
+    "qat_scales": str,
+    "qat_lr": float,
     "out": str,
 }
 EXPORT_KEYS = {
@@ -90,7 +99,7 @@ def _section(
         if k not in keys:
             raise QuantshipError(f"'{src}': unknown key {k!r} in [{name}]; {closest(k, keys)}")
         want = keys[k]
-        if k == "lr" and v == "auto":  # the learning-rate sweep
+        if k in ("lr", "qat_lr") and v == "auto":  # the learning-rate sweep
             out[k] = v
             continue
         ok = isinstance(v, want) or (
@@ -159,6 +168,13 @@ def run_config(path: Path, ui: UI = SILENT) -> Any:
                     "seed",
                     "patience",
                     "schedule",
+                    "qat",
+                    "backend",
+                    "calib",
+                    "method",
+                    "qat_epochs",
+                    "qat_scales",
+                    "qat_lr",
                 )
                 if k in dst
             },

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -75,9 +76,10 @@ def _cnn() -> object:
         nn.Conv2d(6, 12, 1), nn.ReLU(), nn.AvgPool2d(2),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 5),
     )  # fmt: skip
+    bn: Any = net[1]
     with torch.no_grad():  # BN statistics that are not the identity, folded on export
-        net[1].running_mean.uniform_(-0.5, 0.5)
-        net[1].running_var.uniform_(0.5, 2.0)
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
     return net.eval()
 
 
