@@ -110,9 +110,21 @@ def main() -> int:
     ap.add_argument("--spread", type=float, default=8.0, help="channel range spread (1: none)")
     ap.add_argument("--backends", default="onnxruntime,openvino")
     ap.add_argument("--no-nncf", action="store_true")
+    ap.add_argument("--render", action="store_true",
+                    help="rewrite qad.md from qad.json (no runs)")  # fmt: skip
     ap.add_argument("--frozen-backends", default="onnxruntime",
                     help="backends on which QAD with frozen scales runs too (time)")  # fmt: skip
     args = ap.parse_args()
+    if args.render:
+        import json
+
+        from common import RESULTS
+
+        saved = json.loads((RESULTS / "qad.json").read_text())
+        done = [b for b in args.backends.split(",") if b in saved["runs"][0]]
+        _write(saved["runs"], saved["params"], done, argparse.Namespace(**saved["args"]),
+               saved["machine"])  # fmt: skip
+        return 0
     quiet = UI(quiet=True)
     torch.set_num_threads(2)
     m = machine()
@@ -209,9 +221,9 @@ def nncf_qat(
     """NNCF's QAT on the float student: ``nncf.quantize`` (its default preset) on the
     torch model with the same calibration samples, fine-tuned with the same
     teacher-guided loss, Adam and epochs as ``--qat``, exported to ONNX and run by
-    ONNX Runtime and OpenVINO. NNCF 3.x has no distillation loss of its own for
-    ``nncf.quantize`` models (the legacy ``create_compressed_model`` API carried one),
-    so the loss is ours."""
+    ONNX Runtime. The loss is the one ``--qat`` uses, for both sides alike: NNCF's own
+    knowledge-distillation algorithm belongs to its older ``create_compressed_model``
+    API, not to ``nncf.quantize``, and is not used here."""
     import numpy as np
     import torch
 
@@ -222,9 +234,7 @@ def nncf_qat(
     from quantship.distill.loss import distillation_loss
 
     out: dict[str, Any] = {"version": nncf.__version__}
-    student = mobile_student(args.width)
-    student.load_state_dict(torch.load(str(d / "student.pt")))
-    student.eval()
+    student = mobile_student_from(d, args.width)
     calib = nncf.Dataset([torch.from_numpy(data.x_train[i : i + 1]) for i in range(512)])
     try:
         q = nncf.quantize(student, calib, subset_size=512)
@@ -279,11 +289,24 @@ def nncf_qat(
 
 
 def mobile_student_from(d: Path, width: int) -> Any:
+    """The trained student inside a plain module: NNCF 3.4's torch wrapper attaches a
+    HookStorage child to the model it quantizes, and an ``nn.Sequential`` then calls
+    that child in its forward ('Module [HookStorage] is missing the required
+    "forward" function')."""
     import torch
+    from torch import nn
+
+    class Wrapped(nn.Module):
+        def __init__(self, net: Any) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: Any) -> Any:
+            return self.net(x)
 
     s = mobile_student(width)
     s.load_state_dict(torch.load(str(d / "student.pt")))
-    return s.eval()
+    return Wrapped(s.eval()).eval()
 
 
 def _write(results: list[dict[str, Any]], params: dict[str, int], backends: list[str], args: Any, m: dict[str, Any]) -> None:  # fmt: skip
@@ -310,7 +333,7 @@ def _write(results: list[dict[str, Any]], params: dict[str, int], backends: list
                          "gap_to_float": float(np.mean(fl) - np.mean(qad))}  # fmt: skip
             rows.append([b, scales, ms(fl), ms(ptq), ms(cle), ms(qad),
                          f"{100 * lost:.2f}", f"{100 * rec:.0f} %" if rec is not None else "n/a",
-                         f"{100 * (np.mean(fl) - np.mean(qad)):+.2f}"])  # fmt: skip
+                         f"{100 * (np.mean(fl) - np.mean(qad)):.2f}"])  # fmt: skip
         summary[b] = s
     nn_rows = []
     for key in ("ptq_torch", "qat lr 1e-05 torch", "qat lr 0.0001 torch",
@@ -319,7 +342,7 @@ def _write(results: list[dict[str, Any]], params: dict[str, int], backends: list
         if all(isinstance(v, float) for v in vals):
             nn_rows.append([key, ms(vals)])
     table = md_table(["backend", "scales", "float", "PTQ INT8", "PTQ + CLE", "QAD INT8", "PTQ loses (pts)",
-                      "QAD recovers", "QAD − float"], rows)  # fmt: skip
+                      "QAD recovers", "float − QAD"], rows)  # fmt: skip
     nncf_table = md_table(["NNCF", "accuracy"], nn_rows) if nn_rows else "(NNCF did not run)"
     md = (
         f"# Quantization-aware distillation (benchmarks/qad.py)\n\n{machine_line(m)}\n\n"
