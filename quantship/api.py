@@ -170,7 +170,7 @@ def distill(
     patience: int = 0,
     schedule: str = "cosine",
     qat: bool = False,
-    backend: str = "onnxruntime",
+    backend: str = registry.DEFAULT,
     calib: str | Path | None = None,
     method: str = "percentile",
     qat_epochs: int = 5,

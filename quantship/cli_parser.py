@@ -506,8 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ds.add_argument(
         "--backend",
-        default="onnxruntime",
-        help="with --qat: the backend whose plan is trained (default: onnxruntime)",
+        default=DEFAULT_BACKEND,
+        help=f"with --qat: the backend whose plan is trained (default: {DEFAULT_BACKEND})",
     )
     ds.add_argument(
         "--calib",

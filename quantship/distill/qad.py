@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from quantship.backends.registry import DEFAULT as DEFAULT_BACKEND
 from quantship.errors import QuantshipError
 from quantship.ui import SILENT, UI
 
@@ -35,7 +36,7 @@ QAT_LR_CANDIDATES = (1e-5, 3e-5, 1e-4, 3e-4)
 
 @dataclass(frozen=True)
 class QatOptions:
-    backend: str = "onnxruntime"
+    backend: str = DEFAULT_BACKEND
     calib: str | Path | None = None
     method: str = "percentile"
     percentile: float = 99.99
@@ -217,7 +218,8 @@ def quantization_aware(
 
 
 def registry_float() -> Any:
-    """The backend the float student's accuracy is measured in: ONNX Runtime (fp32)."""
+    """The backend the float student's accuracy is measured in: the default one (ONNX
+    Runtime, fp32)."""
     from quantship.backends import registry
 
-    return registry.get("onnxruntime")
+    return registry.get(registry.DEFAULT)
