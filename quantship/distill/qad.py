@@ -164,9 +164,11 @@ def quantization_aware(
     import torch.distributed as dist
     from torch.utils.data import ConcatDataset
 
+    from quantship.backends import registry
     from quantship.distill.qdq_torch import QDQNet
     from quantship.distill.train import DistillConfig, _dist, holdout
     from quantship.distill.train import distill as run
+    from quantship.exporter.output import write_json
 
     _dist()
     if dist.is_initialized():  # rank 0 writes student.onnx; every rank quantizes it
@@ -189,9 +191,11 @@ def quantization_aware(
             from quantship.exporter.onnx_file import read_onnx
 
             float_proto = read_onnx(out / "student.onnx").proto
+            default = registry.get(registry.DEFAULT)
             ui.note(f"--qat: measuring float, PTQ and QAD accuracy in {backend.name} ...")
             acc = {
-                "float": backend_accuracy(registry_float(), float_proto, fm, held, teacher),
+                # the float student in the default runtime, fp32
+                "float": backend_accuracy(default, float_proto, fm, held, teacher),
                 "ptq": backend_accuracy(backend, ptq, fm, held, teacher),
                 "qad": backend_accuracy(backend, trained, fm, held, teacher),
             }
@@ -204,7 +208,7 @@ def quantization_aware(
         mpath = out / "metrics.json"
         base = json.loads(mpath.read_text()) if mpath.exists() else {}
         base["qat"] = section
-        _write_atomic(mpath, (json.dumps(base, indent=2, sort_keys=True) + "\n").encode())
+        write_json(mpath, base)
         if acc["ptq"] is not None and acc["qad"] is not None:
             ui.note(
                 f"--qat: validation accuracy in {backend.name}: float {100 * (acc['float'] or 0):.2f}%, "
@@ -215,11 +219,3 @@ def quantization_aware(
     go_on = resume and (out / QAT_CHECKPOINT).exists()
     return run(teacher, net, train, val, out, qconfig, unlabelled=unlabelled, resume=go_on,
                ui=ui, checkpoint=QAT_CHECKPOINT, keep_start=True, finish=finish)  # fmt: skip
-
-
-def registry_float() -> Any:
-    """The backend the float student's accuracy is measured in: the default one (ONNX
-    Runtime, fp32)."""
-    from quantship.backends import registry
-
-    return registry.get(registry.DEFAULT)

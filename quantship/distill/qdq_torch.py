@@ -126,9 +126,7 @@ def _module_class() -> Any:
             self.proto = proto
             self.input_name, self.output_name = feeds[0], g.output[0].name
             self.nodes = list(g.node)
-            self.inits = inits
             self.zp_types = {t.name: t.data_type for t in g.initializer}
-            self.learn_scales = learn_scales
             self.keys: dict[str, str] = {}  # initializer name -> parameter/buffer key
             self.weight_dq: dict[str, onnx.NodeProto] = {}  # int8 weight name -> its DQ
             self.bias_dq: dict[str, onnx.NodeProto] = {}  # int32 bias name -> its DQ
