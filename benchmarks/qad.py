@@ -38,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import WORK, machine, machine_line, md_table, write_results
 
 TEACHER = 64
+# QAD runs per backend: (scales, export --algorithms the PTQ start is written with)
+VARIANTS = (("learned", None), ("frozen", None), ("learned", "cle"))
 
 
 def mobile_student(width: int = 8) -> Any:
@@ -103,6 +105,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument(
+        "--threads", type=int, default=2, help="torch threads (accuracy only: no timing)"
+    )
     ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=20, help="float distillation epochs")
     ap.add_argument("--qat-epochs", type=int, default=5)
@@ -112,6 +117,8 @@ def main() -> int:
     ap.add_argument("--no-nncf", action="store_true")
     ap.add_argument("--render", action="store_true",
                     help="rewrite qad.md from qad.json (no runs)")  # fmt: skip
+    ap.add_argument("--cle-backends", default="onnxruntime,openvino",
+                    help="backends whose QAD also starts from the CLE-equalized PTQ model")  # fmt: skip
     ap.add_argument("--frozen-backends", default="onnxruntime",
                     help="backends on which QAD with frozen scales runs too (time)")  # fmt: skip
     args = ap.parse_args()
@@ -126,7 +133,7 @@ def main() -> int:
                saved["machine"])  # fmt: skip
         return 0
     quiet = UI(quiet=True)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     m = machine()
     backends = [b for b in args.backends.split(",") if registry.get(b).available() is None]
     results: list[dict[str, Any]] = []
@@ -161,23 +168,27 @@ def main() -> int:
         r["float"] = backend_accuracy(registry.get("onnxruntime"), src.proto, fm, test, teacher)
         for b in backends:
             row: dict[str, Any] = {}
-            for scales in ("learned", "frozen"):
+            for scales, algos in VARIANTS:
                 if scales == "frozen" and b not in args.frozen_backends.split(","):
                     continue
-                opts = QatOptions(backend=b, epochs=args.qat_epochs, scales=scales)
+                if algos == "cle" and b not in args.cle_backends.split(","):
+                    continue
+                key = f"qad {scales}" + (f" {algos}" if algos else "")
+                opts = QatOptions(backend=b, epochs=args.qat_epochs, scales=scales,
+                                  algorithms=algos or "none")  # fmt: skip
                 t1 = time.perf_counter()
                 met = quantization_aware(teacher, tr, None, None, d, cfg, opts, ui=quiet)
-                row[f"qad {scales} seconds"] = round(time.perf_counter() - t1, 1)
+                row[f"{key} seconds"] = round(time.perf_counter() - t1, 1)
                 be = registry.get(b)
-                if "ptq" not in row:
+                if "ptq" not in row and not algos:
                     row["ptq"] = backend_accuracy(
                         be, read_onnx(d / "student.ptq.onnx").proto, fm, test, teacher
                     )
-                row[f"qad {scales}"] = backend_accuracy(
+                row[key] = backend_accuracy(
                     be, read_onnx(d / "student.int8.onnx").proto, fm, test, teacher
                 )
-                row[f"qad {scales} lr"] = met["lr"]
-                row[f"qad {scales} epoch"] = met["exported_epoch"]
+                row[f"{key} lr"] = met["lr"]
+                row[f"{key} epoch"] = met["exported_epoch"]
             row["ptq cle"] = cle_accuracy(d, data, b)
             r[b] = row
             print(
@@ -323,15 +334,18 @@ def _write(results: list[dict[str, Any]], params: dict[str, int], backends: list
         cle = [r[b]["ptq cle"] for r in results]
         s: dict[str, Any] = {"float": float(np.mean(fl)), "ptq": float(np.mean(ptq)),
                              "ptq_cle": float(np.mean(cle))}  # fmt: skip
-        for scales in ("learned", "frozen"):
-            if f"qad {scales}" not in results[0][b]:
+        for scales, algos in VARIANTS:
+            key = f"qad {scales}" + (f" {algos}" if algos else "")
+            if any(key not in r[b] for r in results):
                 continue
-            qad = [r[b][f"qad {scales}"] for r in results]
-            lost = float(np.mean(fl) - np.mean(ptq))
-            rec = (float(np.mean(qad)) - float(np.mean(ptq))) / lost if lost > 0 else None
-            s[scales] = {"qad": float(np.mean(qad)), "recovered": rec,
+            qad = [r[b][key] for r in results]
+            label = f"{scales}, from PTQ + {algos.upper()}" if algos else scales
+            start = cle if algos else ptq  # what QAD started from
+            lost = float(np.mean(fl) - np.mean(start))
+            rec = (float(np.mean(qad)) - float(np.mean(start))) / lost if lost > 0 else None
+            s[label] = {"qad": float(np.mean(qad)), "recovered": rec,
                          "gap_to_float": float(np.mean(fl) - np.mean(qad))}  # fmt: skip
-            rows.append([b, scales, ms(fl), ms(ptq), ms(cle), ms(qad),
+            rows.append([b, label, ms(fl), ms(ptq), ms(cle), ms(qad),
                          f"{100 * lost:.2f}", f"{100 * rec:.0f} %" if rec is not None else "n/a",
                          f"{100 * (np.mean(fl) - np.mean(qad)):.2f}"])  # fmt: skip
         summary[b] = s
@@ -341,7 +355,7 @@ def _write(results: list[dict[str, Any]], params: dict[str, int], backends: list
         vals = [r.get("nncf", {}).get(key) for r in results]
         if all(isinstance(v, float) for v in vals):
             nn_rows.append([key, ms(vals)])
-    table = md_table(["backend", "scales", "float", "PTQ INT8", "PTQ + CLE", "QAD INT8", "PTQ loses (pts)",
+    table = md_table(["backend", "QAD: scales, start", "float", "PTQ INT8", "PTQ + CLE", "QAD INT8", "its start loses (pts)",
                       "QAD recovers", "float − QAD"], rows)  # fmt: skip
     nncf_table = md_table(["NNCF", "accuracy"], nn_rows) if nn_rows else "(NNCF did not run)"
     md = (

@@ -4,6 +4,7 @@ job (``exporter/job.py`` runs an export's stages)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -160,6 +161,7 @@ def distill(
     val: str | Path | None = None,
     unlabelled: str | Path | None = None,
     teacher_weights: str | Path | None = None,
+    student_weights: str | Path | None = None,
     epochs: int = 20,
     temperature: float = 4.0,
     alpha: float = 0.7,
@@ -176,35 +178,48 @@ def distill(
     qat_epochs: int = 5,
     qat_scales: str = "learned",
     qat_lr: float | str | None = "auto",
+    algorithms: str | None = None,
     ui: UI = SILENT,
 ) -> dict[str, Any]:
     """Distill ``student`` (package.module:factory) from ``teacher``; writes
     student.pt (the best epoch on validation), student.onnx and metrics.json into
     ``out``. ``lr="auto"`` (or None) picks the learning rate by a short sweep;
     ``unlabelled`` data (inputs only) is taught by the teacher alone.
+    ``student_weights``: the student's starting weights; with ``epochs=0`` and ``qat``
+    the float distillation is skipped and they are what is quantized.
 
     ``qat``: then quantization-aware distillation for ``backend``: the student's INT8
     model as that backend's plan writes it (ranges from ``calib``, else the training
     data, by ``method``) fine-tuned for ``qat_epochs`` with the teacher guiding it,
-    scales ``"learned"`` (LSQ) or ``"frozen"``; writes student.ptq.onnx,
+    scales ``"learned"`` (LSQ) or ``"frozen"``, starting from the INT8 model export
+    writes with ``algorithms`` (export's ``--algorithms``); writes student.ptq.onnx,
     student.int8.onnx and metrics.json's ``qat`` section."""
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
         raise QuantshipError(
             "distill needs torch: pip install torch==2.13.0 'quantship[torch]'"
         ) from None
+    from quantship.algorithms import Algorithms
+    from quantship.distill.data import load_dataset
     from quantship.distill.qad import QatOptions, quantization_aware
-    from quantship.distill.train import DistillConfig, load_dataset
+    from quantship.distill.train import DistillConfig, _dist, write_student
     from quantship.distill.train import distill as run
     from quantship.exporter.torch_export import load_factory, load_weights
 
+    if epochs == 0 and not (qat and student_weights is not None):
+        raise QuantshipError(
+            "--epochs 0 skips float distillation: give the trained student's --student-weights "
+            "and --qat (or --epochs N to distill it first)"
+        )
     try:
         rate = None if lr in (None, "auto") else float(lr)
-        config = DistillConfig(epochs, temperature, alpha, rate, batch_size, seed, patience,
-                               schedule)  # fmt: skip
+        config = DistillConfig(max(epochs, 1), temperature, alpha, rate, batch_size, seed,
+                               patience, schedule)  # fmt: skip
         qopts = QatOptions(backend, calib, method, epochs=qat_epochs, scales=qat_scales,
-                           lr=None if qat_lr in (None, "auto") else float(qat_lr))  # fmt: skip
+                           lr=None if qat_lr in (None, "auto") else float(qat_lr),
+                           algorithms=algorithms)  # fmt: skip
+        Algorithms.parse(algorithms)  # an unknown name fails now, not after the training
     except ValueError as e:
         raise QuantshipError(str(e)) from None
     if qat:  # a backend that is not here fails now, not after the float training
@@ -213,10 +228,22 @@ def distill(
     if teacher_weights is not None:
         load_weights(t, Path(teacher_weights), "teacher")
     s = load_factory(student, "student")
+    if student_weights is not None:
+        load_weights(s, Path(student_weights), "student")
     train = load_dataset(data, "training")
     v = load_dataset(val, "validation") if val is not None else None
     u = load_dataset(unlabelled, "unlabelled", labelled=False) if unlabelled is not None else None
-    metrics = run(t, s, train, v, Path(out), config, unlabelled=u, resume=resume, ui=ui)
+    if epochs == 0:  # quantization-aware distillation of the given student alone
+        metrics: dict[str, Any] = {
+            "config": {**dataclasses.asdict(config), "epochs": 0},
+            "student_weights": str(student_weights),
+            "student_parameters": sum(p.numel() for p in s.parameters()),
+            "teacher_parameters": sum(p.numel() for p in t.parameters()),
+        }
+        if _dist()[0] == 0:  # quantization_aware waits for rank 0's student.onnx
+            write_student(s, tuple(torch.as_tensor(train[0][0]).shape), Path(out), metrics)
+    else:
+        metrics = run(t, s, train, v, Path(out), config, unlabelled=u, resume=resume, ui=ui)
     if not qat:
         return metrics
     metrics["qat"] = quantization_aware(

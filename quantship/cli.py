@@ -229,6 +229,7 @@ def _run(args: argparse.Namespace) -> int:
             val=args.val,
             unlabelled=args.unlabelled,
             teacher_weights=args.teacher_weights,
+            student_weights=args.student_weights,
             epochs=args.epochs,
             temperature=args.temperature,
             alpha=args.alpha,
@@ -245,6 +246,7 @@ def _run(args: argparse.Namespace) -> int:
             qat_epochs=args.qat_epochs,
             qat_scales=args.qat_scales,
             qat_lr=args.qat_lr,
+            algorithms=args.algorithms,
             ui=ui,
         )
         extra = ", student.ptq.onnx, student.int8.onnx" if args.qat else ""

@@ -104,6 +104,16 @@ def _names(text: str) -> tuple[str, ...]:
     return out
 
 
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
 def _positive(text: str) -> int:
     try:
         v = int(text)
@@ -443,6 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--teacher-weights", metavar="FILE", help="state dict of the trained teacher")
     ds.add_argument("--student", required=True, metavar="PKG.MOD:FACTORY")
     ds.add_argument(
+        "--student-weights",
+        metavar="FILE",
+        help="state dict the student starts from (default: the factory's initial weights); "
+        "with --epochs 0 --qat, the trained student to quantize without float distillation",
+    )
+    ds.add_argument(
         "--data", required=True, help=".npz with x and y, or package.module:function -> Dataset"
     )
     ds.add_argument(
@@ -456,7 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="more inputs without labels, taught by the teacher alone: an .npz with x, or "
         "package.module:function -> Dataset (default: none)",
     )
-    ds.add_argument("--epochs", type=_positive, default=20, help="epochs (default: 20)")
+    ds.add_argument(
+        "--epochs",
+        type=_count,
+        default=20,
+        help="float distillation epochs; 0 skips it (with --student-weights and --qat) "
+        "(default: 20)",
+    )
     ds.add_argument(
         "--temperature", type=float, default=4.0, help="softmax temperature T (default: 4)"
     )
@@ -535,8 +557,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=_lr,
         default=None,
         metavar="LR|auto",
-        help="with --qat: Adam's learning rate, or auto: of 1e-5, 3e-5, 1e-4, 3e-4 the one "
-        "with the lowest validation loss after an epoch or so each (default: auto)",
+        help="with --qat: Adam's learning rate, or auto: of 1e-5, 3e-5, 1e-4, 3e-4, 1e-3 the "
+        "one with the lowest validation loss after an epoch or so each (default: auto)",
+    )
+    ds.add_argument(
+        "--algorithms",
+        default=None,
+        metavar="LIST",
+        help="with --qat: export's pre-quantization algorithms (cle, smoothquant, adaround, "
+        "bias-correction, or a preset: none, auto); QAD starts from the INT8 model export "
+        "writes with them (default: auto)",
     )
     ds.add_argument("--out", type=Path, required=True)
     ds.add_argument("--quiet", "-q", action="store_true")

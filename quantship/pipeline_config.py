@@ -38,6 +38,7 @@ from quantship.ui import SILENT, UI
 DISTILL_KEYS = {
     "teacher": str,
     "teacher_weights": str,
+    "student_weights": str,
     "student": str,
     "data": str,
     "val": str,
@@ -57,6 +58,7 @@ DISTILL_KEYS = {
     "qat_epochs": int,
     "qat_scales": str,
     "qat_lr": float,
+    "algorithms": str,
     "out": str,
 }
 EXPORT_KEYS = {
@@ -76,6 +78,7 @@ EXPORT_KEYS = {
 }
 PATH_KEYS = {
     "teacher_weights",
+    "student_weights",
     "data",
     "val",
     "unlabelled",
@@ -157,6 +160,7 @@ def run_config(path: Path, ui: UI = SILENT) -> Any:
             val=dst.get("val"),
             unlabelled=dst.get("unlabelled"),
             teacher_weights=dst.get("teacher_weights"),
+            student_weights=dst.get("student_weights"),
             **{
                 k: dst[k]
                 for k in (
@@ -175,6 +179,7 @@ def run_config(path: Path, ui: UI = SILENT) -> Any:
                     "qat_epochs",
                     "qat_scales",
                     "qat_lr",
+                    "algorithms",
                 )
                 if k in dst
             },

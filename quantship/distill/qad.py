@@ -31,7 +31,7 @@ from quantship.ui import SILENT, UI
 QAT_CHECKPOINT = "qat_checkpoint.pt"
 # --qat-lr auto's candidates: fine-tuning from trained weights wants rates well below
 # those that train from scratch (LR_CANDIDATES in train.py).
-QAT_LR_CANDIDATES = (1e-5, 3e-5, 1e-4, 3e-4)
+QAT_LR_CANDIDATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ class QatOptions:
     epochs: int = 5
     scales: str = "learned"  # "learned" (LSQ) or "frozen" (as calibrated)
     lr: float | None = None  # None: the best of QAT_LR_CANDIDATES on validation
+    # export's --algorithms (cle, smoothquant, adaround, bias-correction or a preset):
+    # the PTQ model QAD starts from is the one export writes with them.
+    algorithms: str | None = None
 
     def __post_init__(self) -> None:
         if self.scales not in ("learned", "frozen"):
@@ -77,6 +80,7 @@ def ptq_model(
 ) -> tuple[Any, Any, Any, dict[str, Any]]:
     """(backend, prepared float model, QDQ ModelProto, what was done): the student
     quantized as ``export`` would for ``opts.backend``."""
+    from quantship.algorithms import BIAS_SAMPLES, Algorithms, before_planning, for_plan
     from quantship.backends import registry
     from quantship.backends.base import PlanOptions
     from quantship.calibration.methods import MethodSpec
@@ -97,15 +101,27 @@ def ptq_model(
     fm = loader.prepare_source(src, None, {loader.raw_inputs(src.proto)[0].name: (1, *x_shape)})
     data, n, where = _calibration(fm, train, opts)
     table = calibrate(fm, data, samples=n, histograms=method.needs_histogram, ui=ui)
-    plan = backend.plan(fm, table, PlanOptions(method=method))
-    qdq = write_qdq(fm, plan)
+    # What INT8 is made from, as export makes it: the model changed by the algorithms.
+    algos = Algorithms.parse(opts.algorithms).for_model(fm, True)
+    q_fm, table, report = before_planning(fm, table, data, n, algos, ui)
+    options = PlanOptions(method=method)
+    if algos.names:
+        from quantship.guard import held_feeds
+
+        feeds = held_feeds(data, 0, n, BIAS_SAMPLES, q_fm.fixed_batch)
+        q_fm, b_report = for_plan(q_fm, table, backend, options, feeds, algos, ui, {})
+        report.update(b_report)
+    plan = backend.plan(q_fm, table, options)
+    qdq = write_qdq(q_fm, plan)
     ui.note(
         f"--qat: {backend.name}'s plan, {len(plan.quantized_nodes)} nodes in INT8, ranges from "
         f"{n} samples of {where} ({method.method})"
+        + (f", after {', '.join(algos.names)}" if algos.names else "")
     )
     info = {"backend": backend.name, "calibration": {"data": where, "samples": n,
             **method.to_json()}, "int8_nodes": len(plan.quantized_nodes),
-            "float_nodes": len(plan.float_nodes)}  # fmt: skip
+            "float_nodes": len(plan.float_nodes),
+            "algorithms": {"names": list(algos.names), **report}}  # fmt: skip
     return backend, fm, qdq, info
 
 

@@ -10,6 +10,7 @@ and metrics.json are written by rank 0 only, each atomically.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -17,11 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from quantship.distill.data import Indexed, is_static
 from quantship.distill.loss import UNLABELLED
 from quantship.errors import DataError, ModelError, QuantshipError
-from quantship.specs import is_callable_spec
 from quantship.ui import SILENT, UI
 
 CHECKPOINT = "checkpoint.pt"
@@ -30,6 +29,15 @@ CHECKPOINT = "checkpoint.pt"
 # Learning rates ``--lr auto`` tries, each for a few epochs from the same initial
 # weights; the one with the best validation accuracy trains the student.
 LR_CANDIDATES = (3e-4, 1e-3, 3e-3, 1e-2)
+# The sweep runs at least this many optimizer steps per rate (within a quarter of the
+# run): with 130 labelled digits an epoch is 3 steps, and 3 epochs ranked the rates
+# by noise (benchmarks/distill_digits.py, scarce labels).
+SWEEP_MIN_STEPS = 60
+# Under this many optimizer steps in all, a note says the run is short (130 labelled
+# digits, labels only: 60 steps gave 8.6 %, 600 steps 89.7 %).
+FEW_STEPS = 300
+# Under this many validation samples, a note says the choices made on them are noisy.
+SMALL_VAL = 100
 
 
 @dataclass(frozen=True)
@@ -71,110 +79,6 @@ class DistillConfig:
             raise ValueError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
 
 
-def load_dataset(spec: str | Path, role: str, *, labelled: bool = True) -> Any:
-    """An .npz with ``x`` (inputs, first axis samples) and ``y`` (integer labels), or
-    ``package.module:function`` returning a ``torch.utils.data.Dataset``. With
-    ``labelled`` False the data needs only ``x`` (a Dataset's items: an input, or a
-    tuple whose first element is the input), and every sample gets the label
-    ``UNLABELLED``: only the teacher teaches it."""
-    import torch
-    from torch.utils.data import TensorDataset
-
-    text = str(spec)
-    path = Path(text)
-    if path.suffix == ".npz":
-        if not path.exists():
-            raise DataError(f"{role} data '{path}' not found")
-        with np.load(path, allow_pickle=False) as z:
-            if not labelled:
-                if "x" not in z:
-                    raise DataError(
-                        f"{role} data '{path}' needs an array 'x' (inputs); it has {', '.join(z.files)}"
-                    )
-                x = z["x"]
-                if len(x) == 0:
-                    raise DataError(f"{role} data '{path}' holds no samples")
-                if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-                    raise DataError(f"{role} data '{path}': inputs contain NaN or Inf")
-                return TensorDataset(
-                    torch.from_numpy(np.ascontiguousarray(x, np.float32)),
-                    torch.full((len(x),), UNLABELLED, dtype=torch.int64),
-                )
-            if "x" not in z or "y" not in z:
-                raise DataError(
-                    f"{role} data '{path}' needs arrays 'x' (inputs) and 'y' (labels); it has {', '.join(z.files)}"
-                )
-            x, y = z["x"], z["y"]
-        if not np.issubdtype(y.dtype, np.integer):
-            raise DataError(f"{role} data '{path}': labels 'y' must be integers, got {y.dtype}")
-        if len(x) != len(y):
-            raise DataError(f"{role} data '{path}': {len(x)} inputs but {len(y)} labels")
-        if len(x) == 0:
-            raise DataError(f"{role} data '{path}' holds no samples")
-        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-            raise DataError(f"{role} data '{path}': inputs contain NaN or Inf")
-        return TensorDataset(
-            torch.from_numpy(np.ascontiguousarray(x, np.float32)),
-            torch.from_numpy(y.astype(np.int64)),
-        )
-    if is_callable_spec(text) and not path.exists():
-        from quantship.specs import resolve
-
-        try:
-            _, name, fn = resolve(text)
-            if fn is None:
-                raise AttributeError(f"no attribute {name!r}")
-            obj = fn()
-        except Exception as e:
-            raise DataError(f"{role} data '{text}': {type(e).__name__}: {e}") from None
-        return obj if labelled else _Unlabelled(obj)
-    raise DataError(
-        f"{role} data '{text}' not found (an .npz with x and y, or package.module:function)"
-    )
-
-
-class _Unlabelled:
-    """A Dataset's inputs with the label ``UNLABELLED``."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __getitem__(self, i: int) -> Any:
-        item = self.inner[i]
-        return (item[0] if isinstance(item, (tuple, list)) else item), UNLABELLED
-
-
-class _Indexed:
-    """``(x, y, i)``: each sample with its index, to look up the teacher's cached logits."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __getitem__(self, i: int) -> Any:
-        x, y = self.inner[i]
-        return x, y, i
-
-
-def _static(data: Any) -> bool:
-    """Whether every item of ``data`` is the same on every read (tensors held in memory,
-    no random transform), so that the teacher's logits can be computed once."""
-    from torch.utils.data import ConcatDataset, Subset, TensorDataset
-
-    if isinstance(data, TensorDataset):
-        return True
-    if isinstance(data, (Subset, _Unlabelled)):
-        return _static(data.dataset if isinstance(data, Subset) else data.inner)
-    if isinstance(data, ConcatDataset):
-        return all(_static(d) for d in data.datasets)
-    return False
-
-
 def _teacher_logits(teacher: Any, data: Any, device: Any, batch: int, ui: UI) -> Any | None:
     """The teacher's logits for every sample of ``data`` in order, when ``data`` is
     static (else None: the teacher then runs on every batch, as it must for data that
@@ -182,7 +86,7 @@ def _teacher_logits(teacher: Any, data: Any, device: Any, batch: int, ui: UI) ->
     import torch
     from torch.utils.data import DataLoader
 
-    if not _static(data):
+    if not is_static(data):
         return None
     parts = []
     loader = DataLoader(data, batch_size=max(batch, 256))
@@ -349,14 +253,20 @@ def distill(
         raise DataError("no sample is labelled: give labels, or --alpha 1 (the teacher alone)")
     samples = {"labelled": len(known), "unlabelled": len(labels) - len(known)}
     train, val, validation = holdout(train, val, config)
+    if val is not None and len(val) < SMALL_VAL:
+        ui.note(f"validation is {len(val)} samples: the learning rate and the epoch chosen on "
+                "it are noisy; give --val with more")  # fmt: skip
 
     model = DistributedDataParallel(student) if world > 1 else student
     cache = _teacher_logits(teacher, train, device, config.batch_size, ui)
-    indexed: Any = _Indexed(train)
+    indexed: Any = Indexed(train)
     sampler: Any = DistributedSampler(
         indexed, num_replicas=world, rank=rank, shuffle=True, seed=config.seed
     )
     loader: Any = DataLoader(indexed, batch_size=config.batch_size, sampler=sampler)
+    if not keep_start and config.epochs * len(loader) < FEW_STEPS:
+        ui.note(f"the run is {config.epochs * len(loader)} optimizer steps ({len(loader)} an "
+                f"epoch): too few to train from scratch; raise --epochs")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / checkpoint
     ck: dict[str, Any] | None = None
@@ -373,7 +283,7 @@ def distill(
         lr = ck["lr"]
     elif lr is None:
         if val is None:
-            raise QuantshipError("--lr auto chooses by validation accuracy: give --val data")
+            raise QuantshipError("--lr auto chooses by validation loss: give --val data")
         lr, sweep = _lr_sweep(model, student, teacher, cache, loader, sampler, val, config,
                               device, ui)  # fmt: skip
         torch.manual_seed(config.seed)  # the run then is the one with that rate given
@@ -381,7 +291,7 @@ def distill(
     opt = torch.optim.Adam(student.parameters(), lr=lr)
     sched = _schedule(opt, config, config.epochs)
     history: list[dict[str, Any]] = []
-    start, best_acc, best_epoch, best_state, stale = 0, -1.0, 0, None, 0
+    start, best_acc, best_loss, best_epoch, best_state, stale = 0, -1.0, math.inf, 0, None, 0
     if ck is not None:
         student.load_state_dict(ck["student"])
         opt.load_state_dict(ck["optimizer"])
@@ -389,13 +299,15 @@ def distill(
         torch.set_rng_state(ck["rng"])
         history, start = ck["history"], ck["epoch"] + 1
         best_acc, best_epoch, best_state = ck["best_accuracy"], ck["best_epoch"], ck["best"]
+        best_loss = ck.get("best_loss", math.inf)
         stale = ck["stale"]
         ui.note(f"resuming after epoch {start} of {config.epochs}")
     teacher_acc = (
         _accuracy(teacher, val, device, config.batch_size, teacher) if val is not None else None
     )
     if keep_start and ck is None and val is not None:
-        best_acc, best_epoch = _accuracy(student, val, device, config.batch_size, teacher), 0
+        best_acc, best_loss = _evaluate(student, val, device, config.batch_size, teacher)
+        best_epoch = 0
         best_state = copy.deepcopy(student.state_dict())
         ui.note(f"before training: student val accuracy {100 * best_acc:.2f}%")
     stopped = False
@@ -415,8 +327,10 @@ def distill(
         )
         history.append({"epoch": epoch + 1, "loss": loss, "val_accuracy": acc,
                         "val_loss": val_loss, "seconds": round(time.perf_counter() - t0, 2)})  # fmt: skip
-        if acc is not None and acc > best_acc:
-            best_acc, best_epoch, stale = acc, epoch + 1, 0
+        # The best epoch: the higher validation accuracy; at equal accuracy (common on a
+        # small validation set) the lower validation loss.
+        if acc is not None and val_loss is not None and (acc, -val_loss) > (best_acc, -best_loss):
+            best_acc, best_loss, best_epoch, stale = acc, val_loss, epoch + 1, 0
             best_state = copy.deepcopy(student.state_dict())
         else:
             stale += 1
@@ -438,6 +352,7 @@ def distill(
                     "lr_sweep": sweep,
                     "best": best_state,
                     "best_accuracy": best_acc,
+                    "best_loss": best_loss,
                     "best_epoch": best_epoch,
                     "stale": stale,
                 },
@@ -463,18 +378,25 @@ def distill(
     if rank == 0 and finish is not None:
         finish(student, metrics)
     elif rank == 0:
-        _save_atomic(student.state_dict(), out / "student.pt")
-        from quantship.exporter.torch_export import export_module
-
-        shape = (1, *tuple(x0.shape))
-        proto = export_module(student.cpu().eval(), {"input": shape})
-        tmp = out / ".student.onnx.tmp"
-        tmp.write_bytes(proto.SerializeToString())
-        tmp.replace(out / "student.onnx")
-        text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
-        (out / ".metrics.json.tmp").write_text(text)
-        (out / ".metrics.json.tmp").replace(out / "metrics.json")
+        write_student(student, tuple(x0.shape), out, metrics)
     return metrics
+
+
+def write_student(student: Any, sample_shape: tuple[int, ...], out: Path,
+                  metrics: dict[str, Any]) -> None:  # fmt: skip
+    """student.pt, student.onnx (batch 1 of ``sample_shape``) and metrics.json in
+    ``out``, each written whole or not at all."""
+    from quantship.exporter.torch_export import export_module
+
+    out.mkdir(parents=True, exist_ok=True)
+    _save_atomic(student.state_dict(), out / "student.pt")
+    proto = export_module(student.cpu().eval(), {"input": (1, *sample_shape)})
+    tmp = out / ".student.onnx.tmp"
+    tmp.write_bytes(proto.SerializeToString())
+    tmp.replace(out / "student.onnx")
+    text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
+    (out / ".metrics.json.tmp").write_text(text)
+    (out / ".metrics.json.tmp").replace(out / "metrics.json")
 
 
 def holdout(
@@ -499,7 +421,8 @@ def _lr_sweep(
     model: Any, student: Any, teacher: Any, cache: Any, loader: Any, sampler: Any, val: Any,
     config: DistillConfig, device: Any, ui: UI,
 ) -> tuple[float, list[dict[str, Any]]]:  # fmt: skip
-    """Each of ``config.lr_candidates`` for a few epochs (a quarter of the run, 1 to 3) from
+    """Each of ``config.lr_candidates`` for a few epochs (a quarter of the run, 1 to 3, or
+    more where that is under SWEEP_MIN_STEPS optimizer steps) from
     the student's initial weights and the same seed; the lowest validation loss
     wins (ties: the higher accuracy). The student is left at its initial weights."""
     import copy
@@ -508,6 +431,8 @@ def _lr_sweep(
 
     init = copy.deepcopy(student.state_dict())
     epochs = max(1, min(3, config.epochs // 4))
+    if epochs * len(loader) < SWEEP_MIN_STEPS:  # small data: a few epochs are a few steps
+        epochs = max(epochs, min(-(-SWEEP_MIN_STEPS // len(loader)), config.epochs // 4))
     rows = []
     for lr in config.lr_candidates:
         student.load_state_dict(init)

@@ -365,7 +365,8 @@ def test_cached_teacher_logits_train_as_the_teacher_would(work: Path) -> None:
 
     from torch.utils.data import Dataset
 
-    from quantship.distill.train import DistillConfig, distill, load_dataset
+    from quantship.distill.data import load_dataset
+    from quantship.distill.train import DistillConfig, distill
 
     nets = importlib.import_module("qs_distill_nets")
     mem = load_dataset(work / "train.npz", "training")

@@ -20,6 +20,8 @@ ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
 
 from quantship import api  # noqa: E402
 from quantship.distill.qdq_torch import QDQNet  # noqa: E402
+from quantship.errors import QuantshipError  # noqa: E402
+from quantship.ui import SILENT  # noqa: E402
 
 NETS = """
 import torch
@@ -101,6 +103,39 @@ def test_interpreter_matches_onnx_runtime_and_writes_back_the_same_bytes(backend
     assert np.abs(got - want).max() < 1e-3 * max(1.0, float(np.abs(want).max())), (got, want)
     back = net.to_onnx()
     assert back.SerializeToString() == qdq.SerializeToString()
+
+
+def test_qat_starts_from_what_export_writes_with_its_algorithms(tmp_path: Path) -> None:
+    from torch.utils.data import TensorDataset
+
+    from quantship.distill.qad import QatOptions, ptq_model
+    from quantship.exporter.torch_export import export_module
+
+    net: Any = _cnn()
+    with torch.no_grad():  # channels of unequal range, which CLE evens out
+        net[3].weight[:3] *= 8.0
+        net[3].bias[:3] *= 8.0
+        net[6].weight[:, :3] /= 8.0
+    path = tmp_path / "student.onnx"
+    path.write_bytes(export_module(net, {"input": (1, 1, 12, 12)}).SerializeToString())
+    x = torch.from_numpy(np.random.default_rng(0).random((64, 1, 12, 12), dtype=np.float32))
+    data = TensorDataset(x, torch.zeros(64, dtype=torch.int64))
+    got = {}
+    for algos in ("none", "cle"):
+        _, _, qdq, info = ptq_model(path, (1, 12, 12), data, QatOptions(algorithms=algos), SILENT)
+        got[algos] = (qdq, info)
+    qdq, info = got["cle"]
+    assert info["algorithms"]["names"] == ["cle"] and info["algorithms"]["cle"]["pairs"] >= 1
+    assert got["none"][1]["algorithms"]["names"] == []
+    weights = {t.name: t.raw_data for t in got["none"][0].graph.initializer}
+    assert any(weights.get(t.name) != t.raw_data for t in qdq.graph.initializer)
+    # The equalized model is one the interpreter trains: it still matches ONNX Runtime.
+    qnet = QDQNet.build(qdq, learn_scales=True)
+    with torch.no_grad():
+        mine = qnet(x[:8]).numpy()
+    s = ort.InferenceSession(qdq.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = np.concatenate([s.run(None, {"input": x[i : i + 1].numpy()})[0] for i in range(8)])
+    assert np.abs(mine - want).max() < 1e-3 * max(1.0, float(np.abs(want).max()))
 
 
 def test_fake_quantization_is_onnx_arithmetic_and_scales_learn_only_when_asked() -> None:
@@ -220,6 +255,21 @@ def test_qat_resumes_to_the_same_bytes(work: Path, monkeypatch: pytest.MonkeyPat
     api.distill(*args, work / "part", resume=True, **kw)  # type: ignore[arg-type]
     for f in ("student.onnx", "student.int8.onnx"):
         assert (work / "full" / f).read_bytes() == (work / "part" / f).read_bytes(), f
+
+
+def test_qat_of_a_trained_student_without_float_distillation(work: Path) -> None:
+    args = ("qs_qad_nets:teacher", "qs_qad_nets:student", work / "train.npz")
+    api.distill(*args, work / "f", epochs=2, lr=3e-3, batch_size=32)
+    m = api.distill(*args, work / "q", epochs=0, student_weights=work / "f/student.pt",
+                    batch_size=32, qat=True, qat_epochs=2, qat_lr=1e-3)  # fmt: skip
+    # The float student written is the one given, and its INT8 model is trained.
+    assert (work / "q/student.onnx").read_bytes() == (work / "f/student.onnx").read_bytes()
+    assert m["config"]["epochs"] == 0 and m["student_weights"] == str(work / "f/student.pt")
+    saved = json.loads((work / "q/metrics.json").read_text())
+    assert len(saved["qat"]["epochs"]) == 2 and (work / "q/student.int8.onnx").exists()
+    with pytest.raises(QuantshipError, match="--epochs 0 skips float distillation"):
+        api.distill(*args, work / "n", epochs=0, qat=True)
+    assert not (work / "n").exists()
 
 
 def test_qat_bad_input_is_one_line(work: Path) -> None:
