@@ -115,6 +115,8 @@ def main() -> int:
     ap.add_argument("--spread", type=float, default=8.0, help="channel range spread (1: none)")
     ap.add_argument("--backends", default="onnxruntime,openvino")
     ap.add_argument("--no-nncf", action="store_true")
+    ap.add_argument("--nncf-only", action="store_true",
+                    help="NNCF's QAT alone, into results/qad_nncf.{json,md}")  # fmt: skip
     ap.add_argument("--render", action="store_true",
                     help="rewrite qad.md from qad.json (no runs)")  # fmt: skip
     ap.add_argument("--cle-backends", default="onnxruntime,openvino",
@@ -135,7 +137,10 @@ def main() -> int:
     quiet = UI(quiet=True)
     torch.set_num_threads(args.threads)
     m = machine()
-    backends = [b for b in args.backends.split(",") if registry.get(b).available() is None]
+    backends = [
+        b for b in args.backends.split(",")
+        if not args.nncf_only and registry.get(b).available() is None
+    ]  # fmt: skip
     results: list[dict[str, Any]] = []
     params: dict[str, int] = {}
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -365,7 +370,7 @@ def _write(results: list[dict[str, Any]], params: dict[str, int], backends: list
         f"float distillation {args.epochs} epochs, QAD {args.qat_epochs} epochs; accuracy on the 360 "
         f"test digits, mean ± sample std.\n\n{table}\n\n{nncf_table}\n"
     )
-    write_results("qad", {"machine": m, "args": vars(args), "params": params,
+    write_results("qad_nncf" if getattr(args, "nncf_only", False) else "qad", {"machine": m, "args": vars(args), "params": params,
                           "summary": summary, "runs": results}, md)  # fmt: skip
 
 

@@ -10,16 +10,26 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["QuantshipError", "__version__", "bench", "export", "profile"]
-
 from quantship.errors import QuantshipError
 
+__all__ = [
+    "QuantshipError",
+    "__version__",
+    "bench",
+    "build_engine",
+    "distill",
+    "export",
+    "profile",
+    "sensitivity",
+]
+API = frozenset(__all__[2:])
+
 if TYPE_CHECKING:
-    from quantship.api import bench, export, profile
+    from quantship.api import bench, build_engine, distill, export, profile, sensitivity
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("export", "bench", "profile"):
+    if name in API:
         from quantship import api
 
         return getattr(api, name)

@@ -5,7 +5,7 @@ job (``exporter/job.py`` runs an export's stages)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,24 +19,26 @@ from quantship.exporter.output import (
     write_json,
 )
 from quantship.types import Precision
-from quantship.ui import SILENT, UI
+from quantship.ui import UI, api_ui
 
 if TYPE_CHECKING:  # importing the export side needs onnx; bench on a target does not
     from quantship.exporter.job import ExportResult
 
 
 def export(
-    model: str | Path,
-    calib: str | Path | None,
+    model: Any,
+    calib: Any,
     out: str | Path,
     *,
     backends: str | Sequence[str] = registry.DEFAULT,
     method: str = "percentile",
     percentile: float = 99.99,
     samples: int | None = None,
-    held_out: str | Path | None = None,
+    held_out: Any = None,
     calib_cache: str | Path | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
+    example_inputs: Any = None,
+    transform: Callable[[Any], Any] | None = None,
     images: ImageOptions | None = None,
     tokenizer: str | Path | None = None,
     weights: str | Path | None = None,
@@ -52,15 +54,43 @@ def export(
     algorithms: str | Sequence[str] | None = None,
     pooling: str | None = None,
     ray: str | None = None,
-    ui: UI = SILENT,
+    ui: UI | None = None,
 ) -> ExportResult:
-    """Quantize ``model`` for each backend into ``out``; see ``quantship export --help``."""
+    """Quantize ``model`` for each backend into ``out``; the options are ``quantship
+    export``'s (see its ``--help``).
+
+    ``model``: a path to an ``.onnx`` file, ``package.module:factory``, an
+    ``onnx.ModelProto`` or a torch ``nn.Module`` (its input shapes from
+    ``example_inputs``, ``input_shapes`` or the first calibration sample).
+    ``calib``/``held_out``: a path (``.npz``, ``.npy``, a folder of images, a text file)
+    or ``package.module:function``, or the data itself: a numpy array (one input), a
+    dict of arrays keyed by input name, or any iterable of feeds, e.g. a torch
+    ``DataLoader`` (of ``(inputs, labels)`` for a one-input model, or with
+    ``transform`` making a feed of each item).
+
+    >>> import numpy as np, onnx
+    >>> from onnx import helper, TensorProto
+    >>> w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.ones(12).tolist())
+    >>> g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+    ...     [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+    ...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], [w])
+    >>> result = export(helper.make_model(g), np.random.rand(64, 4).astype("float32"),
+    ...                 out_dir, bench=False)
+    >>> [(a.backend, a.precision) for a in result.artifacts]
+    [('onnxruntime', 'int8')]
+    """
+    ui = api_ui(ui)
     from quantship.exporter.job import ExportOptions, run_export
 
     try:
         mspec = MethodSpec(method, percentile)  # type: ignore[arg-type]
     except ValueError as e:
         raise QuantshipError(str(e)) from None
+    from quantship.calibration.objects import reiterable
+
+    calib, held_out = reiterable(calib), reiterable(held_out)
+    if example_inputs is not None:
+        input_shapes = {**_shapes_of(example_inputs), **(input_shapes or {})}
     opts = ExportOptions(
         model=model,
         calib=calib,
@@ -86,8 +116,26 @@ def export(
         algorithms=algorithms,
         pooling=pooling,
         ray=ray,
+        transform=transform,
     )
     return run_export(opts, ui)
+
+
+def _shapes_of(example: Any) -> dict[str, tuple[int, ...]]:
+    """Input shapes from example inputs: a tensor or array (one input named "input"),
+    or a dict of them by input name."""
+    from collections.abc import Mapping
+
+    items = example.items() if isinstance(example, Mapping) else [("input", example)]
+    shapes = {}
+    for name, v in items:
+        if not hasattr(v, "shape"):
+            raise QuantshipError(
+                f"example_inputs: {name!r} is {type(v).__name__}; pass a tensor or array, or a "
+                "dict of them keyed by input name"
+            )
+        shapes[str(name)] = tuple(int(d) for d in v.shape)
+    return shapes
 
 
 def build_engine(
@@ -96,7 +144,7 @@ def build_engine(
     max_batch: int = 32,
     float_layers: Precision | None = None,
     shapes: ShapeRanges | None = None,
-    ui: UI = SILENT,
+    ui: UI | None = None,
 ) -> dict[str, Any]:
     """Build the engine of each artifact in an export folder whose backend builds one
     (TensorRT), here on the deployment GPU, and record it in the manifest, which is
@@ -105,6 +153,7 @@ def build_engine(
     fp16). ``shapes``: an input's (min, opt, max) shapes for the engine's profile
     (default: batch 1 … ``max_batch``, other dynamic dimensions over the sizes the
     calibration data covered). Returns what each build reported."""
+    ui = api_ui(ui)
     from quantship.exporter.manifest import artifact_entry, artifacts_in, read_manifest
 
     root = Path(folder)
@@ -179,7 +228,7 @@ def distill(
     qat_scales: str = "learned",
     qat_lr: float | str | None = "auto",
     algorithms: str | None = None,
-    ui: UI = SILENT,
+    ui: UI | None = None,
 ) -> dict[str, Any]:
     """Distill ``student`` (package.module:factory) from ``teacher``; writes
     student.pt (the best epoch on validation), student.onnx and metrics.json into
@@ -194,6 +243,7 @@ def distill(
     scales ``"learned"`` (LSQ) or ``"frozen"``, starting from the INT8 model export
     writes with ``algorithms`` (export's ``--algorithms``); writes student.ptq.onnx,
     student.int8.onnx and metrics.json's ``qat`` section."""
+    ui = api_ui(ui)
     try:
         import torch
     except ImportError:
@@ -253,9 +303,9 @@ def distill(
 
 
 # Implemented beside what they orchestrate; part of this API.
-from quantship.bench.command import bench  # noqa: E402
-from quantship.bench.profile import profile  # noqa: E402
 from quantship.guard_command import sensitivity  # noqa: E402
+from quantship.measure.command import bench  # noqa: E402
+from quantship.measure.profile import profile  # noqa: E402
 
 
 def __getattr__(name: str) -> Any:

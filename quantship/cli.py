@@ -28,12 +28,12 @@ def unique_shapes(
 
 
 def _bench(args: argparse.Namespace, ui: Any) -> int:
-    from quantship.bench.command import bench
-    from quantship.bench.run import ScenarioPlan
-    from quantship.bench.timing import BenchSettings
+    from quantship.measure.command import bench
+    from quantship.measure.run import ScenarioPlan
+    from quantship.measure.timing import BenchSettings
 
     if args.compare:
-        from quantship.bench.compare import compare
+        from quantship.measure.compare import compare
 
         if args.target is not None:
             raise QuantshipError("--compare reads result files; give no folder or model beside it")
@@ -70,8 +70,8 @@ def _bench(args: argparse.Namespace, ui: Any) -> int:
                                  "of that cluster that carry the label")  # fmt: skip
         from pathlib import Path
 
-        from quantship.bench.compare import fleet_report
         from quantship.fleet import bench_on
+        from quantship.measure.compare import fleet_report
 
         if args.data is not None or args.tokenizer is not None or args.lengths:
             raise QuantshipError("--on benches with the export's own inputs; --data, "

@@ -142,12 +142,12 @@ def run_demo(
     from quantship import api
     from quantship.backends import registry
     from quantship.backends.base import Artifact, SessionSettings
-    from quantship.bench.report import latency_plot
-    from quantship.bench.run import Candidate, bench_candidates
-    from quantship.bench.timing import BenchSettings
     from quantship.distill.train import DistillConfig, distill
     from quantship.exporter.output import write_json
     from quantship.exporter.torch_export import export_module
+    from quantship.measure.report import latency_plot
+    from quantship.measure.run import Candidate, bench_candidates
+    from quantship.measure.timing import BenchSettings
     from quantship.types import InputSpec
 
     t_start = time.perf_counter()

@@ -35,11 +35,11 @@ from quantship.errors import QuantshipError, closest
 from quantship.ui import SILENT, UI
 
 if TYPE_CHECKING:
-    from quantship.bench.run import ScenarioPlan
-    from quantship.bench.timing import BenchSettings
     from quantship.calibration.data import CalibrationData
     from quantship.calibration.table import CalibrationTable
     from quantship.exporter.load import FloatModel
+    from quantship.measure.run import ScenarioPlan
+    from quantship.measure.timing import BenchSettings
 
 
 def connect(address: str) -> Any:
@@ -203,7 +203,7 @@ def _bench_remote(
 
     import ray
 
-    from quantship.bench.command import bench
+    from quantship.measure.command import bench
 
     with tempfile.TemporaryDirectory(prefix="quantship-bench-") as tmp:
         folder = Path(tmp) / "export"

@@ -142,8 +142,8 @@ class Evaluator:
             raise QuantshipError(f"--metric failed: {type(e).__name__}: {e}") from None
 
     def error(self, options: PlanOptions) -> float:
-        from quantship.bench.fidelity import FidelityMeter
         from quantship.exporter.qdq import write_qdq
+        from quantship.measure.fidelity import FidelityMeter
 
         self.count += 1
         qdq = write_qdq(self.model, self.backend.plan(self.model, self.table, options))
@@ -395,13 +395,19 @@ def region_sensitivity(
 
 def held_labels(path: Any, start: int, count: int) -> npt.NDArray[Any]:
     """Labels of held-out samples start … start+count: the array 'labels' (or 'y') of
-    the held-out .npz."""
+    the held-out .npz (or of the dict of arrays passed to the API)."""
+    from collections.abc import Mapping
     from pathlib import Path
 
     import numpy as np
 
     from quantship.calibration.data import stored_npz
 
+    if isinstance(path, Mapping):  # held-out data passed to the API as a dict of arrays
+        key = "labels" if "labels" in path else "y" if "y" in path else None
+        if key is None:
+            raise QuantshipError("metric= needs labels: add an array 'labels' (or 'y') to held_out")
+        return np.asarray(path[key])[start : start + count]
     p = Path(str(path))
     if p.suffix != ".npz" or not p.exists():
         raise QuantshipError(

@@ -13,7 +13,7 @@ from quantship.calibration.sources import open_data
 from quantship.calibration.text import TextOptions
 from quantship.errors import QuantshipError
 from quantship.exporter.output import write_json
-from quantship.ui import SILENT, UI
+from quantship.ui import UI, api_ui
 
 if TYPE_CHECKING:
     from quantship.guard import RegionScore
@@ -30,7 +30,7 @@ def sensitivity(
     samples: int | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     tokenizer: str | Path | None = None,
-    ui: UI = SILENT,
+    ui: UI | None = None,
 ) -> list[dict[str, Any]]:
     """Per-region sensitivity, as the accuracy guard sees it: for each region (a layer
     with its activation, an attention block) the error with only it in INT8, what it
@@ -38,6 +38,7 @@ def sensitivity(
     float costs (from the runtime's per-layer profiles where it has a profiler); ranked
     by what the guard would return to float first. Written to ``out/sensitivity.json``
     and ``out/sensitivity.png``."""
+    ui = api_ui(ui)
     import tempfile
 
     from quantship.calibration.runner import calibrate

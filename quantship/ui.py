@@ -3,7 +3,8 @@ installed, and as plain text where it is not (a runtime-only install on a target
 machine has numpy and one runtime).
 
 Progress goes to stderr so that stdout carries only results; with ``quiet`` nothing
-but errors is printed. Library callers get no output unless they pass a ``UI``.
+but errors is printed. Library callers get no output unless they pass a ``UI``, except
+in a Jupyter notebook, where the API shows progress and tables unless given ``SILENT``.
 """
 
 from __future__ import annotations
@@ -136,3 +137,18 @@ def _plain_progress(
 
 
 SILENT = UI(quiet=True)
+
+
+def api_ui(ui: UI | None) -> UI:
+    """The UI an API call reports to: the one given; else, in a Jupyter notebook (where
+    rich renders progress bars and tables), a visible one; else none."""
+    if ui is not None:
+        return ui
+    return UI() if in_notebook() else SILENT
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (IPython's ZMQ shell, not a terminal)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return type(shell).__name__ == "ZMQInteractiveShell"

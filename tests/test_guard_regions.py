@@ -15,11 +15,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantship import api
 from quantship.backends.base import PlanOptions
-from quantship.bench.verdict import Budget, Option, decide
 from quantship.errors import QuantshipError
 from quantship.exporter.load import FloatModel, load_model
 from quantship.guard import Evaluator, RegionScore, guard, ranked
 from quantship.guard_regions import guard_regions
+from quantship.measure.verdict import Budget, Option, decide
 
 
 def test_regions_keep_a_layer_with_its_activation_and_an_attention_block(tmp_path: Path) -> None:

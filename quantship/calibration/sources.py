@@ -1,11 +1,13 @@
 """Opening sample data by what the user passed: a ``.npz``/``.npy`` file, a folder of
 images, a text file with a tokenizer, or ``package.module:function`` (the readers are
-in ``data.py``, ``images.py`` and ``text.py``)."""
+in ``data.py``, ``images.py`` and ``text.py``); through the API, also arrays, dicts and
+iterables held in memory (``objects.py``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from quantship.calibration.data import (
     CalibrationData,
@@ -16,6 +18,7 @@ from quantship.calibration.data import (
     stored_npz,
 )
 from quantship.calibration.images import ImageOptions, image_folder
+from quantship.calibration.objects import Transform, is_data_object, object_data, object_shapes
 from quantship.calibration.text import FIELDS, TextOptions, is_text, text_data
 from quantship.errors import DataError
 from quantship.specs import is_callable_spec
@@ -23,15 +26,19 @@ from quantship.types import InputSpec
 
 
 def open_data(
-    spec: str | Path,
+    spec: Any,
     inputs: Sequence[InputSpec],
     *,
     images: ImageOptions | None = None,
     role: str = "calibration",
     tokens: TextOptions | None = None,
+    transform: Transform | None = None,
 ) -> CalibrationData:
-    """Open ``spec`` (a file, a folder, or ``package.module:function``) for ``inputs``;
-    a text file is tokenized as ``tokens`` says."""
+    """Open ``spec`` (a file, a folder, or ``package.module:function``; through the API
+    also data held in objects, ``objects.py``, each item through ``transform``) for
+    ``inputs``; a text file is tokenized as ``tokens`` says."""
+    if is_data_object(spec):
+        return object_data(spec, inputs, role, transform)
     text = str(spec)
     path = Path(text)
     if path.exists():
@@ -61,10 +68,15 @@ def open_data(
 
 
 def peek_shapes(
-    spec: str | Path, images: ImageOptions | None = None, tokens: TextOptions | None = None
+    spec: Any,
+    images: ImageOptions | None = None,
+    tokens: TextOptions | None = None,
+    transform: Transform | None = None,
 ) -> dict[str, tuple[int, ...]]:
     """Per-sample shapes (batch axis of 1) of data not yet bound to a model: for
     exporting a PyTorch model, whose input shapes come from its data."""
+    if is_data_object(spec):
+        return object_shapes(spec, transform)
     text = str(spec)
     path = Path(text)
     if path.is_dir():

@@ -21,11 +21,10 @@ from typing import Any
 from quantship.algorithms import Algorithms
 from quantship.backends import registry
 from quantship.backends.base import Artifact, Backend, PlanOptions
-from quantship.bench.fidelity import POOLINGS
-from quantship.bench.verdict import Budget
 from quantship.calibration.data import CalibrationData
 from quantship.calibration.images import ImageOptions
 from quantship.calibration.methods import MethodSpec
+from quantship.calibration.objects import Transform
 from quantship.calibration.table import CalibrationTable
 from quantship.calibration.text import TextOptions
 from quantship.errors import BackendError, DataError, QuantshipError
@@ -34,6 +33,8 @@ from quantship.exporter.measure import add_guard_cost, measure
 from quantship.exporter.output import MANIFEST, check_output_dir, release_memory, staged_dir
 from quantship.exporter.plan_search import Choice
 from quantship.exporter.split import DEFAULT_HELD_OUT, HeldOut
+from quantship.measure.fidelity import POOLINGS
+from quantship.measure.verdict import Budget
 from quantship.types import Feed
 from quantship.ui import SILENT, UI
 
@@ -45,13 +46,15 @@ DRIFT_SAMPLES = 4
 class ExportOptions:
     """What the user asked of an export, checked on construction (``QuantshipError``)."""
 
-    model: str | Path
-    calib: str | Path | None
+    # a path or package.module:factory; through the API also an onnx.ModelProto or an
+    # nn.Module, and data held in objects (calibration/objects.py)
+    model: Any
+    calib: Any
     out: Path
     backends: str | Sequence[str] = registry.DEFAULT
     method: MethodSpec = field(default_factory=MethodSpec)
     samples: int | None = None
-    held_out: str | Path | None = None
+    held_out: Any = None
     calib_cache: str | Path | None = None
     input_shapes: dict[str, tuple[int, ...]] | None = None
     images: ImageOptions | None = None
@@ -69,6 +72,7 @@ class ExportOptions:
     algorithms: str | Sequence[str] | None = None  # quantship/algorithms: names or a preset
     pooling: str | None = None  # "mean" or "cls": sentence-embedding fidelity (encoders)
     ray: str | None = None  # a Ray cluster's address (or "auto"): calibration shards there
+    transform: Transform | None = None  # each item of data held in an object → a feed
 
     def __post_init__(self) -> None:
         if self.samples is not None and self.samples < 1:
@@ -111,10 +115,29 @@ class ExportOptions:
 
 @dataclass(frozen=True)
 class ExportResult:
+    """What ``export`` returns: the output folder, the manifest written there, each
+    artifact (``.backend``, ``.precision``, ``.path``), and backends that failed."""
+
     out: Path
     manifest: dict[str, Any]
     artifacts: tuple[Artifact, ...]
     failures: tuple[str, ...] = field(default=())
+
+    @property
+    def verdict(self) -> dict[str, Any] | None:
+        """The manifest's verdict: ``choice`` (the fastest option within the fidelity
+        budget, as ``backend precision``), ``line`` (it, in words), ``warnings``; None
+        when the export was not timed (``bench=False``)."""
+        v = self.manifest.get("verdict")
+        return dict(v) if isinstance(v, dict) else None
+
+    @property
+    def recommended(self) -> dict[str, Any] | None:
+        """The manifest's entry for the verdict's choice (an INT8 artifact, or a float
+        baseline where no INT8 artifact pays): its backend, precision, latency and
+        fidelity; None without a choice."""
+        entries = [*self.manifest.get("artifacts", []), *self.manifest.get("baselines", [])]
+        return next((dict(e) for e in entries if e.get("recommended")), None)
 
 
 @dataclass(frozen=True)
@@ -220,14 +243,14 @@ def load(opts: ExportOptions, ui: UI) -> Loaded:
         weights=opts.weights,
         held_out=opts.held_out,
         tokens=opts.tokens,
+        transform=opts.transform,
     )
     for n in fm.notes:
         ui.note(f"model: {n}")
-    held = (
-        open_data(opts.held_out, fm.inputs, images=opts.images, role="held-out", tokens=opts.tokens)
-        if opts.held_out is not None
-        else None
-    )
+    held = None
+    if opts.held_out is not None:
+        held = open_data(opts.held_out, fm.inputs, images=opts.images, role="held-out",
+                         tokens=opts.tokens, transform=opts.transform)  # fmt: skip
     for d in (data, held):
         for n in d.notes if d is not None else ():
             ui.note(n)

@@ -37,6 +37,10 @@ from quantship.types import InputSpec as InputSpec
 from quantship.types import Shape as Shape
 
 MIN_OPSET = 13
+# The newest opset every runtime here runs QuantizeLinear at: onnxruntime 1.32 has no
+# kernel for opset 28's (the default of onnx 1.23's helper.make_model); 27 and below
+# run there and in OpenVINO 2026.4. A newer model is converted down to this.
+MAX_OPSET = 27
 
 
 @dataclass(frozen=True, eq=False)

@@ -130,7 +130,7 @@ def float_artifact(folder: Path, manifest: dict[str, Any]) -> Artifact:
 
 
 def runtime_info() -> dict[str, Any]:
-    from quantship.bench.machine import cpu_info
+    from quantship.measure.machine import cpu_info
 
     return {
         "platform": platform.platform(),

@@ -10,16 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 from quantship.backends import registry
 from quantship.backends.base import Artifact, Backend
-from quantship.bench.run import (
+from quantship.exporter.load import FloatModel
+from quantship.exporter.report import Measured
+from quantship.measure.run import (
     Candidate,
     artifact_candidates,
     bench_candidates,
     float_candidates,
 )
-from quantship.bench.timing import BenchSettings, LatencyStats, p50_by_key
-from quantship.bench.verdict import Budget, Option, decide
-from quantship.exporter.load import FloatModel
-from quantship.exporter.report import Measured
+from quantship.measure.timing import BenchSettings, LatencyStats, p50_by_key
+from quantship.measure.verdict import Budget, Option, decide
 from quantship.ui import SILENT, UI
 
 if TYPE_CHECKING:

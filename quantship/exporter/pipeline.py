@@ -11,14 +11,14 @@ from typing import Any
 import numpy.typing as npt
 
 from quantship.backends.base import Artifact, Backend, PlanOptions, Session, SessionSettings
-from quantship.bench.fidelity import FidelityMeter
-from quantship.bench.run import Candidate
 from quantship.calibration.runner import batches
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import QuantshipError
 from quantship.exporter.load import FloatModel
 from quantship.exporter.qdq import write_qdq
 from quantship.exporter.split import FIDELITY_BATCH, HeldOut
+from quantship.measure.fidelity import FidelityMeter
+from quantship.measure.run import Candidate
 from quantship.types import Feed
 from quantship.ui import UI
 

@@ -85,7 +85,7 @@ def _inputs(
     held: HeldOut,
 ) -> dict[str, Any]:
     from quantship import __version__
-    from quantship.bench.machine import cpu_info
+    from quantship.measure.machine import cpu_info
 
     return {
         "model": fm.sha256,

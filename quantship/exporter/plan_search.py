@@ -33,8 +33,6 @@ from typing import Any
 
 from quantship.backends.base import Artifact, Backend, PlanOptions, SessionSettings
 from quantship.backends.variants import RULES, PlanVariant
-from quantship.bench.run import Candidate, bench_candidates, float_candidates, make_feeds
-from quantship.bench.timing import p50_by_key
 from quantship.calibration.table import CalibrationTable
 from quantship.errors import QuantshipError
 from quantship.exporter.load import FloatModel
@@ -51,6 +49,8 @@ from quantship.exporter.plan_regions import (
     regions_of,
 )
 from quantship.exporter.split import HeldOut
+from quantship.measure.run import Candidate, bench_candidates, float_candidates, make_feeds
+from quantship.measure.timing import p50_by_key
 from quantship.types import Feed
 from quantship.ui import SILENT, UI
 

@@ -43,7 +43,7 @@ from quantship.exporter.graph import (
     is_external,
     opset_version,
 )
-from quantship.exporter.load import MIN_OPSET, FloatModel, Shape, raw_inputs
+from quantship.exporter.load import MAX_OPSET, MIN_OPSET, FloatModel, Shape, raw_inputs
 from quantship.exporter.onnx_file import model_bytes
 
 _WIDENING = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE}
@@ -86,6 +86,18 @@ def prepare(
                 f"per-channel quantization) failed: {str(e).splitlines()[0]}"
             ) from None
         notes.append(f"upgraded opset {opset} -> {MIN_OPSET}")
+    elif opset > MAX_OPSET:
+        try:
+            model = onnx.version_converter.convert_version(model, MAX_OPSET)
+        except Exception as e:
+            raise ModelError(
+                f"'{source}' is opset {opset}, newer than the runtimes run QuantizeLinear at, "
+                f"and converting it to {MAX_OPSET} failed ({str(e).splitlines()[0]}); export "
+                f"it at opset {MAX_OPSET} or lower"
+            ) from None
+        notes.append(
+            f"converted opset {opset} -> {MAX_OPSET} (the newest the runtimes quantize at)"
+        )
 
     if _set_dims(model, shapes):
         # Stale intermediate shapes could contradict the changed inputs; otherwise the

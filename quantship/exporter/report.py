@@ -10,16 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from quantship.backends.base import Artifact, Backend, PlanOptions
-from quantship.bench.report import fmt_mb, fmt_ms, fmt_num
-from quantship.bench.run import Candidate
-from quantship.bench.timing import LatencyStats, p50_by_key
-from quantship.bench.verdict import Budget, Verdict
 from quantship.calibration.data import CalibrationData
 from quantship.calibration.methods import MethodSpec
 from quantship.calibration.table import CalibrationTable
 from quantship.exporter.load import FloatModel
 from quantship.exporter.manifest import FORMAT, artifact_entry, runtime_info, versions
 from quantship.exporter.output import sha256_file
+from quantship.measure.report import fmt_mb, fmt_ms, fmt_num
+from quantship.measure.run import Candidate
+from quantship.measure.timing import LatencyStats, p50_by_key
+from quantship.measure.verdict import Budget, Verdict
 from quantship.ui import UI
 
 

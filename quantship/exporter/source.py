@@ -1,13 +1,17 @@
 """Where an export starts: the user's model (an ONNX file, a PyTorch factory or a
-``torch.export`` program) prepared as a ``FloatModel``, and the calibration data bound
+``torch.export`` program; through the API an ``onnx.ModelProto`` or an ``nn.Module``) prepared as a ``FloatModel``, and the calibration data bound
 to its inputs."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
+from typing import Any
 
 from quantship.calibration.data import CalibrationData
 from quantship.calibration.images import ImageOptions
+from quantship.calibration.objects import Transform
 from quantship.calibration.sources import open_data
 from quantship.calibration.text import TextOptions
 from quantship.errors import QuantshipError
@@ -15,38 +19,65 @@ from quantship.exporter.load import FloatModel
 
 
 def load_float_model(
-    model: str | Path,
-    calib: str | Path | None,
+    model: Any,
+    calib: Any,
     *,
     input_shapes: dict[str, tuple[int, ...]] | None,
     images: ImageOptions | None,
     weights: Path | None,
-    held_out: str | Path | None = None,
+    held_out: Any = None,
     tokens: TextOptions | None = None,
+    transform: Transform | None = None,
 ) -> tuple[FloatModel, CalibrationData | None, Path | bytes]:
     """The prepared float model, the calibration data bound to its inputs, and the
-    user's model as given (a file, or the bytes a PyTorch export produced), against
-    which the prepared model's outputs are checked. A dynamic dimension's example
-    size comes from the first calibration sample, or held-out one (``--calib-cache``)."""
+    user's model as given (a file, or the bytes of the model held in memory or that a
+    PyTorch export produced), against which the prepared model's outputs are checked.
+    ``model``: a path, ``package.module:factory``, or through the API an
+    ``onnx.ModelProto`` or a torch ``nn.Module``. A dynamic dimension's example size
+    comes from the first calibration sample, or held-out one (``--calib-cache``)."""
+    import onnx
+
     from quantship.calibration.sources import peek_shapes
     from quantship.exporter import load as loader
     from quantship.exporter.onnx_file import Source, read_onnx
     from quantship.exporter.output import sha256_bytes
-    from quantship.exporter.torch_export import export_spec, is_torch_spec
+    from quantship.exporter.torch_export import export_module, export_spec, is_torch_spec
 
-    spec = str(model)
+    spec = str(model) if isinstance(model, (str, os.PathLike)) else None
     reference: Path | bytes
-    if is_torch_spec(spec) and Path(spec).suffix != ".onnx":
+    if isinstance(model, onnx.ModelProto):
+        if weights is not None:
+            raise QuantshipError("weights= applies to a PyTorch model, not an onnx.ModelProto")
+        held = model.SerializeToString()
+        copy = onnx.ModelProto()  # the caller's object is left as it was
+        copy.CopyFrom(model)
+        src = Source(copy, "the onnx.ModelProto passed in", sha256_bytes(held), len(held))
+        reference = held
+    elif spec is None or (is_torch_spec(spec) and Path(spec).suffix != ".onnx"):
+        what = spec if spec is not None else f"the {type(model).__name__} passed in"
+        if spec is None and not _is_torch_module(model):
+            raise QuantshipError(
+                f"model of type {type(model).__name__}: pass a path to an .onnx file, "
+                "package.module:factory, an onnx.ModelProto or a torch nn.Module"
+            )
         torch_shapes = dict(input_shapes or {})
         if not torch_shapes:
-            torch_shapes = peek_shapes(calib, images, tokens) if calib is not None else {}
+            shape_data = calib if calib is not None else held_out
+            torch_shapes = (
+                peek_shapes(shape_data, images, tokens, transform) if shape_data is not None else {}
+            )
         if not torch_shapes:
             raise QuantshipError(
-                f"exporting '{spec}' needs input shapes: give calibration data or --input-shape NAME=1x3x224x224"
+                f"exporting {what} needs input shapes: give calibration data or --input-shape NAME=1x3x224x224"
             )
-        proto = export_spec(spec, weights, torch_shapes)
+        if spec is not None:
+            proto = export_spec(spec, weights, torch_shapes)
+        else:
+            if weights is not None:
+                raise QuantshipError("weights= applies to a factory; load them into the module")
+            proto = export_module(model, torch_shapes)
         exported = proto.SerializeToString()
-        src = Source(proto, spec, sha256_bytes(exported), len(exported))
+        src = Source(proto, what, sha256_bytes(exported), len(exported))
         reference = exported
     else:
         if weights is not None:
@@ -58,12 +89,23 @@ def load_float_model(
     raw = loader.raw_inputs(src.proto)
     shape_data = calib if calib is not None else held_out
     data = (
-        open_data(shape_data, raw, images=images, tokens=tokens) if shape_data is not None else None
+        open_data(shape_data, raw, images=images, tokens=tokens, transform=transform)
+        if shape_data is not None
+        else None
     )
     first = data.first() if data is not None else None
     data_shapes = {k: tuple(v.shape) for k, v in first.items()} if first else None
     fm = loader.prepare_source(src, input_shapes, data_shapes)
-    data = open_data(calib, fm.inputs, images=images, tokens=tokens) if calib is not None else None
+    data = (
+        open_data(calib, fm.inputs, images=images, tokens=tokens, transform=transform)
+        if calib is not None
+        else None
+    )
     if data is not None:
         data.first()
     return fm, data, reference
+
+
+def _is_torch_module(obj: Any) -> bool:
+    torch = sys.modules.get("torch")  # a module object means torch is imported already
+    return torch is not None and isinstance(obj, (torch.nn.Module, torch.export.ExportedProgram))

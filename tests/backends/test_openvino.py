@@ -133,8 +133,8 @@ def test_quantization_moves_above_concat(tmp_path: Path, calib_npz: Path) -> Non
 def test_offline_scenario_on_openvinos_async_queue(exported: Path) -> None:
     """The offline scenario keeps OpenVINO's own infer requests (THROUGHPUT hint) full;
     ``--streams`` sets the plugin's streams (at most one per thread: no thread limit here)."""
-    from quantship.bench.scenarios import offline
     from quantship.exporter.manifest import artifacts_in, read_manifest
+    from quantship.measure.scenarios import offline
 
     (art,) = artifacts_in(exported, read_manifest(exported))
     x = {"images": np.zeros((1, 3, 16, 16), np.float32)}
@@ -189,7 +189,7 @@ def test_float_baselines_are_what_openvino_runs_by_default(
     caps = OpenVINOBackend().capabilities()
     assert (caps.default_precision == "bf16") == ("bf16" in hint or "bfloat16" in hint)
     # ... and what the CPU's ISA predicts: bf16 where the CPU computes in bf16.
-    from quantship.bench.machine import cpu_info
+    from quantship.measure.machine import cpu_info
 
     isa = set(cpu_info()["isa"])
     assert (caps.default_precision == "bf16") == bool(isa & {"avx512_bf16", "amx_bf16"})

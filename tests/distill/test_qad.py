@@ -288,8 +288,8 @@ def test_qat_bad_input_is_one_line(work: Path) -> None:
 def test_bench_labels_a_qdq_model_as_int8(tmp_path: Path) -> None:
     from torch import nn
 
-    from quantship.bench.targets import _has_qdq
     from quantship.exporter.torch_export import export_module
+    from quantship.measure.targets import _has_qdq
 
     net = nn.Sequential(nn.Linear(4, 3)).eval()
     onnx.save(_qdq(net, (1, 4)), str(tmp_path / "q.onnx"))

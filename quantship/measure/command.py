@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from quantship import __version__
-from quantship.bench.machine import machine_record
-from quantship.bench.run import ColdStart, ScenarioPlan, bench_candidates
-from quantship.bench.scenarios import ScenarioResult
-from quantship.bench.timing import BenchSettings, LatencyStats, p50_by_key
-from quantship.bench.verdict import Option, decide
 from quantship.errors import QuantshipError
 from quantship.exporter.output import write_json
-from quantship.ui import SILENT, UI
+from quantship.measure.machine import machine_record
+from quantship.measure.run import ColdStart, ScenarioPlan, bench_candidates
+from quantship.measure.scenarios import ScenarioResult
+from quantship.measure.timing import BenchSettings, LatencyStats, p50_by_key
+from quantship.measure.verdict import Option, decide
+from quantship.ui import UI, api_ui
 
 SCHEMA = "quantship.bench/2"
 
@@ -37,15 +37,16 @@ def bench(
     tokenizer: str | Path | None = None,
     json_path: str | Path | None = None,
     plot_path: str | Path | None = None,
-    ui: UI = SILENT,
+    ui: UI | None = None,
 ) -> list[LatencyStats]:
     """Latency of an export folder (each artifact beside the float model in its own
     runtime) or of one ONNX model in one or more runtimes, single-stream; ``scenarios``
     adds the offline and server scenarios (``throughput_seconds``, the older name, runs
     the offline scenario that long)."""
-    from quantship.bench.report import latency_plot, latency_table, scenario_tables
-    from quantship.bench.run import scenario_candidates
-    from quantship.bench.targets import find_targets
+    ui = api_ui(ui)
+    from quantship.measure.report import latency_plot, latency_table, scenario_tables
+    from quantship.measure.run import scenario_candidates
+    from quantship.measure.targets import find_targets
 
     settings = settings or BenchSettings()
     plan = scenarios or ScenarioPlan()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from quantship.bench.scenarios import ScenarioResult
-from quantship.bench.timing import LatencyStats, percentile_key
+from quantship.measure.scenarios import ScenarioResult
+from quantship.measure.timing import LatencyStats, percentile_key
 from quantship.ui import UI
 
 

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from quantship.backends.base import ThreadQueue
-from quantship.bench import scenarios as sc
-from quantship.bench.run import ScenarioPlan
 from quantship.errors import QuantshipError
+from quantship.measure import scenarios as sc
+from quantship.measure.run import ScenarioPlan
 
 
 def _sleeper(seconds: float, size: int) -> tuple[ThreadQueue, list[int]]:
@@ -150,7 +150,7 @@ def test_bench_json_and_compare(tmp_path: Path, cnn_path: Path, calib_npz: Path)
             r["p50_ms"] *= 2
     (tmp_path / "b.json").write_text(json.dumps(other))
     shutil.copy(js, tmp_path / "c.json")
-    from quantship.bench.compare import compare
+    from quantship.measure.compare import compare
     from quantship.ui import SILENT
 
     table = compare([js, tmp_path / "b.json", tmp_path / "c.json"], ui=SILENT)

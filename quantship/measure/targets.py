@@ -12,11 +12,11 @@ from pathlib import Path
 
 from quantship.backends import registry
 from quantship.backends.base import Artifact, Backend
-from quantship.bench.run import Candidate, artifact_candidates, float_candidates, make_feeds
-from quantship.bench.verdict import Budget
 from quantship.calibration.sources import open_data
 from quantship.calibration.text import TextOptions
 from quantship.errors import BackendError, QuantshipError
+from quantship.measure.run import Candidate, artifact_candidates, float_candidates, make_feeds
+from quantship.measure.verdict import Budget
 from quantship.types import Feed, InputSpec
 from quantship.ui import UI
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from quantship.bench.timing import BenchSettings, measure_interleaved, stats_from_samples
+from quantship.measure.timing import BenchSettings, measure_interleaved, stats_from_samples
 
 
 def test_percentiles_and_throughput_from_known_samples() -> None:
@@ -112,8 +112,8 @@ def test_gpu_sessions_get_a_device_time_row_beside_the_wall_clock() -> None:
     import numpy as np
 
     from quantship.backends.base import Artifact, BaseSession, Capabilities, SessionSettings
-    from quantship.bench.run import Candidate, bench_candidates
     from quantship.exporter.load import InputSpec
+    from quantship.measure.run import Candidate, bench_candidates
 
     class CpuStub(BaseSession):
         def run(self, feeds: dict[str, Any]) -> list[Any]:
@@ -163,9 +163,9 @@ def test_candidates_with_the_same_key_are_refused() -> None:
 
     from quantship.backends import registry
     from quantship.backends.base import Artifact
-    from quantship.bench.run import Candidate, bench_candidates
     from quantship.errors import QuantshipError
     from quantship.exporter.load import InputSpec
+    from quantship.measure.run import Candidate, bench_candidates
 
     b = registry.get(registry.DEFAULT)
     art = Artifact(b.name, "onnx-qdq", Path(), ("m.onnx",))
@@ -180,9 +180,9 @@ def test_candidates_with_the_same_key_are_refused() -> None:
 def test_lengths_size_dynamic_dimensions_and_cut_or_repeat_a_sample() -> None:
     import numpy as np
 
-    from quantship.bench.run import make_feeds
     from quantship.errors import QuantshipError
     from quantship.exporter.load import InputSpec
+    from quantship.measure.run import make_feeds
 
     inputs = [InputSpec("input_ids", (None, None), "int64"), InputSpec("x", (None, 3), "float32")]
     feeds = make_feeds(inputs, 2, length=7)

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from quantship.bench.report import fmt_ms
 from quantship.errors import QuantshipError
+from quantship.measure.report import fmt_ms
 from quantship.ui import UI
 
 Row = tuple[str, str, int, int | None]  # key, scenario, batch, length

@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 
 from quantship.backends.base import Artifact, Backend, Session, SessionSettings
-from quantship.bench.scenarios import ScenarioResult
-from quantship.bench.timing import (
+from quantship.errors import QuantshipError, closest
+from quantship.measure.scenarios import ScenarioResult
+from quantship.measure.timing import (
     BenchSettings,
     LatencyStats,
     measure_interleaved,
     stats_from_samples,
 )
-from quantship.errors import QuantshipError, closest
 from quantship.types import Feed, InputSpec, Precision
 from quantship.ui import SILENT, UI
 
@@ -269,7 +269,7 @@ def scenario_candidates(
     """The offline and server scenarios (``plan``) for every candidate at every batch
     size (and length): each candidate's request queue in turn, two rounds, the order
     reversed in the second."""
-    from quantship.bench import scenarios as sc
+    from quantship.measure import scenarios as sc
 
     out: list[ScenarioResult] = []
     points = [(n, b) for n in settings.lengths or (None,) for b in settings.batches]
@@ -346,7 +346,7 @@ class ScenarioPlan:
     streams: int | None = None
 
     def __post_init__(self) -> None:
-        from quantship.bench.scenarios import SCENARIOS
+        from quantship.measure.scenarios import SCENARIOS
 
         for x in self.scenarios:
             if x not in SCENARIOS:

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from quantship.backends.base import LayerTime
-from quantship.bench.report import fmt_ms
-from quantship.bench.run import Candidate, make_feeds
 from quantship.errors import QuantshipError
-from quantship.ui import SILENT, UI
+from quantship.measure.report import fmt_ms
+from quantship.measure.run import Candidate, make_feeds
+from quantship.ui import UI, api_ui
 
 # Precision names, as runtimes spell them, of kernels that compute in integers.
 INTEGER = {"int8", "uint8", "i8", "u8", "int4", "u4", "i4"}
@@ -85,15 +85,16 @@ def profile(
     tokenizer: str | Path | None = None,
     top: int = 10,
     json_path: str | Path | None = None,
-    ui: UI = SILENT,
+    ui: UI | None = None,
 ) -> list[Profile]:
     """Per-layer kernels and times of an export folder's artifacts beside the float
     model at each precision each runtime has here (or of one model's float versions),
     from each runtime's own profiler. Backends that declare no profiler are named and
     skipped."""
-    from quantship.bench.machine import cpu_info, isa_line
-    from quantship.bench.targets import find_targets
+    ui = api_ui(ui)
     from quantship.exporter.output import write_json
+    from quantship.measure.machine import cpu_info, isa_line
+    from quantship.measure.targets import find_targets
 
     if batch < 1 or runs < 1:
         raise QuantshipError(f"--batch and --runs must be >= 1, got {batch} and {runs}")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from quantship.bench.fidelity import FidelityMeter
+from quantship.measure.fidelity import FidelityMeter
 
 
 def test_identical_outputs() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from quantship.bench.verdict import Budget, Option, decide
+from quantship.measure.verdict import Budget, Option, decide
 
 
 def _opt(key: str, is_float: bool, p50: float | None, cos: float | None) -> Option:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from quantship.backends.base import RequestQueue
-from quantship.bench.timing import percentile_key, percentiles_of
+from quantship.measure.timing import percentile_key, percentiles_of
 
 SCENARIOS = ("single-stream", "offline", "server")
 
