@@ -135,8 +135,8 @@ def aimet_job(model: Path, calib: Path, out: Path, mode: str, samples: int) -> d
 def candidates(runs: dict[str, Any], peers: dict[str, tuple[Path, str]]) -> list[Any]:
     from quantship.backends import registry
     from quantship.backends.base import Artifact
-    from quantship.bench.run import Candidate, float_candidates
     from quantship.exporter.manifest import artifacts_in, float_artifact
+    from quantship.measure.run import Candidate, float_candidates
 
     ort, ov = registry.get("onnxruntime"), registry.get("openvino")
     first = runs["none"]
@@ -156,9 +156,9 @@ def candidates(runs: dict[str, Any], peers: dict[str, tuple[Path, str]]) -> list
 def run_model(
     name: str, samples: int, held: int, duration: float, limit_mb: float, aimet_modes: list[str]
 ) -> dict[str, Any]:
-    from quantship.bench.run import bench_candidates
-    from quantship.bench.timing import BenchSettings
     from quantship.exporter.load import load_model
+    from quantship.measure.run import bench_candidates
+    from quantship.measure.timing import BenchSettings
 
     paths = model_paths(name, samples, held)
     d = WORK / "accuracy-algorithms" / name

@@ -179,9 +179,9 @@ def main() -> int:
         if w.ok:
             from quantship.backends import registry
             from quantship.backends.base import Artifact, SessionSettings
-            from quantship.bench.fidelity import FidelityMeter
             from quantship.calibration.sources import open_data
             from quantship.exporter.load import load_model
+            from quantship.measure.fidelity import FidelityMeter
 
             fm = (
                 load_model(paths["model"], data_shapes=None)

@@ -189,8 +189,8 @@ def fidelity(
 ) -> dict[str, dict[str, Any]]:
     from quantship.backends.base import SessionSettings
     from quantship.backends.onnxruntime import OrtSession
-    from quantship.bench.fidelity import FidelityMeter
     from quantship.calibration.sources import open_data
+    from quantship.measure.fidelity import FidelityMeter
 
     settings = SessionSettings(threads=threads)
     ref = OrtSession(float_model, settings)
@@ -223,9 +223,9 @@ def candidate_fidelity(
 
     from quantship.backends.base import SessionSettings
     from quantship.backends.onnxruntime import OrtSession
-    from quantship.bench.fidelity import FidelityMeter
     from quantship.calibration.sources import open_data
     from quantship.exporter.load import load_model
+    from quantship.measure.fidelity import FidelityMeter
 
     fm = load_model(model)
     meters = {c.key: FidelityMeter(fm.outputs, pooling) for c in cands}
@@ -255,9 +255,9 @@ def latency(
 
     from quantship.backends import registry
     from quantship.backends.base import Artifact
-    from quantship.bench.run import Candidate, bench_candidates
-    from quantship.bench.timing import BenchSettings
     from quantship.exporter.load import InputSpec
+    from quantship.measure.run import Candidate, bench_candidates
+    from quantship.measure.timing import BenchSettings
 
     ort_backend = registry.get("onnxruntime")
     inp = onnx.load(str(float_model), load_external_data=False).graph.input[0]
@@ -286,7 +286,7 @@ def machine() -> dict[str, Any]:
     """The CPU, its ISA extensions (which decide the kernels), cores, versions."""
     import onnxruntime
 
-    from quantship.bench.machine import cpu_info
+    from quantship.measure.machine import cpu_info
 
     out: dict[str, Any] = {
         **cpu_info(),

@@ -31,7 +31,7 @@ def measure(model: Path, threads: int) -> dict[str, Any]:
 
     from quantship.backends import registry
     from quantship.backends.base import Artifact, SessionSettings
-    from quantship.bench.timing import BenchSettings, measure_interleaved
+    from quantship.measure.timing import BenchSettings, measure_interleaved
 
     core = ov.Core()
     plain = core.compile_model(str(model), "CPU")

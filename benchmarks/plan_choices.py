@@ -54,13 +54,13 @@ def variants() -> list[tuple[str, Any]]:
 def main() -> int:
     from quantship.backends.base import Artifact, PlanOptions, SessionSettings
     from quantship.backends.onnxruntime import OrtSession
-    from quantship.bench.fidelity import FidelityMeter
-    from quantship.bench.run import Candidate, bench_candidates, float_candidates
-    from quantship.bench.timing import BenchSettings
     from quantship.calibration.runner import calibrate
     from quantship.calibration.sources import open_data
     from quantship.exporter.pipeline import build_artifact
     from quantship.exporter.source import load_float_model
+    from quantship.measure.fidelity import FidelityMeter
+    from quantship.measure.run import Candidate, bench_candidates, float_candidates
+    from quantship.measure.timing import BenchSettings
     from quantship.ui import SILENT
 
     ap = parser(__doc__)

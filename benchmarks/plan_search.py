@@ -74,8 +74,8 @@ def exports(
 def candidates(d: Path, manifests: dict[str, Any], peers: dict[str, tuple[Path, str]]) -> list[Any]:
     from quantship.backends import registry
     from quantship.backends.base import Artifact
-    from quantship.bench.run import Candidate, float_candidates
     from quantship.exporter.manifest import artifacts_in, float_artifact
+    from quantship.measure.run import Candidate, float_candidates
 
     ort, ov = registry.get("onnxruntime"), registry.get("openvino")
     rules_dir, search_dir = d / "rules", d / "search"
@@ -100,10 +100,10 @@ def run_model(
     name: str, samples: int, held: int, duration: float, limit_mb: float
 ) -> dict[str, Any]:
     from quantship.backends.base import SessionSettings
-    from quantship.bench.profile import Profile
-    from quantship.bench.run import bench_candidates, make_feeds
-    from quantship.bench.timing import BenchSettings
     from quantship.exporter.load import load_model
+    from quantship.measure.profile import Profile
+    from quantship.measure.run import bench_candidates, make_feeds
+    from quantship.measure.timing import BenchSettings
 
     paths = prepare(name, samples, held)
     d = WORK / "plan-search" / name

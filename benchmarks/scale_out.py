@@ -207,8 +207,8 @@ def import_time() -> dict[str, Any]:
         py = venv / "bin" / "python"
         subprocess.run([str(py), "-m", "pip", "install", "-q", str(wheel), "numpy", "onnxruntime"],
                        check=True)  # fmt: skip
-        code = ("import time; t=time.perf_counter(); import quantship.cli, quantship.bench.command, "
-                "quantship.bench.targets, quantship.backends.onnxruntime; t1=time.perf_counter(); "
+        code = ("import time; t=time.perf_counter(); import quantship.cli, quantship.measure.command, "
+                "quantship.measure.targets, quantship.backends.onnxruntime; t1=time.perf_counter(); "
                 "import onnxruntime; t2=time.perf_counter(); print(t1-t, t2-t1)")  # fmt: skip
         ours, rt = [], []
         for _ in range(7):

@@ -130,9 +130,9 @@ def prepare(epochs: int) -> tuple[dict[str, Path], float]:
 
 
 def main() -> int:
-    from quantship.bench.run import bench_candidates
-    from quantship.bench.timing import BenchSettings
     from quantship.exporter.load import load_model
+    from quantship.measure.run import bench_candidates
+    from quantship.measure.timing import BenchSettings
 
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

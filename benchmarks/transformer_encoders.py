@@ -162,8 +162,8 @@ def quantized_candidates(
     from quantship import api
     from quantship.backends import registry
     from quantship.backends.base import Artifact
-    from quantship.bench.run import Candidate, float_candidates
     from quantship.exporter.manifest import artifacts_in
+    from quantship.measure.run import Candidate, float_candidates
     from quantship.ui import UI
 
     shutil.rmtree(d, ignore_errors=True)
@@ -209,9 +209,9 @@ def run_model(
     batches: tuple[int, ...] = (1,),
     sweep_s: float = 1.0,
 ) -> dict[str, Any]:
-    from quantship.bench.run import bench_candidates
-    from quantship.bench.timing import BenchSettings
     from quantship.exporter.load import load_model
+    from quantship.measure.run import bench_candidates
+    from quantship.measure.timing import BenchSettings
 
     paths = prepare(name, length, 256, 64)
     cands, seconds, res = quantized_candidates(

@@ -44,11 +44,11 @@ def run_model(
 ) -> dict[str, Any]:
     from quantship.backends import registry
     from quantship.backends.base import Artifact, SessionSettings
-    from quantship.bench.fidelity import FidelityMeter
-    from quantship.bench.run import Candidate, ScenarioPlan, bench_candidates, scenario_candidates
-    from quantship.bench.timing import BenchSettings
     from quantship.calibration.sources import open_data
     from quantship.exporter.load import InputSpec
+    from quantship.measure.fidelity import FidelityMeter
+    from quantship.measure.run import Candidate, ScenarioPlan, bench_candidates, scenario_candidates
+    from quantship.measure.timing import BenchSettings
 
     paths = prepare(name, samples, held)
     d = paths["model"].parent
@@ -87,7 +87,7 @@ def run_model(
     import onnx
 
     from quantship.backends.onnxruntime import OrtSession
-    from quantship.bench.run import float_candidates
+    from quantship.measure.run import float_candidates
 
     inp = onnx.load(model, load_external_data=False).graph.input[0]
     spec = InputSpec(
