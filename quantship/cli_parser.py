@@ -4,7 +4,9 @@ turn option text into values (one clear line for each malformed value)."""
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
+from typing import Any
 
 from quantship import __version__
 from quantship.backends import DEFAULT_BACKEND
@@ -131,13 +133,16 @@ def _run_target_args(p: argparse.ArgumentParser, optional: bool = False) -> None
     else:
         p.add_argument("target", help="an export output folder, or a model.onnx")
     p.add_argument(
-        "--backend", help="for a folder: only these backends; for a model: run it in these"
+        "--backend",
+        help="for a folder: only these backends (default: every backend in it); for a model: "
+        f"run it in these (default: {DEFAULT_BACKEND})",
     )
     p.add_argument("--threads", type=_positive, help="CPU threads (default: the runtime's)")
     p.add_argument(
         "--data",
         metavar="DATA",
-        help="feed a real sample instead of random inputs (.npz, .npy, images, text)",
+        help="feed a real sample instead of random inputs (.npz, .npy, images, text) "
+        "(default: random inputs of the model's shapes)",
     )
     p.add_argument(
         "--tokenizer", type=Path, metavar="DIR", help="for text --data: a local tokenizer folder"
@@ -153,18 +158,70 @@ def _run_target_args(p: argparse.ArgumentParser, optional: bool = False) -> None
     )
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Every flag's help ends with its default: the value argparse holds, or "none" for
+    an option that is off (or a list that is empty) unless given. A help text that says
+    its default in words (because it is derived) is left as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or action.required
+            or action.nargs == 0  # a switch (store_true, --version, --help)
+            or "default" in text
+            or "required" in text
+        ):
+            return text
+        d = action.default
+        if d is None or d == [] or d == ():
+            return f"{text} (default: none)"
+        if isinstance(d, (tuple, list)):
+            return f"{text} (default: {','.join(map(str, d))})"
+        return f"{text} (default: %(default)s)"
+
+
+class _Versions(argparse.Action):
+    """``--version``: quantship's, then each backend's runtime (or why it is missing),
+    then the libraries an export uses: what a bug report needs."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        import platform
+        from importlib import metadata
+
+        from quantship.backends import registry
+
+        lines = [f"quantship {__version__}", f"python {platform.python_version()}"]
+        for name in registry.names():
+            b = registry.get(name)
+            reason = b.available()
+            lines.append(f"{name} {b.version()}" if reason is None else f"{name}: {reason}")
+        for pkg in ("onnx", "numpy", "torch", "nncf", "onnxslim", "ray"):
+            try:
+                lines.append(f"{pkg} {metadata.version(pkg)}")
+            except metadata.PackageNotFoundError:
+                lines.append(f"{pkg}: not installed")
+        print("\n".join(lines))
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="quantship",
         description="Take a trained network to INT8 for real inference runtimes, and measure it there.",
     )
-    p.add_argument("--version", action="version", version=f"quantship {__version__}")
+    p.add_argument(
+        "--version",
+        action=_Versions,
+        nargs=0,
+        help="print the versions of quantship, Python and every runtime, and exit",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser = functools.partial(sub.add_parser, formatter_class=_Help)  # type: ignore[method-assign]
 
     e = sub.add_parser(
         "export",
         help="calibrate once and write INT8 artifacts for each backend",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG_EXPORT,
     )
     e.add_argument(
@@ -173,7 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--config", type=Path, metavar="TOML", help="a pipeline file: [distill] and [export]"
     )
-    e.add_argument("--calib", metavar="DATA", help="calibration data (see below)")
+    e.add_argument(
+        "--calib",
+        metavar="DATA",
+        help="calibration data, see below (required unless --calib-cache)",
+    )
     e.add_argument(
         "--out", metavar="DIR", type=Path, help="output folder (required without --config)"
     )
@@ -203,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="data for fidelity (default: calibration samples not used)",
     )
     e.add_argument(
-        "--calib-cache", metavar="FILE", help="reuse a calibration.json instead of a data pass"
+        "--calib-cache",
+        metavar="FILE",
+        help="reuse a calibration.json instead of a data pass (default: a pass over --calib)",
     )
     e.add_argument(
         "--tokenizer",
@@ -218,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_shape_arg,
         default=[],
         metavar="NAME=1x3x224x224",
-        help="fix an input's shape (repeatable)",
+        help="fix an input's shape (repeatable) (default: the model's, its dynamic dimensions "
+        "from the first calibration sample)",
     )
     e.add_argument(
         "--weights", metavar="FILE", help="state dict for a package.module:factory model"
@@ -265,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-drop",
         type=float,
         metavar="X",
-        help="accuracy budget on 1 - cosine: return the most sensitive layers to float until it holds",
+        help="accuracy budget on 1 - cosine: return the most sensitive layers to float until "
+        "it holds (default: none, no guard; the verdict's budget is cosine >= 0.999)",
     )
     e.add_argument(
         "--metric",
@@ -285,7 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="shard calibration over this Ray cluster (HOST:PORT, or auto); the table is "
         "identical to a single-process run's (default: this process only)",
     )
-    e.add_argument("--threads", type=_positive, help="CPU threads for fidelity and latency runs")
+    e.add_argument(
+        "--threads",
+        type=_positive,
+        help="CPU threads for fidelity and latency runs (default: the runtime's)",
+    )
     e.add_argument("--no-bench", action="store_true", help="skip the closing latency measurement")
     e.add_argument(
         "--require-engine",
@@ -306,9 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument(
         "--scale", type=float, default=1 / 255, help="pixel multiplier (default 1/255)"
     )
-    img.add_argument("--channel-order", choices=["RGB", "BGR"], default="RGB")
     img.add_argument(
-        "--layout", choices=["NCHW", "NHWC"], help="default: from the model's input shape"
+        "--channel-order", choices=["RGB", "BGR"], default="RGB", help="channel order fed"
+    )
+    img.add_argument(
+        "--layout",
+        choices=["NCHW", "NHWC"],
+        help="tensor layout (default: from the model's input shape)",
     )
 
     b = sub.add_parser(
@@ -327,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
         "measured in turn (default: the sample's, or --input-shape)",
     )
     b.add_argument("--warmup", type=int, default=10, help="warm-up runs per model (default: 10)")
-    b.add_argument("--warmup-seconds", type=float, default=0.0, help="warm up at least this long")
+    b.add_argument(
+        "--warmup-seconds", type=float, default=0.0, help="and warm up at least this long"
+    )
     b.add_argument(
         "--iterations", type=_positive, help="measured runs per model (default: by --duration)"
     )
@@ -354,7 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds per model of the offline and server scenarios (default: 4)",
     )
-    b.add_argument("--qps", type=float, help="the server scenario's arrival rate, queries/s")
+    b.add_argument(
+        "--qps",
+        type=float,
+        help="the server scenario's arrival rate, queries/s (required with --scenario server)",
+    )
     b.add_argument(
         "--latency-bound",
         type=float,
@@ -377,12 +456,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--throughput-seconds",
         type=float,
-        help="deprecated: --scenario-seconds (0: single-stream only)",
+        help="deprecated: --scenario-seconds (0: single-stream only) (default: none, "
+        "--scenario-seconds)",
     )
     b.add_argument(
         "--ray",
         metavar="ADDRESS",
-        help="a Ray cluster (HOST:PORT, or auto) whose labelled nodes run the bench (with --on)",
+        help="a Ray cluster (HOST:PORT, or auto) whose labelled nodes run the bench (with --on) "
+        "(default: none, this machine)",
     )
     b.add_argument(
         "--on",
@@ -404,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--plot", type=Path, metavar="FILE.png", help="draw the latency distributions (CDFs)"
     )
-    b.add_argument("--quiet", "-q", action="store_true")
+    b.add_argument("--quiet", "-q", action="store_true", help="print only errors")
 
     pr = sub.add_parser(
         "profile",
@@ -419,12 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--top", type=int, default=10, help="slowest layers listed per model (default: 10; 0: none)"
     )
     pr.add_argument("--json", type=Path, metavar="FILE", help="write every layer as JSON")
-    pr.add_argument("--quiet", "-q", action="store_true")
+    pr.add_argument("--quiet", "-q", action="store_true", help="print only errors")
 
     c = sub.add_parser("check", help="check a QDQ model against a runtime's quantization rules")
     c.add_argument("runtime", help="whose rules: a backend with a validator (tensorrt)")
     c.add_argument("model", type=Path, help="a QDQ .onnx model")
-    c.add_argument("--quiet", "-q", action="store_true")
+    c.add_argument("--quiet", "-q", action="store_true", help="print only errors")
 
     be = sub.add_parser(
         "build-engine", help="build the TensorRT engine of an export folder, on the target GPU"
@@ -446,12 +527,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="precision of the layers left float (default: fp16 where the GPU has fast fp16, "
         "as trtexec --int8 --fp16)",
     )
-    be.add_argument("--quiet", "-q", action="store_true")
+    be.add_argument("--quiet", "-q", action="store_true", help="print only errors")
 
     ds = sub.add_parser("distill", help="train a smaller student from a teacher (torch)")
-    ds.add_argument("--teacher", required=True, metavar="PKG.MOD:FACTORY")
+    ds.add_argument(
+        "--teacher",
+        required=True,
+        metavar="PKG.MOD:FACTORY",
+        help="a function returning the teacher nn.Module",
+    )
     ds.add_argument("--teacher-weights", metavar="FILE", help="state dict of the trained teacher")
-    ds.add_argument("--student", required=True, metavar="PKG.MOD:FACTORY")
+    ds.add_argument(
+        "--student",
+        required=True,
+        metavar="PKG.MOD:FACTORY",
+        help="a function returning the (untrained) student nn.Module",
+    )
     ds.add_argument(
         "--student-weights",
         metavar="FILE",
@@ -568,27 +659,46 @@ def build_parser() -> argparse.ArgumentParser:
         "bias-correction, or a preset: none, auto); QAD starts from the INT8 model export "
         "writes with them (default: auto)",
     )
-    ds.add_argument("--out", type=Path, required=True)
-    ds.add_argument("--quiet", "-q", action="store_true")
+    ds.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder: student.pt, student.onnx, metrics.json, checkpoints",
+    )
+    ds.add_argument("--quiet", "-q", action="store_true", help="print only errors")
 
     se = sub.add_parser(
         "sensitivity",
         help="per-region sensitivity to INT8 and the cost of keeping each region float, "
         "ranked as the accuracy guard ranks them",
     )
-    se.add_argument("model")
-    se.add_argument("--calib", required=True, metavar="DATA")
-    se.add_argument("--held-out", metavar="DATA")
-    se.add_argument("--out", type=Path, required=True)
-    se.add_argument("--backend", default=DEFAULT_BACKEND)
+    se.add_argument("model", help="model.onnx, package.module:factory, or a .pt2 file")
+    se.add_argument("--calib", required=True, metavar="DATA", help="calibration data, as export's")
     se.add_argument(
-        "--method", default="percentile", choices=["minmax", "percentile", "entropy", "mse"]
+        "--held-out",
+        metavar="DATA",
+        help="data the regions are scored on (default: calibration samples not used)",
     )
-    se.add_argument("--samples", type=_positive)
+    se.add_argument(
+        "--out", type=Path, required=True, help="output folder: sensitivity.json and a plot"
+    )
+    se.add_argument("--backend", default=DEFAULT_BACKEND, help="the backend whose plan is probed")
+    se.add_argument(
+        "--method",
+        default="percentile",
+        choices=["minmax", "percentile", "entropy", "mse"],
+        help="activation range method",
+    )
+    se.add_argument(
+        "--samples",
+        type=_positive,
+        metavar="N",
+        help="use at most N calibration samples (default: 256)",
+    )
     se.add_argument(
         "--tokenizer", type=Path, metavar="DIR", help="for text data: a local tokenizer folder"
     )
-    se.add_argument("--quiet", "-q", action="store_true")
+    se.add_argument("--quiet", "-q", action="store_true", help="print only errors")
 
     d = sub.add_parser(
         "demo", help="train a digits CNN, export INT8 for every installed backend, benchmark"
@@ -596,8 +706,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)"
     )
-    d.add_argument("--epochs", type=_positive, default=8)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--epochs", type=_positive, default=8, help="teacher training epochs")
+    d.add_argument("--seed", type=int, default=0, help="seed of data split, weights and order")
     d.add_argument("--threads", type=_positive, help="CPU threads (default: all)")
-    d.add_argument("--quiet", "-q", action="store_true")
+    d.add_argument("--quiet", "-q", action="store_true", help="print only errors")
     return p

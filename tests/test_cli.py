@@ -195,7 +195,7 @@ def test_calib_cache_reuse(tmp_path: Path, cnn_path: Path, calib_npz: Path) -> N
                 "--backend",
                 "tensorrtx",
             ],
-            ["unknown backend 'tensorrtx'", "available: onnxruntime"],
+            ["unknown backend 'tensorrtx'", "did you mean 'tensorrt'?"],
         ),
         (["export", "{model}", "--calib", "{tmp}/nope.npz", "--out", "{tmp}/o"], ["not found"]),
         (
@@ -324,6 +324,10 @@ def test_help_and_version() -> None:
     assert p.returncode == 0 and "export" in p.stdout and "bench" in p.stdout
     p = _run("--version")
     assert p.returncode == 0 and p.stdout.startswith("quantship ")
+    from quantship.backends import registry
+
+    listed = {line.split()[0].rstrip(":") for line in p.stdout.splitlines()}
+    assert set(registry.names()) | {"python", "onnx", "numpy"} <= listed, p.stdout
 
 
 def test_bench_refuses_a_file_that_changed(tmp_path: Path, cnn_path: Path, calib_npz: Path) -> None:
@@ -335,3 +339,32 @@ def test_bench_refuses_a_file_that_changed(tmp_path: Path, cnn_path: Path, calib
     model.write_bytes(model.read_bytes() + b"\0")
     p = _run("bench", str(out), "--iterations", "3")
     _one_line_error(p, "model.int8.onnx", "does not match the sha256")
+
+
+def test_every_flag_of_every_command_has_help_and_its_default() -> None:
+    """Walks the parser: each argument has help text; each optional one that is not a
+    switch says its default (or when it is required) in the help that is printed."""
+    import argparse
+
+    from quantship.cli_parser import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing, no_default = [], []
+    for name, sp in sub.choices.items():
+        formatter = sp._get_formatter()
+        for a in sp._actions:
+            if isinstance(a, argparse._HelpAction):
+                continue
+            flag = f"{name} {'/'.join(a.option_strings) or a.dest}"
+            if not a.help:
+                missing.append(flag)
+                continue
+            shown = formatter._get_help_string(a) or ""
+            says = "default" in shown or "required" in shown  # "required unless ..."
+            if a.option_strings and a.nargs != 0 and not a.required and not says:
+                no_default.append(flag)
+        text = sp.format_help()
+        assert "%(default)" not in text and "(default: none) (default" not in text, name
+    assert not missing, f"flags without help: {missing}"
+    assert not no_default, f"flags whose help does not show the default: {no_default}"

@@ -15,7 +15,7 @@ from typing import cast
 
 from quantship.backends import DEFAULT_BACKEND
 from quantship.backends.base import Backend
-from quantship.errors import BackendError
+from quantship.errors import BackendError, closest
 
 BUILTIN: dict[str, str] = {
     "onnxruntime": "quantship.backends.onnxruntime:OnnxRuntimeBackend",
@@ -50,7 +50,7 @@ def get(name: str) -> Backend:
     """The backend called ``name``; an unknown name lists the known ones."""
     target = BUILTIN.get(name) or _entry_points().get(name)
     if target is None or not _module_exists(target):
-        raise BackendError(f"unknown backend {name!r}; available: {', '.join(names())}")
+        raise BackendError(f"unknown backend {name!r}; {closest(name, names())}")
     mod_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(mod_name)
