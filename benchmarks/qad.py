@@ -115,6 +115,7 @@ def main() -> int:
     ap.add_argument("--spread", type=float, default=8.0, help="channel range spread (1: none)")
     ap.add_argument("--backends", default="onnxruntime,openvino")
     ap.add_argument("--no-nncf", action="store_true")
+    ap.add_argument("--name", default="qad", help="results/NAME.{json,md}")
     ap.add_argument("--nncf-only", action="store_true",
                     help="NNCF's QAT alone, into results/qad_nncf.{json,md}")  # fmt: skip
     ap.add_argument("--render", action="store_true",
@@ -129,7 +130,7 @@ def main() -> int:
 
         from common import RESULTS
 
-        saved = json.loads((RESULTS / "qad.json").read_text())
+        saved = json.loads((RESULTS / f"{args.name}.json").read_text())
         done = [b for b in args.backends.split(",") if b in saved["runs"][0]]
         _write(saved["runs"], saved["params"], done, argparse.Namespace(**saved["args"]),
                saved["machine"])  # fmt: skip
@@ -370,7 +371,8 @@ def _write(results: list[dict[str, Any]], params: dict[str, int], backends: list
         f"float distillation {args.epochs} epochs, QAD {args.qat_epochs} epochs; accuracy on the 360 "
         f"test digits, mean ± sample std.\n\n{table}\n\n{nncf_table}\n"
     )
-    write_results("qad_nncf" if getattr(args, "nncf_only", False) else "qad", {"machine": m, "args": vars(args), "params": params,
+    name = getattr(args, "name", "qad")
+    write_results(f"{name}_nncf" if getattr(args, "nncf_only", False) else name, {"machine": m, "args": vars(args), "params": params,
                           "summary": summary, "runs": results}, md)  # fmt: skip
 
 

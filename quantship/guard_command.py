@@ -56,6 +56,11 @@ def sensitivity(
     from quantship.guard_regions import guard_regions, region_costs
 
     chosen, _ = registry.available(backend)
+    if len(chosen) != 1:
+        raise QuantshipError(
+            f"sensitivity probes one backend's plan; --backend {backend!r} names "
+            f"{len(chosen)}: run it once for each"
+        )
     b = chosen[0]
     tokens = TextOptions(Path(tokenizer)) if tokenizer is not None else None
     fm, data, _ = load_float_model(

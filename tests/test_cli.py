@@ -207,7 +207,7 @@ def test_calib_cache_reuse(tmp_path: Path, cnn_path: Path, calib_npz: Path) -> N
             ["not a readable ONNX model"],
         ),
         (["export", "{model}", "--out", "{tmp}/o"], ["--calib"]),
-        (["bench", "{tmp}"], ["holds no manifest.json"]),
+        (["bench", "{tmp}"], ["holds no manifest.json; pass an export output folder or an .onnx"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -368,3 +368,19 @@ def test_every_flag_of_every_command_has_help_and_its_default() -> None:
         assert "%(default)" not in text and "(default: none) (default" not in text, name
     assert not missing, f"flags without help: {missing}"
     assert not no_default, f"flags whose help does not show the default: {no_default}"
+
+
+def test_sensitivity_refuses_a_list_of_backends(
+    tmp_path: Path, cnn_path: Path, calib_npz: Path
+) -> None:
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    p = _run("sensitivity", str(cnn_path), "--calib", str(calib_npz), "--out",
+             str(tmp_path / "o"), "--backend", "onnxruntime,openvino")  # fmt: skip
+    _one_line_error(p, "sensitivity probes one backend's plan", "run it once for each")
+    assert not (tmp_path / "o").exists()
+
+
+def test_build_engine_hints_only_what_it_accepts(tmp_path: Path) -> None:
+    p = _run("build-engine", str(tmp_path))
+    _one_line_error(p, "holds no manifest.json; pass an export output folder")
+    assert ".onnx" not in p.stderr  # it does not take a model file

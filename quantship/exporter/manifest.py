@@ -52,12 +52,12 @@ def artifact_entry(a: Artifact, figures: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
+def read_manifest(folder: Path, what: str = "an export output folder") -> dict[str, Any]:
+    """The manifest of an export folder; ``what``: what the command accepts instead, for
+    the hint when ``folder`` is not one."""
     path = folder / MANIFEST
     if not path.is_file():
-        raise QuantshipError(
-            f"'{folder}' holds no {MANIFEST}; pass an export output folder or an .onnx model"
-        )
+        raise QuantshipError(f"'{folder}' holds no {MANIFEST}; pass {what}")
     try:
         d: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:

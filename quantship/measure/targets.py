@@ -60,7 +60,7 @@ def find_targets(
 
     path = Path(target)
     if path.is_dir():
-        manifest = read_manifest(path)
+        manifest = read_manifest(path, "an export output folder or an .onnx model")
         hashes = verify_files(path, manifest)
         inputs = [
             InputSpec(i["name"], tuple(i["shape"]), i["dtype"])
