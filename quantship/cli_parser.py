@@ -10,6 +10,7 @@ from typing import Any
 
 from quantship import __version__
 from quantship.backends import DEFAULT_BACKEND
+from quantship.measure import DEFAULT_SCENARIO_SECONDS, DEFAULT_SCENARIOS
 
 EPILOG_EXPORT = """\
 calibration data (--calib, --held-out):
@@ -415,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--scenario",
         type=_names,
-        default=("single-stream", "offline"),
+        default=DEFAULT_SCENARIOS,
         metavar="single-stream,offline,server",
         help="MLPerf LoadGen's scenarios: single-stream (next query when the previous ends; "
         "p50/p90/p99), offline (all samples at once, the runtime's requests kept full; "
@@ -425,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--scenario-seconds",
         type=float,
-        default=4.0,
+        default=DEFAULT_SCENARIO_SECONDS,
         metavar="S",
         help="seconds per model of the offline and server scenarios (default: 4)",
     )

@@ -16,6 +16,7 @@ import numpy as np
 
 from quantship.backends.base import Artifact, Backend, Session, SessionSettings
 from quantship.errors import QuantshipError, closest
+from quantship.measure import DEFAULT_SCENARIO_SECONDS, DEFAULT_SCENARIOS
 from quantship.measure.scenarios import ScenarioResult
 from quantship.measure.timing import (
     BenchSettings,
@@ -339,8 +340,8 @@ class ScenarioPlan:
     """What ``--scenario`` asked for: the scenarios, seconds per candidate and scenario,
     the server's rate and latency bound, parallel requests (None: the runtime's choice)."""
 
-    scenarios: tuple[str, ...] = ("single-stream",)
-    seconds: float = 4.0
+    scenarios: tuple[str, ...] = DEFAULT_SCENARIOS
+    seconds: float = DEFAULT_SCENARIO_SECONDS
     qps: float | None = None
     latency_bound_ms: float | None = None
     streams: int | None = None
