@@ -117,8 +117,56 @@ def export(
         pooling=pooling,
         ray=ray,
         transform=transform,
-    )
+        configuration=_recorded(
+            model=model, calib=calib, out=out, backends=backends, method=method,
+            percentile=percentile, samples=samples, held_out=held_out,
+            calib_cache=calib_cache, input_shapes=input_shapes,
+            images=dataclasses.asdict(images) if images is not None else None,
+            tokenizer=tokenizer, weights=weights, float_nodes=list(float_nodes),
+            exclude=list(exclude), exclude_ops=list(exclude_ops), max_drop=max_drop,
+            metric=metric, require_engine=require_engine, bench=bench, threads=threads,
+            plan=plan, algorithms=algorithms, pooling=pooling, ray=ray,
+            transform=transform,
+        ),
+    )  # fmt: skip
     return run_export(opts, ui)
+
+
+# Arguments whose strings are paths: recorded absolute, so that a replay from another
+# folder reads the same files.
+_PATH_ARGS = frozenset({"model", "calib", "out", "held_out", "calib_cache", "tokenizer", "weights"})
+
+
+def _recorded(**kwargs: Any) -> dict[str, Any]:
+    """export()'s arguments as JSON, as `quantship export --replay` takes them back. An
+    object (a ModelProto, an array, a function) is recorded as {"object": what it was}:
+    such a run is described, not repeatable from the manifest."""
+    import os
+
+    from quantship.calibration.objects import describe, is_data_object
+    from quantship.specs import is_callable_spec
+
+    out: dict[str, Any] = {}
+    for k, v in kwargs.items():
+        if v is None or isinstance(v, (bool, int, float)):
+            out[k] = v
+        elif isinstance(v, (str, os.PathLike)):
+            text = str(v)
+            is_path = k in _PATH_ARGS and not (is_callable_spec(text) and not Path(text).exists())
+            out[k] = str(Path(text).resolve()) if is_path else text
+        elif k == "input_shapes":
+            out[k] = {n: list(s) for n, s in v.items()}
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, (str, int, float)) for x in v):
+            out[k] = list(v)
+        elif isinstance(v, dict) and k == "images":
+            out[k] = {n: list(x) if isinstance(x, tuple) else x for n, x in v.items()}
+        elif callable(v) and k == "transform":
+            out[k] = {"object": f"function {getattr(v, '__qualname__', type(v).__name__)}"}
+        else:
+            kind = f"{type(v).__module__}.{type(v).__qualname__}"
+            data = k in ("calib", "held_out") and is_data_object(v)
+            out[k] = {"object": f"{kind}: {describe(v)}" if data else kind}
+    return out
 
 
 def _shapes_of(example: Any) -> dict[str, tuple[int, ...]]:

@@ -101,17 +101,19 @@ def _run(args: argparse.Namespace) -> int:
     from quantship.ui import UI
 
     ui = UI(quiet=args.quiet)
-    if args.command == "export" and args.config is not None:
-        if args.model is not None or args.out is not None:
+    if args.command == "export" and args.replay is not None:
+        return _replay(args, ui)
+    if args.command == "export" and args.distill_table is not None:
+        if args.model is not None:
             raise QuantshipError(
-                "--config describes the whole run; give no model or --out beside it"
+                f"'{args.config}': a model and a [distill] table both given; the distilled "
+                "student is exported"
             )
-        from quantship.pipeline_config import run_config
+        if args.out is None:
+            raise QuantshipError(f"'{args.config}': [export] needs out (or give --out)")
+        from quantship.pipeline_config import distill_first
 
-        result = run_config(args.config, ui)
-        for failure in result.failures:
-            print(f"quantship: error: {failure}", file=sys.stderr)
-        return 2 if result.failures else 0
+        args.model = distill_first(args.distill_table, args.config, ui)
     if args.command == "export":
         if args.model is None or args.out is None:
             raise QuantshipError("export needs a model and --out (or --config pipeline.toml)")
@@ -260,9 +262,94 @@ def _run(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
+def _replay(args: argparse.Namespace, ui: Any) -> int:
+    """``export --replay build/manifest.json [--out DIR]``: the recorded export again."""
+    import json
+    from pathlib import Path
+
+    from quantship import api
+    from quantship.calibration.images import ImageOptions
+
+    path = Path(args.replay)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise QuantshipError(f"--replay: '{path}' not found") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise QuantshipError(f"--replay: '{path}' is not readable JSON ({e})") from None
+    conf = manifest.get("configuration") if isinstance(manifest, dict) else None
+    if not isinstance(conf, dict):
+        raise QuantshipError(
+            f"--replay: '{path}' records no configuration (a manifest of an older quantship?)"
+        )
+    objects = sorted(k for k, v in conf.items() if isinstance(v, dict) and "object" in v)
+    if objects:
+        raise QuantshipError(
+            f"--replay: that export was given Python objects ({', '.join(objects)}) through "
+            "the API; only paths and values can be replayed"
+        )
+    kwargs = {k: v for k, v in conf.items() if k not in ("model", "calib", "out", "transform")}
+    if kwargs.get("images") is not None:
+        fields: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in kwargs["images"].items()
+        }
+        kwargs["images"] = ImageOptions(**fields)
+    if kwargs.get("input_shapes") is not None:
+        kwargs["input_shapes"] = {k: tuple(v) for k, v in kwargs["input_shapes"].items()}
+    out = args.out if args.out is not None else conf["out"]
+    ui.note(f"replaying the export recorded in {path} into {out}")
+    result = api.export(conf["model"], conf["calib"], out, ui=ui, **kwargs)
+    for failure in result.failures:
+        print(f"quantship: error: {failure}", file=sys.stderr)
+    return 2 if result.failures else 0
+
+
+def _from_config(
+    parser: argparse.ArgumentParser, argv: list[str]
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """``export``/``bench --config FILE``: the file's table becomes the command's
+    defaults, so that flags on the command line override it. Returns the file's
+    ``[distill]`` table (export), if any, and its repeatable options: argparse appends
+    a repeated flag to its default, and a flag given should replace the file's list."""
+    from pathlib import Path
+
+    from quantship.config_file import TABLES, defaults_from, read_table
+
+    if not argv or argv[0] not in TABLES:
+        return None, {}
+    value = None
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith("--config="):
+            value = a.split("=", 1)[1]
+    if value is None:
+        return None, {}
+    path = Path(value)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = sub.choices[argv[0]]
+    doc = read_table(path, argv[0])
+    values = defaults_from(command, doc.get(argv[0], {}), path, argv[0])
+    appended = {a.dest for a in command._actions if isinstance(a, argparse._AppendAction)}
+    lists = {k: v for k, v in values.items() if k in appended}
+    command.set_defaults(**{k: v for k, v in values.items() if k not in appended})
+    distill = doc.get("distill")
+    return (distill if isinstance(distill, dict) else None), lists
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    try:
+        distill, lists = _from_config(parser, given)
+    except QuantshipError as err:
+        print(f"quantship: error: {err}", file=sys.stderr)
+        return err.exit_code
+    args = parser.parse_args(given)
+    args.distill_table = distill
+    for dest, value in lists.items():
+        if not getattr(args, dest):  # not given on the command line: the file's
+            setattr(args, dest, value)
     if args.command is None:
         parser.print_help()
         return 2

@@ -229,7 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
         "model", nargs="?", help="model.onnx, package.module:factory, or a torch.export .pt2 file"
     )
     e.add_argument(
-        "--config", type=Path, metavar="TOML", help="a pipeline file: [distill] and [export]"
+        "--config",
+        type=Path,
+        metavar="TOML",
+        help="options from this file's [export] table (keys named as the flags), and a "
+        "[distill] table run first; flags given here override the file (default: none)",
+    )
+    e.add_argument(
+        "--replay",
+        type=Path,
+        metavar="MANIFEST",
+        help="repeat the export an earlier manifest.json records, into --out or its own "
+        "folder (default: none)",
     )
     e.add_argument(
         "--calib",
@@ -485,6 +496,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", type=Path, metavar="FILE", help="write results as JSON")
     b.add_argument(
         "--plot", type=Path, metavar="FILE.png", help="draw the latency distributions (CDFs)"
+    )
+    b.add_argument(
+        "--config",
+        type=Path,
+        metavar="TOML",
+        help="options from this file's [bench] table (keys named as the flags); flags given "
+        "here override the file (default: none)",
     )
     b.add_argument("--quiet", "-q", action="store_true", help="print only errors")
 

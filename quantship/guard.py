@@ -42,12 +42,24 @@ from quantship.ui import SILENT, UI
 
 
 def resolve_exclusions(
-    model: FloatModel, patterns: Sequence[str], op_types: Sequence[str]
+    model: FloatModel,
+    patterns: Sequence[str],
+    op_types: Sequence[str],
+    nodes: Sequence[str] = (),
 ) -> frozenset[str]:
+    """The nodes kept in float: ``--exclude`` patterns, ``--exclude-op`` types and
+    ``--keep-float`` names, each checked against the model (a name that matches
+    nothing is an error naming the closest, not a setting silently ignored)."""
     view = model.view()
     names = [view.node_name(i) for i in range(len(view.nodes))]
     ops = {n.op_type for n in view.nodes}
     out: set[str] = set()
+    for n in nodes:
+        if n not in names:
+            raise QuantshipError(
+                f"--keep-float {n!r}: the model has no such node; {closest(n, names)}"
+            )
+        out.add(n)
     for p in patterns:
         try:
             rx = re.compile(p)

@@ -1,5 +1,5 @@
-"""``quantship export --config pipeline.toml``: distillation, calibration and export in
-one run, described in a file.
+"""The ``[distill]`` table of ``quantship export --config pipeline.toml``: a student is
+distilled first, then the ``[export]`` table (``config_file.py``) exports it.
 
     [distill]                      # optional: train a student first, then export it
     teacher = "mypkg.models:resnet_big"
@@ -14,12 +14,9 @@ one run, described in a file.
     backend = "onnxruntime"        # distillation for this backend (qat_epochs, qat_scales,
     out = "student"                # qat_lr, calib, method as the CLI's --qat options)
 
-    [export]
-    model = "model.onnx"           # not with [distill]: the student is exported
+    [export]                       # any of export's options; no model: the student's
     calib = "calib.npz"
     backend = "onnxruntime,openvino"
-    method = "percentile"
-    samples = 256
     out = "build"
 
 Keys are checked: a misspelt key is an error that names the known ones, not a setting
@@ -31,7 +28,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from quantship.backends import registry
 from quantship.errors import QuantshipError, closest
 from quantship.ui import SILENT, UI
 
@@ -60,21 +56,6 @@ DISTILL_KEYS = {
     "qat_lr": float,
     "algorithms": str,
     "out": str,
-}
-EXPORT_KEYS = {
-    "model": str,
-    "calib": str,
-    "out": str,
-    "backend": str,
-    "method": str,
-    "percentile": float,
-    "samples": int,
-    "held_out": str,
-    "calib_cache": str,
-    "weights": str,
-    "threads": int,
-    "bench": bool,
-    "keep_float": list,
 }
 PATH_KEYS = {
     "teacher_weights",
@@ -123,84 +104,31 @@ def _is_spec(v: str) -> bool:
     return is_callable_spec(v)
 
 
-def run_config(path: Path, ui: UI = SILENT) -> Any:
-    import tomllib
-
+def distill_first(table: dict[str, Any], path: Path, ui: UI = SILENT) -> Path:
+    """Run the file's ``[distill]`` table; the student's ONNX model, for export."""
     from quantship import api
 
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise QuantshipError(f"config '{path}' not found") from None
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise QuantshipError(f"config '{path}' is not valid TOML ({e})") from None
-    unknown = set(doc) - {"distill", "export"}
-    if unknown:
-        raise QuantshipError(
-            f"'{path}': unknown table(s) {sorted(unknown)}; the tables are [distill] and [export]"
-        )
-    base = path.parent
-    dst = _section(doc, "distill", DISTILL_KEYS, base, path)
-    exp = _section(doc, "export", EXPORT_KEYS, base, path)
-    if "out" not in exp:
-        raise QuantshipError(f"'{path}': [export] needs out")
-    if dst:
-        for k in ("teacher", "student", "data", "out"):
-            if k not in dst:
-                raise QuantshipError(f"'{path}': [distill] needs {k}")
-        if "model" in exp:
-            raise QuantshipError(
-                f"'{path}': [export] model and [distill] both given; the distilled student is exported"
-            )
-        api.distill(
-            dst["teacher"],
-            dst["student"],
-            dst["data"],
-            dst["out"],
-            val=dst.get("val"),
-            unlabelled=dst.get("unlabelled"),
-            teacher_weights=dst.get("teacher_weights"),
-            student_weights=dst.get("student_weights"),
-            **{
-                k: dst[k]
-                for k in (
-                    "epochs",
-                    "temperature",
-                    "alpha",
-                    "lr",
-                    "batch_size",
-                    "seed",
-                    "patience",
-                    "schedule",
-                    "qat",
-                    "backend",
-                    "calib",
-                    "method",
-                    "qat_epochs",
-                    "qat_scales",
-                    "qat_lr",
-                    "algorithms",
-                )
-                if k in dst
-            },
-            ui=ui,
-        )
-        exp["model"] = str(Path(dst["out"]) / "student.onnx")
-    if "model" not in exp:
-        raise QuantshipError(f"'{path}': give [export] model, or a [distill] table")
-    return api.export(
-        exp["model"],
-        exp.get("calib"),
-        exp["out"],
-        backends=exp.get("backend", registry.DEFAULT),
-        method=exp.get("method", "percentile"),
-        percentile=exp.get("percentile", 99.99),
-        samples=exp.get("samples"),
-        held_out=exp.get("held_out"),
-        calib_cache=exp.get("calib_cache"),
-        weights=exp.get("weights"),
-        float_nodes=exp.get("keep_float", ()),
-        bench=exp.get("bench", True),
-        threads=exp.get("threads"),
+    dst = _section({"distill": table}, "distill", DISTILL_KEYS, path.parent, path)
+    for k in ("teacher", "student", "data", "out"):
+        if k not in dst:
+            raise QuantshipError(f"'{path}': [distill] needs {k}")
+    api.distill(
+        dst["teacher"],
+        dst["student"],
+        dst["data"],
+        dst["out"],
+        val=dst.get("val"),
+        unlabelled=dst.get("unlabelled"),
+        teacher_weights=dst.get("teacher_weights"),
+        student_weights=dst.get("student_weights"),
+        **{k: v for k, v in dst.items() if k in PASSED},
         ui=ui,
     )
+    return Path(dst["out"]) / "student.onnx"
+
+
+# [distill] keys handed to api.distill as keyword arguments of the same name
+PASSED = frozenset(
+    {"epochs", "temperature", "alpha", "lr", "batch_size", "seed", "patience", "schedule",
+     "qat", "backend", "calib", "method", "qat_epochs", "qat_scales", "qat_lr", "algorithms"}
+)  # fmt: skip

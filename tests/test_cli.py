@@ -384,3 +384,87 @@ def test_build_engine_hints_only_what_it_accepts(tmp_path: Path) -> None:
     p = _run("build-engine", str(tmp_path))
     _one_line_error(p, "holds no manifest.json; pass an export output folder")
     assert ".onnx" not in p.stderr  # it does not take a model file
+
+
+def test_config_file_sets_export_options_and_flags_override_it(
+    tmp_path: Path, cnn_path: Path, calib_npz: Path
+) -> None:
+    toml = tmp_path / "run.toml"
+    toml.write_text(
+        f'[export]\nmodel = "{cnn_path}"\ncalib = "{calib_npz.name}"\nout = "from-file"\n'
+        'samples = 24\nmethod = "minmax"\nkeep-float = ["fcc"]\nbench = false\n'
+    )
+    p = _run("export", "--config", str(toml), "--samples", "16", "-q")
+    # the file's list reached export, whose check names the closest node
+    _one_line_error(p, "--keep-float 'fcc': the model has no such node", "did you mean 'fc'")
+    # flags override the file: a scalar (--out, --samples) and a list (--keep-float)
+    p = _run("export", "--config", str(toml), "--samples", "16", "--keep-float", "fc",
+             "--out", str(tmp_path / "flag"), "-q")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert not (tmp_path / "from-file").exists()
+    m = json.loads((tmp_path / "flag/manifest.json").read_text())
+    assert m["calibration"]["method"] == "minmax"  # from the file
+    conf = m["configuration"]
+    assert conf["samples"] == 16 and conf["method"] == "minmax" and conf["bench"] is False
+    assert conf["float_nodes"] == ["fc"]
+    assert conf["calib"] == str(calib_npz.resolve())  # relative to the file, recorded whole
+
+
+@pytest.mark.parametrize(
+    ("table", "fragments"),
+    [
+        (
+            "[export]\nsampels = 3\n",
+            ["unknown key 'sampels' in [export]", "did you mean 'samples'"],
+        ),
+        ('[export]\nmethod = "minmaxx"\n', ["[export] method", "not one of"]),
+        ('[export]\nsamples = "many"\n', ["[export] samples", "expected a positive integer"]),
+        ("[export]\nbench = 1\n", ["[export] bench must be true or false"]),
+        ("[bench]\nbatch = 1\n", ["unknown table(s) ['bench']", "export reads [export]"]),
+    ],
+)
+def test_config_file_mistakes_are_one_line(
+    tmp_path: Path, table: str, fragments: list[str]
+) -> None:
+    (tmp_path / "c.toml").write_text(table)
+    p = _run("export", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "o"))
+    _one_line_error(p, *fragments)
+    assert not (tmp_path / "o").exists()
+
+
+def test_bench_reads_its_table_from_a_config_file(
+    tmp_path: Path, cnn_path: Path, calib_npz: Path
+) -> None:
+    (tmp_path / "b.toml").write_text(
+        '[bench]\nbatch = "1,2"\nduration = 0.2\nwarmup = 1\nscenario = "single-stream"\n'
+        'json = "out.json"\n'
+    )
+    p = _run("bench", str(cnn_path), "--config", str(tmp_path / "b.toml"), "--batch", "2", "-q")
+    assert p.returncode == 0, p.stderr
+    runs = json.loads((tmp_path / "out.json").read_text())  # the file's path, beside it
+    assert {r["batch"] for r in runs["results"]} == {2}, runs["results"]
+
+
+def test_replay_repeats_a_recorded_export(tmp_path: Path, cnn_path: Path, calib_npz: Path) -> None:
+    first = tmp_path / "first"
+    assert _run("export", str(cnn_path), "--calib", str(calib_npz), "--out", str(first),
+                "--samples", "16", "--method", "minmax", "--no-bench", "-q").returncode == 0  # fmt: skip
+    again = tmp_path / "again"
+    p = _run("export", "--replay", str(first / "manifest.json"), "--out", str(again), "-q")
+    assert p.returncode == 0, p.stderr
+    a, b = (json.loads((d / "manifest.json").read_text()) for d in (first, again))
+    assert a["configuration"] == {**b["configuration"], "out": a["configuration"]["out"]}
+    for art_a, art_b in zip(a["artifacts"], b["artifacts"], strict=True):
+        assert art_a["sha256"] == art_b["sha256"]  # the same bytes
+    p = _run("export", "--replay", str(tmp_path / "nope.json"))
+    _one_line_error(p, "--replay", "not found")
+
+
+def test_replay_refuses_a_run_made_of_objects(tmp_path: Path, cnn_path: Path) -> None:
+    import onnx
+
+    from quantship import api
+
+    api.export(onnx.load(str(cnn_path)), images(16), tmp_path / "o", bench=False)
+    p = _run("export", "--replay", str(tmp_path / "o/manifest.json"), "--out", str(tmp_path / "r"))
+    _one_line_error(p, "given Python objects (calib, model)", "only paths and values")

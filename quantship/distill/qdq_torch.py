@@ -169,7 +169,7 @@ def _module_class() -> Any:
                 if name in self.keys:
                     continue
                 if name in scales and name not in bias_scales:
-                    self._param(name, arr.astype(np.float32), learn_scales)
+                    self._scale_param(name, arr.astype(np.float32), learn_scales)
                 elif arr.dtype == np.float32 and name in trainable_float:
                     self._param(name, arr, True)
                 else:
@@ -188,13 +188,42 @@ def _module_class() -> Any:
                 nn.Parameter(torch.from_numpy(np.array(arr, np.float32)), requires_grad=train),
             )
 
+        def _scale_param(self, name: str, arr: np.ndarray[Any, Any], learn: bool) -> None:
+            """A scale: frozen, a constant; learned, its calibrated value s0 times exp(u),
+            u trained from 0. Adam normalizes a gradient's size, so LSQ's gradient scaling
+            does not bound its steps: on s itself each step moves a scale by about the
+            learning rate in absolute terms, a large share of an int8 weight scale of 1e-3.
+            On u a step moves it by about the learning rate relative to its value, and
+            exp(0) = 1 leaves an untrained scale exactly as calibrated."""
+            if not learn:
+                self._param(name, arr, False)
+                return
+            key = self._key(name)
+            self.register_buffer(key, torch.from_numpy(np.array(arr, np.float32)), persistent=False)
+            self.register_parameter(f"{key}_log", nn.Parameter(torch.zeros(arr.shape)))
+
+        def scale_parameter(self, name: str) -> Any:
+            """The trained parameter (log-ratio) behind a learned scale, else None."""
+            return self._parameters.get(f"{self.keys[name]}_log")
+
+        def trained(self, name: str) -> bool:
+            key = self.keys[name]
+            if f"{key}_log" in self._parameters:
+                return True
+            p = self._parameters.get(key)
+            return p is not None and p.requires_grad
+
         def tensor(self, name: str) -> Any:
             key = self.keys[name]
-            return self._parameters[key] if key in self._parameters else self._buffers[key]
+            if key in self._parameters:
+                return self._parameters[key]
+            log = self._parameters.get(f"{key}_log")
+            base: Any = self._buffers[key]
+            return base if log is None else base * torch.exp(log)
 
         def _scale(self, name: str, numel: int, qmax: int) -> Any:
             s = self.tensor(name)
-            if not s.requires_grad:
+            if not self.trained(name):
                 return s
             g = 1.0 / math.sqrt(max(numel, 1) * qmax)
             return _grad_scale(s.abs().clamp_min(1e-12), g)
@@ -353,9 +382,9 @@ def _module_class() -> Any:
             values: dict[str, np.ndarray[Any, Any]] = {}
             with torch.no_grad():
                 for name in self.keys:
-                    t = self.tensor(name)
-                    if name in self.weight_dq or name in self.bias_dq or not t.requires_grad:
+                    if name in self.weight_dq or name in self.bias_dq or not self.trained(name):
                         continue
+                    t = self.tensor(name)
                     v = t.detach().cpu().numpy()
                     values[name] = np.maximum(np.abs(v), 1e-12) if name in self.scales else v
                 for name, n in self.weight_dq.items():

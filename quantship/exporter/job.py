@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -73,6 +73,8 @@ class ExportOptions:
     pooling: str | None = None  # "mean" or "cls": sentence-embedding fidelity (encoders)
     ray: str | None = None  # a Ray cluster's address (or "auto"): calibration shards there
     transform: Transform | None = None  # each item of data held in an object → a feed
+    # The call's arguments as JSON (api.export): recorded in the manifest for --replay.
+    configuration: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.samples is not None and self.samples < 1:
@@ -194,6 +196,8 @@ def run_export(opts: ExportOptions, ui: UI = SILENT) -> ExportResult:
             drift,
             sharding=sharding.to_json() if sharding is not None else None,
         )
+        if opts.configuration is not None:  # what `export --replay` repeats
+            manifest["configuration"] = dict(opts.configuration)
         write_json(stage / MANIFEST, manifest)
     final = tuple(dataclasses.replace(c.artifact, root=opts.out) for c in measured.artifacts)
     from quantship.exporter.report import export_table
@@ -301,8 +305,8 @@ def calibration(opts: ExportOptions, loaded: Loaded, ui: UI) -> tuple[Calibratio
 def plan_options(opts: ExportOptions, loaded: Loaded) -> PlanOptions:
     from quantship.guard import resolve_exclusions
 
-    excluded = resolve_exclusions(loaded.fm, opts.exclude, opts.exclude_ops)
-    return PlanOptions(method=opts.method, float_nodes=frozenset(opts.float_nodes) | excluded)
+    kept = resolve_exclusions(loaded.fm, opts.exclude, opts.exclude_ops, opts.float_nodes)
+    return PlanOptions(method=opts.method, float_nodes=kept)
 
 
 def write_float(stage: Path, fm: FloatModel, table: CalibrationTable) -> Artifact:

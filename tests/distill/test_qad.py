@@ -147,7 +147,10 @@ def test_fake_quantization_is_onnx_arithmetic_and_scales_learn_only_when_asked()
     scales = {n.input[1] for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
     assert scales
     for name in scales:
-        assert not frozen.tensor(name).requires_grad and learned.tensor(name).requires_grad
+        assert not frozen.trained(name) and frozen.scale_parameter(name) is None
+        assert learned.trained(name) and learned.scale_parameter(name) is not None
+        # untrained, a learned scale is exactly the calibrated one
+        assert torch.equal(learned.tensor(name), frozen.tensor(name))
     # The input's Q/DQ pair, by hand: uint8, round half to even, saturate.
     q = next(n for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in qdq.graph.initializer}
@@ -159,8 +162,8 @@ def test_fake_quantization_is_onnx_arithmetic_and_scales_learn_only_when_asked()
     # Learned: the scales get gradients (LSQ), the frozen ones none.
     out = learned(torch.randn(16, 4)).sum()
     out.backward()
-    assert all(learned.tensor(n).grad is not None and learned.tensor(n).grad.abs().sum() > 0
-               for n in scales)  # fmt: skip
+    grads = [learned.scale_parameter(n).grad for n in scales]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
 def test_an_op_it_cannot_train_through_is_named() -> None:
