@@ -131,6 +131,7 @@ def _run(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise QuantshipError(str(err)) from None
         shapes = dict(args.input_shape)
+        nodes, patterns, ops = _kept_float(args.keep_float)
         result = api.export(
             args.model,
             args.calib,
@@ -145,9 +146,9 @@ def _run(args: argparse.Namespace) -> int:
             images=images,
             tokenizer=args.tokenizer,
             weights=args.weights,
-            float_nodes=args.keep_float,
-            exclude=args.exclude,
-            exclude_ops=args.exclude_op,
+            float_nodes=nodes,
+            exclude=patterns,
+            exclude_ops=ops,
             max_drop=args.max_drop,
             metric=args.metric,
             require_engine=args.require_engine,
@@ -223,10 +224,12 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 0
     if args.command == "distill":
+        if args.train is None:
+            raise QuantshipError("distill needs its training data: --train DATA")
         api.distill(
             args.teacher,
             args.student,
-            args.data,
+            args.train,
             args.out,
             val=args.val,
             unlabelled=args.unlabelled,
@@ -236,7 +239,7 @@ def _run(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             alpha=args.alpha,
             lr=args.lr,
-            batch_size=args.batch_size,
+            batch_size=args.batch,
             seed=args.seed,
             resume=args.resume,
             patience=args.patience,
@@ -260,6 +263,14 @@ def _run(args: argparse.Namespace) -> int:
         run_demo(args.out, epochs=args.epochs, seed=args.seed, threads=args.threads, ui=ui)
         return 0
     raise AssertionError(args.command)
+
+
+def _kept_float(values: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """``--keep-float`` values: node names, ``re:`` patterns and ``op:`` types."""
+    nodes = [v for v in values if not v.startswith(("re:", "op:"))]
+    patterns = [v[3:] for v in values if v.startswith("re:")]
+    ops = [v[3:] for v in values if v.startswith("op:")]
+    return nodes, patterns, ops
 
 
 def _replay(args: argparse.Namespace, ui: Any) -> int:
@@ -346,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"quantship: error: {err}", file=sys.stderr)
         return err.exit_code
     args = parser.parse_args(given)
+    for line in getattr(args, "deprecations", None) or []:
+        print(f"quantship: note: {line}", file=sys.stderr)
     args.distill_table = distill
     for dest, value in lists.items():
         if not getattr(args, dest):  # not given on the command line: the file's

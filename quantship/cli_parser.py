@@ -166,6 +166,8 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
+        if text == argparse.SUPPRESS:
+            return text
         if (
             not action.option_strings
             or action.required
@@ -180,6 +182,30 @@ class _Help(argparse.RawDescriptionHelpFormatter):
         if isinstance(d, (tuple, list)):
             return f"{text} (default: {','.join(map(str, d))})"
         return f"{text} (default: %(default)s)"
+
+
+class _Deprecated(argparse.Action):
+    """An old flag name, kept for one release: it stores into its new flag's ``dest``
+    (``prefix`` put before the value) and leaves a line saying what to use instead in
+    ``namespace.deprecations``. Hidden from --help."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, new: str, prefix: str = "",
+                 append: bool = False, **kw: Any) -> None:  # fmt: skip
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kw)
+        self.new, self.prefix, self.append = new, prefix, append
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+        option_string: str | None = None,
+    ) -> None:  # fmt: skip
+        notes = list(getattr(namespace, "deprecations", None) or [])
+        notes.append(f"{option_string} is deprecated and goes in the next release: use {self.new}")
+        namespace.deprecations = notes
+        value = f"{self.prefix}{values}" if self.prefix else values
+        if self.append:
+            setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), value])
+        else:
+            setattr(namespace, self.dest, value)
 
 
 class _Versions(argparse.Action):
@@ -303,23 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-float",
         action="append",
         default=[],
-        metavar="NODE",
-        help="leave this node in float (repeatable)",
+        metavar="NODE|op:TYPE|re:REGEX",
+        help="leave in float: a node by name, every node of an op type (op:Softmax), or the "
+        "nodes whose whole name matches a regular expression (re:head/.*) (repeatable)",
     )
-    e.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="REGEX",
-        help="keep nodes whose whole name matches in float (repeatable)",
-    )
-    e.add_argument(
-        "--exclude-op",
-        action="append",
-        default=[],
-        metavar="OP",
-        help="keep every node of this op type in float (repeatable)",
-    )
+    e.add_argument("--exclude", action=_Deprecated, dest="keep_float", new="--keep-float re:REGEX",
+                   prefix="re:", append=True)  # fmt: skip
+    e.add_argument("--exclude-op", action=_Deprecated, dest="keep_float",
+                   new="--keep-float op:TYPE", prefix="op:", append=True)  # fmt: skip
     e.add_argument(
         "--plan",
         default="rules",
@@ -569,12 +586,17 @@ def build_parser() -> argparse.ArgumentParser:
         "with --epochs 0 --qat, the trained student to quantize without float distillation",
     )
     ds.add_argument(
-        "--data", required=True, help=".npz with x and y, or package.module:function -> Dataset"
+        "--train",
+        metavar="DATA",
+        help="training data (required): an .npz with x and y, or package.module:function "
+        "returning a Dataset",
     )
+    ds.add_argument("--data", action=_Deprecated, dest="train", new="--train")
     ds.add_argument(
         "--val",
+        metavar="DATA",
         help="validation data, same forms: picks the epoch exported and --lr auto's rate "
-        "(default: 10%% of --data and --unlabelled, seeded, held out)",
+        "(default: 10%% of --train and --unlabelled, seeded, held out)",
     )
     ds.add_argument(
         "--unlabelled",
@@ -620,7 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many epochs without a better validation accuracy (default: 0, "
         "never); the best epoch is exported either way",
     )
-    ds.add_argument("--batch-size", type=_positive, default=64, help="batch size (default: 64)")
+    ds.add_argument("--batch", type=_positive, default=64, help="training batch size (default: 64)")
+    ds.add_argument("--batch-size", action=_Deprecated, dest="batch", new="--batch",
+                    type=_positive)  # fmt: skip
     ds.add_argument(
         "--seed", type=int, default=0, help="seed of weights, order, split (default: 0)"
     )
@@ -645,7 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--calib",
         metavar="DATA",
         help="with --qat: calibration data for the starting ranges, in export's forms "
-        "(default: 512 samples of --data)",
+        "(default: 512 samples of --train)",
     )
     ds.add_argument(
         "--method",

@@ -61,7 +61,11 @@ def defaults_from(
 ) -> dict[str, Any]:
     """Argparse defaults for ``parser`` from one table of the file, each value checked
     and converted as its flag's would be."""
-    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config", "replay")}
+    actions = {
+        a.dest: a
+        for a in parser._actions
+        if a.dest not in ("help", "config", "replay") and a.help != argparse.SUPPRESS
+    }  # an old flag name kept for a release shares its new flag's dest: the new one counts
     out: dict[str, Any] = {}
     for key, value in table.items():
         dest = key.replace("-", "_")

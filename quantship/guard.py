@@ -64,17 +64,24 @@ def resolve_exclusions(
         try:
             rx = re.compile(p)
         except re.error as e:
-            raise QuantshipError(f"--exclude {p!r} is not a regular expression ({e})") from None
+            raise QuantshipError(f"--keep-float re:{p} is not a regular expression ({e})") from None
         hits = [n for n in names if rx.fullmatch(n)]
         if not hits:
             raise QuantshipError(
-                f"--exclude {p!r} matches no node (whole names are matched); {closest(p, names)}"
+                f"--keep-float re:{p} matches no node (whole names are matched); "
+                f"{closest(p, names)}"
             )
         out.update(hits)
     for op in op_types:
         if op not in ops:
+            near = closest(op, ops)
             raise QuantshipError(
-                f"--exclude-op {op!r}: the model has no such op; its ops: {', '.join(sorted(ops))}"
+                f"--keep-float op:{op}: the model has no such op; "
+                + (
+                    near
+                    if near.startswith("did you mean")
+                    else f"its ops: {', '.join(sorted(ops))}"
+                )
             )
         out.update(view.node_name(i) for i, n in enumerate(view.nodes) if n.op_type == op)
     return frozenset(out)

@@ -354,8 +354,8 @@ def test_every_flag_of_every_command_has_help_and_its_default() -> None:
     for name, sp in sub.choices.items():
         formatter = sp._get_formatter()
         for a in sp._actions:
-            if isinstance(a, argparse._HelpAction):
-                continue
+            if isinstance(a, argparse._HelpAction) or a.help == argparse.SUPPRESS:
+                continue  # --help, and old names kept for a release (hidden)
             flag = f"{name} {'/'.join(a.option_strings) or a.dest}"
             if not a.help:
                 missing.append(flag)

@@ -138,14 +138,24 @@ def test_exclusions(tmp_path: Path, fragile: tuple[Path, Path, Path]) -> None:
     ("args", "fragment"),
     [
         (
-            ["--exclude", "convv1"],
-            "--exclude 'convv1' matches no node (whole names are matched); did you mean 'conv1'",
+            ["--keep-float", "re:convv1"],
+            "--keep-float re:convv1 matches no node (whole names are matched); did you mean 'conv1'",
         ),
-        (["--exclude", "conv["], "is not a regular expression"),
+        (["--keep-float", "re:conv["], "is not a regular expression"),
         (
-            ["--exclude-op", "Softmax"],
-            "--exclude-op 'Softmax': the model has no such op; its ops: Clip, Conv",
+            ["--keep-float", "op:Softmax"],
+            "--keep-float op:Softmax: the model has no such op; its ops: Clip, Conv",
         ),
+        (
+            ["--keep-float", "op:Conw"],
+            "--keep-float op:Conw: the model has no such op; did you mean 'Conv'",
+        ),
+        # the old flags, kept for a release, say what to use instead and still work
+        (
+            ["--exclude", "convv1"],
+            "--exclude is deprecated and goes in the next release: use --keep-float re:",
+        ),
+        (["--exclude-op", "Softmax"], "--keep-float op:Softmax: the model has no such op"),
         (["--max-drop", "2"], "--max-drop is a budget on 1 - cosine, in (0, 1)"),
     ],
 )

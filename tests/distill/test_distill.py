@@ -171,7 +171,7 @@ def test_bad_input_is_one_line(work: Path, student: str, data: str, fragment: st
         "qs_distill_nets:teacher",
         "--student",
         student,
-        "--data",
+        "--train",
         str(work / data),
         "--epochs",
         "1",
@@ -198,7 +198,7 @@ def test_two_process_torchrun(work: Path) -> None:
         "qs_distill_nets:teacher",
         "--student",
         "qs_distill_nets:student",
-        "--data",
+        "--train",
         str(work / "train.npz"),
         "--val",
         str(work / "val.npz"),
@@ -206,7 +206,7 @@ def test_two_process_torchrun(work: Path) -> None:
         "2",
         "--alpha",
         "1",
-        "--batch-size",
+        "--batch",
         "32",
         "--qat",
         "--qat-epochs",
@@ -336,9 +336,9 @@ def test_unlabelled_inputs_taught_by_the_teacher_help(work: Path) -> None:
     api.distill("qs_distill_nets:teacher", "qs_distill_nets:student", work / "few.npz",
                 work / "few", **kw)  # type: ignore[arg-type]  # fmt: skip
     p = _cli(work, "--teacher", "qs_distill_nets:teacher", "--student", "qs_distill_nets:student",
-             "--data", str(work / "few.npz"), "--unlabelled", str(work / "inputs.npz"),
+             "--train", str(work / "few.npz"), "--unlabelled", str(work / "inputs.npz"),
              "--val", str(work / "val.npz"), "--epochs", "4", "--lr", "1e-2",
-             "--batch-size", "32", "--out", str(work / "more"))  # fmt: skip
+             "--batch", "32", "--out", str(work / "more"))  # fmt: skip
     assert p.returncode == 0, p.stderr
     m = json.loads((work / "more/metrics.json").read_text())
     assert m["samples"] == {"labelled": 32, "unlabelled": 480}
@@ -349,12 +349,12 @@ def test_unlabelled_inputs_taught_by_the_teacher_help(work: Path) -> None:
     assert more > few + 0.05, (few, more)
     # with no label at all, only the teacher can teach: alpha < 1 is refused
     p = _cli(work, "--teacher", "qs_distill_nets:teacher", "--student", "qs_distill_nets:student",
-             "--data", str(work / "few.npz"), "--unlabelled", str(work / "inputs.npz"),
+             "--train", str(work / "few.npz"), "--unlabelled", str(work / "inputs.npz"),
              "--epochs", "1", "--alpha", "0.5", "--out", str(work / "o"))  # fmt: skip
     assert p.returncode == 0, p.stderr  # the 32 labels are enough
     np.savez(work / "none.npz", x=z["x"][:8], y=np.full(8, -1))
     p = _cli(work, "--teacher", "qs_distill_nets:teacher", "--student", "qs_distill_nets:student",
-             "--data", str(work / "none.npz"), "--epochs", "1", "--out", str(work / "o2"))  # fmt: skip
+             "--train", str(work / "none.npz"), "--epochs", "1", "--out", str(work / "o2"))  # fmt: skip
     assert p.returncode == 2 and "no sample is labelled" in p.stderr and "Traceback" not in p.stderr
 
 
@@ -385,3 +385,17 @@ def test_cached_teacher_logits_train_as_the_teacher_would(work: Path) -> None:
         distill(nets.teacher().eval(), s, data, None, work / name, cfg)
         out.append(torch.cat([p.detach().flatten() for p in s.parameters()]))
     assert torch.allclose(out[0], out[1], atol=1e-4)
+
+
+def test_old_flag_names_work_for_a_release_and_say_so(work: Path) -> None:
+    p = _cli(work, "--teacher", "qs_distill_nets:teacher", "--student", "qs_distill_nets:student",
+             "--data", str(work / "train.npz"), "--batch-size", "32", "--epochs", "1",
+             "--lr", "1e-3", "--out", str(work / "old"))  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "--data is deprecated and goes in the next release: use --train" in p.stderr
+    assert "--batch-size is deprecated and goes in the next release: use --batch" in p.stderr
+    m = json.loads((work / "old/metrics.json").read_text())
+    assert m["config"]["batch_size"] == 32
+    p = _cli(work, "--teacher", "qs_distill_nets:teacher", "--student", "qs_distill_nets:student",
+             "--out", str(work / "none"))  # fmt: skip
+    assert p.returncode == 2 and "distill needs its training data: --train DATA" in p.stderr

@@ -277,7 +277,7 @@ def test_qat_of_a_trained_student_without_float_distillation(work: Path) -> None
 
 def test_qat_bad_input_is_one_line(work: Path) -> None:
     base = [sys.executable, "-m", "quantship", "distill", "--teacher", "qs_qad_nets:teacher",
-            "--student", "qs_qad_nets:student", "--data", str(work / "train.npz"), "--epochs",
+            "--student", "qs_qad_nets:student", "--train", str(work / "train.npz"), "--epochs",
             "1", "--qat", "--out", str(work / "o")]  # fmt: skip
     p = subprocess.run([*base, "--backend", "onnxruntme"], capture_output=True, text=True,
                        cwd=work / "code", timeout=300)  # fmt: skip
