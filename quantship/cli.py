@@ -257,6 +257,12 @@ def _run(args: argparse.Namespace) -> int:
         extra = ", student.ptq.onnx, student.int8.onnx" if args.qat else ""
         ui.note(f"wrote {args.out}/student.pt, student.onnx{extra} and metrics.json")
         return 0
+    if args.command == "completion":
+        from quantship.cli_parser import build_parser
+        from quantship.completion import script
+
+        print(script(build_parser(), args.shell), end="")
+        return 0
     if args.command == "demo":
         from quantship.demo import run_demo
 

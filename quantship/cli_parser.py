@@ -753,4 +753,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="seed of data split, weights and order")
     d.add_argument("--threads", type=_positive, help="CPU threads (default: all)")
     d.add_argument("--quiet", "-q", action="store_true", help="print only errors")
+
+    co = sub.add_parser(
+        "completion",
+        help='print a shell completion script: eval "$(quantship completion bash)"',
+    )
+    co.add_argument("shell", choices=["bash", "zsh"], help="the shell the script is for")
+    co.add_argument("--quiet", "-q", action="store_true", help="print only errors")
     return p

@@ -116,3 +116,16 @@ def test_the_readme_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyP
         exec(compile(code, "README.md", "exec"), env)
     assert (tmp_path / "build" / "manifest.json").exists()
     assert json.loads((tmp_path / "build" / "manifest.json").read_text())["artifacts"]
+
+
+def test_misspelt_names_get_the_closest_one(tmp_path: Path) -> None:
+    x = images(8)
+    with pytest.raises(
+        QuantshipError, match="unknown calibration method 'minmaxx'; did you mean 'minmax'"
+    ):
+        quantship.export(tiny_cnn(batch="N"), x, tmp_path / "a", method="minmaxx", bench=False)
+    with pytest.raises(QuantshipError, match=r"names 'imges'.*did you mean 'images'"):
+        quantship.export(tiny_cnn(batch="N"), x, tmp_path / "b", bench=False,
+                         input_shapes={"imges": (1, 3, 16, 16)})  # fmt: skip
+    with pytest.raises(QuantshipError, match="unknown backend 'openvno'; did you mean 'openvino'"):
+        quantship.export(tiny_cnn(batch="N"), x, tmp_path / "c", backends="openvno", bench=False)

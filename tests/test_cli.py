@@ -468,3 +468,35 @@ def test_replay_refuses_a_run_made_of_objects(tmp_path: Path, cnn_path: Path) ->
     api.export(onnx.load(str(cnn_path)), images(16), tmp_path / "o", bench=False)
     p = _run("export", "--replay", str(tmp_path / "o/manifest.json"), "--out", str(tmp_path / "r"))
     _one_line_error(p, "given Python objects (calib, model)", "only paths and values")
+
+
+def test_shell_completion_is_made_from_the_parser(tmp_path: Path) -> None:
+    import shutil
+
+    p = _run("completion", "bash")
+    assert p.returncode == 0 and "complete -o filenames -F _quantship quantship" in p.stdout
+    z = _run("completion", "zsh")
+    assert z.returncode == 0 and z.stdout.startswith("autoload -U +X bashcompinit")
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not installed: the script was written, not run")
+    (tmp_path / "qs.bash").write_text(p.stdout)
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(f'"{w}"' for w in words)
+        code = (f"source {tmp_path / 'qs.bash'}; COMP_WORDS=({line}); "
+                f"COMP_CWORD={len(words) - 1}; _quantship; printf '%s\\n' \"${{COMPREPLY[@]}}\"")  # fmt: skip
+        r = subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split()
+
+    assert complete("quantship", "ex") == ["export"]
+    assert complete("quantship", "export", "--meth") == ["--method"]
+    assert complete("quantship", "export", "--method", "") == [
+        "minmax",
+        "percentile",
+        "entropy",
+        "mse",
+    ]
+    assert "onnxruntime" in complete("quantship", "bench", "--backend", "")
+    assert complete("quantship", "distill", "--da") == []  # an old name, kept but not offered
+    assert "--train" in complete("quantship", "distill", "--tr")

@@ -38,8 +38,10 @@ class MethodSpec:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
+            from quantship.errors import closest
+
             raise ValueError(
-                f"unknown calibration method {self.method!r}; known: {', '.join(METHODS)}"
+                f"unknown calibration method {self.method!r}; {closest(self.method, METHODS)}"
             )
         if not 50.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")

@@ -157,6 +157,7 @@ def resolve_shapes(
         if name not in names:
             raise ModelError(
                 f"--input-shape names {name!r}, but the model's inputs are: {', '.join(names)}"
+                + _near(name, names)
             )
     result: dict[str, Shape] = {}
     for spec in inputs:
@@ -229,3 +230,11 @@ def prepare_source(
         examples = {k: (1, *v[1:]) for k, v in data_shapes.items()}
         fm = dataclasses.replace(fm, example_shapes=examples)
     return fm
+
+
+def _near(name: str, names: list[str]) -> str:
+    """ "; did you mean 'x'?" where a name is close to one of ``names``, else nothing."""
+    from quantship.errors import closest
+
+    hint = closest(name, names)
+    return f"; {hint}" if hint.startswith("did you mean") else ""

@@ -14,7 +14,7 @@ from quantship.backends import registry
 from quantship.backends.base import Artifact, Backend
 from quantship.calibration.sources import open_data
 from quantship.calibration.text import TextOptions
-from quantship.errors import BackendError, QuantshipError
+from quantship.errors import BackendError, QuantshipError, closest
 from quantship.measure.run import Candidate, artifact_candidates, float_candidates, make_feeds
 from quantship.measure.verdict import Budget
 from quantship.types import Feed, InputSpec
@@ -194,9 +194,11 @@ def _checked_shape(
     dimensions (the batch comes from ``--batch``)."""
     spec = next((i for i in inputs if i.name == name), None)
     if spec is None:
+        names = [i.name for i in inputs]
+        hint = closest(name, names)
         raise QuantshipError(
-            f"--input-shape names {name!r}; the model's inputs are: "
-            + ", ".join(i.name for i in inputs)
+            f"--input-shape names {name!r}; the model's inputs are: {', '.join(names)}"
+            + (f"; {hint}" if hint.startswith("did you mean") else "")
         )
     if len(shape) != len(spec.shape):
         raise QuantshipError(
