@@ -37,24 +37,53 @@ def bench(
     tokenizer: str | Path | None = None,
     json_path: str | Path | None = None,
     plot_path: str | Path | None = None,
+    duration: float | None = None,
+    warmup: int | None = None,
+    batch: int | Sequence[int] | None = None,
+    threads: int | None = None,
+    scenario: str | Sequence[str] | None = None,
+    scenario_seconds: float | None = None,
     ui: UI | None = None,
 ) -> list[LatencyStats]:
     """Latency of an export folder (each artifact beside the float model in its own
-    runtime) or of one ONNX model in one or more runtimes, single-stream; ``scenarios``
-    adds the offline and server scenarios (``throughput_seconds``, the older name, runs
-    the offline scenario that long)."""
+    runtime) or of one ONNX model in one or more runtimes, as ``quantship bench``: the
+    single-stream and offline scenarios by default. ``duration``, ``warmup``, ``batch``,
+    ``threads``, ``scenario`` and ``scenario_seconds`` are its flags (or pass the whole
+    ``settings``/``scenarios`` objects); ``throughput_seconds`` is the older name of
+    ``scenario_seconds`` (README's Python example runs it)."""
     ui = api_ui(ui)
     from quantship.measure.report import latency_plot, latency_table, scenario_tables
     from quantship.measure.run import scenario_candidates
     from quantship.measure.targets import find_targets
 
-    settings = settings or BenchSettings()
-    plan = scenarios or ScenarioPlan()
+    fields: dict[str, Any] = {"duration": duration, "warmup": warmup, "threads": threads}
+    given: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+    if batch is not None:
+        given["batches"] = (batch,) if isinstance(batch, int) else tuple(batch)
+    if settings is not None and given:
+        raise QuantshipError(f"give settings= or {', '.join(given)}, not both")
+    try:
+        settings = settings or BenchSettings(**given)
+    except ValueError as e:
+        raise QuantshipError(str(e)) from None
+    asked: dict[str, Any] = {}
+    if scenario is not None:
+        asked["scenarios"] = (
+            tuple(scenario.split(",")) if isinstance(scenario, str) else tuple(scenario)
+        )
+    if scenario_seconds is not None:
+        asked["seconds"] = scenario_seconds
+    if scenarios is not None and asked:
+        raise QuantshipError("give scenarios= or scenario/scenario_seconds, not both")
+    plan = scenarios or ScenarioPlan(**asked)
     if throughput_seconds is not None:
-        if scenarios is not None:
+        if scenarios is not None or asked:
             raise QuantshipError("give the offline scenario's length once: --scenario-seconds")
-        if throughput_seconds > 0:
-            plan = ScenarioPlan(("single-stream", "offline"), throughput_seconds)
+        plan = (
+            ScenarioPlan(("single-stream", "offline"), throughput_seconds)
+            if throughput_seconds > 0
+            else ScenarioPlan(("single-stream",))
+        )
     found = find_targets(
         target, backends, data=data, input_shapes=input_shapes, tokenizer=tokenizer, ui=ui
     )
