@@ -250,13 +250,13 @@ def build_engine(
 
 
 def distill(
-    teacher: str,
-    student: str,
-    data: str | Path,
+    teacher: Any,
+    student: Any,
+    data: Any,
     out: str | Path,
     *,
-    val: str | Path | None = None,
-    unlabelled: str | Path | None = None,
+    val: Any = None,
+    unlabelled: Any = None,
     teacher_weights: str | Path | None = None,
     student_weights: str | Path | None = None,
     epochs: int = 20,
@@ -278,9 +278,11 @@ def distill(
     algorithms: str | None = None,
     ui: UI | None = None,
 ) -> dict[str, Any]:
-    """Distill ``student`` (package.module:factory) from ``teacher``; writes
-    student.pt (the best epoch on validation), student.onnx and metrics.json into
-    ``out``. ``lr="auto"`` (or None) picks the learning rate by a short sweep;
+    """Distill ``student`` from ``teacher`` (each ``package.module:factory`` or an
+    ``nn.Module``); writes student.pt (the best epoch on validation), student.onnx and
+    metrics.json into ``out``. ``data``, ``val``: a path, ``package.module:function``,
+    ``(inputs, labels)`` arrays or a torch Dataset (``unlabelled``: inputs alone).
+    ``lr="auto"`` (or None) picks the learning rate by a short sweep;
     ``unlabelled`` data (inputs only) is taught by the teacher alone.
     ``student_weights``: the student's starting weights; with ``epochs=0`` and ``qat``
     the float distillation is skipped and they are what is quantized.
@@ -290,7 +292,18 @@ def distill(
     data, by ``method``) fine-tuned for ``qat_epochs`` with the teacher guiding it,
     scales ``"learned"`` (LSQ) or ``"frozen"``, starting from the INT8 model export
     writes with ``algorithms`` (export's ``--algorithms``); writes student.ptq.onnx,
-    student.int8.onnx and metrics.json's ``qat`` section."""
+    student.int8.onnx and metrics.json's ``qat`` section.
+
+    >>> import numpy as np, torch
+    >>> from torch import nn
+    >>> _ = torch.manual_seed(0)
+    >>> x = np.random.default_rng(0).standard_normal((256, 8)).astype("float32")
+    >>> teacher = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3)).eval()
+    >>> y = teacher(torch.from_numpy(x)).argmax(1).numpy()
+    >>> metrics = distill(teacher, nn.Linear(8, 3), (x, y), out_dir, epochs=5, lr=1e-2)
+    >>> metrics["val_accuracy"] > 0.5, (out_dir / "student.onnx").exists()
+    (True, True)
+    """
     ui = api_ui(ui)
     try:
         import torch
@@ -299,13 +312,14 @@ def distill(
             "distill needs torch: pip install torch==2.13.0 'quantship[torch]'"
         ) from None
     from quantship.algorithms import Algorithms
-    from quantship.distill.data import load_dataset
+    from quantship.distill.data import as_dataset
     from quantship.distill.qad import QatOptions, quantization_aware
     from quantship.distill.train import DistillConfig, _dist, write_student
     from quantship.distill.train import distill as run
     from quantship.exporter.torch_export import load_factory, load_weights
 
-    if epochs == 0 and not (qat and student_weights is not None):
+    given = not isinstance(student, str)  # a module object: trained or not, as it is
+    if epochs == 0 and not (qat and (student_weights is not None or given)):
         raise QuantshipError(
             "--epochs 0 skips float distillation: give the trained student's --student-weights "
             "and --qat (or --epochs N to distill it first)"
@@ -322,19 +336,19 @@ def distill(
         raise QuantshipError(str(e)) from None
     if qat:  # a backend that is not here fails now, not after the float training
         registry.available(backend)
-    t = load_factory(teacher, "teacher")
+    t = load_factory(teacher, "teacher") if isinstance(teacher, str) else teacher
     if teacher_weights is not None:
         load_weights(t, Path(teacher_weights), "teacher")
-    s = load_factory(student, "student")
+    s = load_factory(student, "student") if isinstance(student, str) else student
     if student_weights is not None:
         load_weights(s, Path(student_weights), "student")
-    train = load_dataset(data, "training")
-    v = load_dataset(val, "validation") if val is not None else None
-    u = load_dataset(unlabelled, "unlabelled", labelled=False) if unlabelled is not None else None
+    train = as_dataset(data, "training")
+    v = as_dataset(val, "validation") if val is not None else None
+    u = as_dataset(unlabelled, "unlabelled", labelled=False) if unlabelled is not None else None
     if epochs == 0:  # quantization-aware distillation of the given student alone
         metrics: dict[str, Any] = {
             "config": {**dataclasses.asdict(config), "epochs": 0},
-            "student_weights": str(student_weights),
+            "student_weights": str(student_weights) if student_weights is not None else None,
             "student_parameters": sum(p.numel() for p in s.parameters()),
             "teacher_parameters": sum(p.numel() for p in t.parameters()),
         }

@@ -116,3 +116,39 @@ def is_static(data: Any) -> bool:
     if isinstance(data, ConcatDataset):
         return all(is_static(d) for d in data.datasets)
     return False
+
+
+def as_dataset(obj: Any, role: str, *, labelled: bool = True) -> Any:
+    """What the API's distill() takes as data: a path or ``package.module:function``
+    (``load_dataset``), an ``(inputs, labels)`` pair of arrays (inputs alone where
+    unlabelled), or a torch Dataset as it is."""
+    import os
+
+    import torch
+    from torch.utils.data import TensorDataset
+
+    if isinstance(obj, (str, os.PathLike)):
+        return load_dataset(str(obj), role, labelled=labelled)
+    if isinstance(obj, (tuple, list)) and len(obj) == 2 and labelled:
+        x, y = (np.asarray(v.detach().cpu() if hasattr(v, "detach") else v) for v in obj)
+        if len(x) != len(y) or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(
+                f"{role} data: pass (inputs, labels) with one integer label per input; got "
+                f"{len(x)} inputs and {len(y)} labels of {y.dtype}"
+            )
+        return TensorDataset(
+            torch.from_numpy(np.ascontiguousarray(x, np.float32)),
+            torch.from_numpy(y.astype(np.int64)),
+        )
+    if hasattr(obj, "__getitem__") and hasattr(obj, "__len__"):
+        if not labelled and (isinstance(obj, np.ndarray) or hasattr(obj, "detach")):
+            x = np.asarray(obj.detach().cpu() if hasattr(obj, "detach") else obj)
+            return TensorDataset(
+                torch.from_numpy(np.ascontiguousarray(x, np.float32)),
+                torch.full((len(x),), UNLABELLED, dtype=torch.int64),
+            )
+        return obj if labelled else Unlabelled(obj)
+    raise DataError(
+        f"{role} data of type {type(obj).__name__}: pass a path, package.module:function, "
+        "(inputs, labels) arrays or a torch Dataset"
+    )
