@@ -89,8 +89,7 @@ def export(
     from quantship.calibration.objects import reiterable
 
     calib, held_out = reiterable(calib), reiterable(held_out)
-    if example_inputs is not None:
-        input_shapes = {**_shapes_of(example_inputs), **(input_shapes or {})}
+    example_shapes = _shapes_of(example_inputs) if example_inputs is not None else None
     opts = ExportOptions(
         model=model,
         calib=calib,
@@ -117,6 +116,7 @@ def export(
         pooling=pooling,
         ray=ray,
         transform=transform,
+        example_shapes=example_shapes,
         configuration=_recorded(
             model=model, calib=calib, out=out, backends=backends, method=method,
             percentile=percentile, samples=samples, held_out=held_out,
@@ -171,9 +171,17 @@ def _recorded(**kwargs: Any) -> dict[str, Any]:
 
 def _shapes_of(example: Any) -> dict[str, tuple[int, ...]]:
     """Input shapes from example inputs: a tensor or array (one input named "input"),
-    or a dict of them by input name."""
+    a one-element tuple of one (as torch.export takes them), or a dict of them by the
+    forward's argument names."""
     from collections.abc import Mapping
 
+    if isinstance(example, (tuple, list)):
+        if len(example) != 1:
+            raise QuantshipError(
+                "example_inputs: for a module with several inputs pass a dict keyed by "
+                "forward's argument names"
+            )
+        example = example[0]
     items = example.items() if isinstance(example, Mapping) else [("input", example)]
     shapes = {}
     for name, v in items:
@@ -318,6 +326,8 @@ def distill(
     from quantship.distill.train import distill as run
     from quantship.exporter.torch_export import load_factory, load_weights
 
+    if epochs < 0:
+        raise QuantshipError(f"epochs must be >= 0, got {epochs}")
     given = not isinstance(student, str)  # a module object: trained or not, as it is
     if epochs == 0 and not (qat and (student_weights is not None or given)):
         raise QuantshipError(

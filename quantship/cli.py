@@ -288,6 +288,21 @@ def _replay(args: argparse.Namespace, ui: Any) -> int:
     from quantship.calibration.images import ImageOptions
 
     path = Path(args.replay)
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    defaults = sub.choices["export"]
+    others = sorted(
+        a.option_strings[0] if a.option_strings else a.dest
+        for a in defaults._actions
+        if a.dest not in ("help", "replay", "out", "quiet", "deprecations")
+        and a.help != argparse.SUPPRESS
+        and getattr(args, a.dest, a.default) != a.default
+    )
+    if others:
+        raise QuantshipError(
+            f"--replay repeats the recorded export as it was: only --out may be given beside "
+            f"it, not {', '.join(others)}"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -316,6 +331,14 @@ def _replay(args: argparse.Namespace, ui: Any) -> int:
     out = args.out if args.out is not None else conf["out"]
     ui.note(f"replaying the export recorded in {path} into {out}")
     result = api.export(conf["model"], conf["calib"], out, ui=ui, **kwargs)
+    was, now = manifest, result.manifest
+    for what, a, b in (
+        ("the model", was["input_model"]["sha256"], now["input_model"]["sha256"]),
+        ("the calibration data", was["calibration"]["data_sha256"], now["calibration"]["data_sha256"]),
+    ):  # fmt: skip
+        if a != b:
+            print(f"quantship: note: {what} changed since the recorded run (sha256 {a[:12]}… "
+                  f"then, {b[:12]}… now): this replay is not the same run", file=sys.stderr)  # fmt: skip
     for failure in result.failures:
         print(f"quantship: error: {failure}", file=sys.stderr)
     return 2 if result.failures else 0
@@ -336,10 +359,13 @@ def _from_config(
         return None, {}
     value = None
     for i, a in enumerate(argv):
-        if a == "--config" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif a.startswith("--config="):
-            value = a.split("=", 1)[1]
+        flag, eq, rest = a.partition("=")
+        # argparse takes an unambiguous prefix of a flag (--conf); so does this
+        if len(flag) >= 4 and "--config".startswith(flag):
+            if eq:
+                value = rest
+            elif i + 1 < len(argv):
+                value = argv[i + 1]
     if value is None:
         return None, {}
     path = Path(value)

@@ -1,7 +1,8 @@
 """``quantship completion bash|zsh``: a shell completion script made from the parser
 itself, so it never drifts from the flags: commands, each command's flags (old names
-kept for a release are left out), the values of flags with choices, backend names for
-``--backend``/``--runtime``, and file names elsewhere.
+kept for a release are left out), the values of flags and first arguments with
+choices, backend names for ``--backend`` and ``check``'s runtime, and file names
+elsewhere.
 
     eval "$(quantship completion bash)"      # in ~/.bashrc
     eval "$(quantship completion zsh)"       # in ~/.zshrc (through bashcompinit)
@@ -13,7 +14,7 @@ import argparse
 import shlex
 
 SHELLS = ("bash", "zsh")
-BACKEND_FLAGS = ("--backend", "--runtime")
+BACKEND_FLAGS = ("--backend",)
 
 
 def script(parser: argparse.ArgumentParser, shell: str) -> str:
@@ -31,10 +32,14 @@ def script(parser: argparse.ArgumentParser, shell: str) -> str:
             values: list[str] = []
             if a.choices is not None:
                 values = [str(c) for c in a.choices]
-            elif any(o in BACKEND_FLAGS for o in a.option_strings):
+            elif any(o in BACKEND_FLAGS for o in a.option_strings) or a.dest == "runtime":
                 values = list(registry.names())
             for o in a.option_strings if values else ():
                 value_cases.append(f"        {name}:{o}) words={shlex.quote(' '.join(values))};;")
+            if values and not a.option_strings:  # a positional with choices, right after it
+                value_cases.append(
+                    f"        {name}:{name}) words={shlex.quote(' '.join(values))};;"
+                )
         flag_cases.append(f"        {name}) words={shlex.quote(' '.join(sorted(flags)))};;")
     body = "\n".join(
         [

@@ -23,11 +23,14 @@ from typing import Any
 
 from quantship.errors import QuantshipError, closest
 
+# The tables a file may hold; each command reads its own (export also [distill]), so
+# that one file can serve both.
 TABLES = {"export": ("export", "distill"), "bench": ("bench",)}
+KNOWN = ("export", "distill", "bench")
 # Options whose values are paths: resolved against the file's folder.
 PATHS = {
     "model", "calib", "out", "held_out", "calib_cache", "tokenizer", "weights", "target",
-    "data", "json", "plot",
+    "data", "json", "plot", "compare",
 }  # fmt: skip
 # Keys spelt as the API spells them, and the flag each sets.
 INVERSE = {"bench": "no_bench"}
@@ -43,14 +46,13 @@ def read_table(path: Path, command: str) -> dict[str, Any]:
         raise QuantshipError(f"config '{path}' not found") from None
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise QuantshipError(f"config '{path}' is not valid TOML ({e})") from None
-    allowed = TABLES[command]
-    unknown = sorted(set(doc) - set(allowed))
+    unknown = sorted(set(doc) - set(KNOWN))
     if unknown:
         raise QuantshipError(
-            f"'{path}': unknown table(s) {unknown}; {command} reads "
-            + " and ".join(f"[{t}]" for t in allowed)
+            f"'{path}': unknown table(s) {unknown}; the tables are "
+            + ", ".join(f"[{t}]" for t in KNOWN)
         )
-    for t in allowed:
+    for t in TABLES[command]:
         if t in doc and not isinstance(doc[t], dict):
             raise QuantshipError(f"'{path}': [{t}] must be a table")
     return doc
@@ -92,10 +94,11 @@ def _value(
     many = isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*")
     items: Sequence[Any] = value if isinstance(value, list) else [value]
     if isinstance(value, list) and not many:
-        # a comma-separated option (--backend a,b) may be written as a TOML list
-        if not all(isinstance(v, str) for v in value):
+        # a comma-separated option (--backend a,b; --mean 0.485,0.456,0.406) may be
+        # written as a TOML list
+        if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
             raise QuantshipError(f"{where} takes one value, got {value!r}")
-        items = [",".join(value)]
+        items = [",".join(map(str, value))]
     converted = [_one(action, v, path, where) for v in items]
     return converted if many else converted[0]
 

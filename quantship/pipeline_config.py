@@ -5,7 +5,7 @@ distilled first, then the ``[export]`` table (``config_file.py``) exports it.
     teacher = "mypkg.models:resnet_big"
     teacher_weights = "teacher.pt"
     student = "mypkg.models:resnet_small"
-    data = "train.npz"
+    train = "train.npz"
     val = "val.npz"
     epochs = 20
     temperature = 4.0
@@ -36,14 +36,16 @@ DISTILL_KEYS = {
     "teacher_weights": str,
     "student_weights": str,
     "student": str,
-    "data": str,
+    "train": str,
+    "data": str,  # the older name of train
     "val": str,
     "unlabelled": str,
     "epochs": int,
     "temperature": float,
     "alpha": float,
     "lr": float,
-    "batch_size": int,
+    "batch": int,
+    "batch_size": int,  # the older name of batch
     "seed": int,
     "patience": int,
     "schedule": str,
@@ -58,6 +60,7 @@ DISTILL_KEYS = {
     "out": str,
 }
 PATH_KEYS = {
+    "train",
     "teacher_weights",
     "student_weights",
     "data",
@@ -109,13 +112,20 @@ def distill_first(table: dict[str, Any], path: Path, ui: UI = SILENT) -> Path:
     from quantship import api
 
     dst = _section({"distill": table}, "distill", DISTILL_KEYS, path.parent, path)
-    for k in ("teacher", "student", "data", "out"):
+    for old, new in (("data", "train"), ("batch_size", "batch")):
+        if old in dst:
+            if new in dst:
+                raise QuantshipError(f"'{path}': [distill] gives {new} and {old}; {new} alone")
+            dst[new] = dst.pop(old)
+    for k in ("teacher", "student", "train", "out"):
         if k not in dst:
             raise QuantshipError(f"'{path}': [distill] needs {k}")
+    if "batch" in dst:
+        dst["batch_size"] = dst.pop("batch")
     api.distill(
         dst["teacher"],
         dst["student"],
-        dst["data"],
+        dst["train"],
         dst["out"],
         val=dst.get("val"),
         unlabelled=dst.get("unlabelled"),

@@ -129,3 +129,51 @@ def test_misspelt_names_get_the_closest_one(tmp_path: Path) -> None:
                          input_shapes={"imges": (1, 3, 16, 16)})  # fmt: skip
     with pytest.raises(QuantshipError, match="unknown backend 'openvno'; did you mean 'openvino'"):
         quantship.export(tiny_cnn(batch="N"), x, tmp_path / "c", backends="openvno", bench=False)
+
+
+def test_a_module_with_two_inputs_is_fed_by_name_and_keeps_a_dynamic_batch(
+    tmp_path: Path,
+) -> None:
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    from torch import nn
+
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 3), nn.Linear(6, 3)
+
+        def forward(self, a: Any, b: Any) -> Any:
+            return self.a(a) + self.b(b)
+
+    torch.manual_seed(0)
+    net = Two().eval()
+    rng = np.random.default_rng(0)
+    a, b = rng.random((32, 4), dtype=np.float32), rng.random((32, 6), dtype=np.float32)
+    # a dict whose order is not forward's, and a list of such dicts: bound by name
+    for i, data in enumerate([{"b": b, "a": a}, [{"b": b[j : j + 8], "a": a[j : j + 8]} for j in range(0, 32, 8)]]):  # fmt: skip
+        res = quantship.export(net, data, tmp_path / f"o{i}", samples=24, bench=False)
+        fm = res.manifest["float_model"]["inputs"]
+        assert [(x["name"], x["shape"][1:]) for x in fm] == [("a", [4]), ("b", [6])]
+    # example_inputs trace the module; they do not fix its batch
+    res = quantship.export(nn.Linear(4, 2).eval(), a, tmp_path / "e", bench=False,
+                           example_inputs=(torch.zeros(8, 4),))  # fmt: skip
+    shape = res.manifest["float_model"]["inputs"][0]["shape"]
+    assert not isinstance(shape[0], int) and shape[1] == 4, shape  # the batch stays dynamic
+
+
+def test_data_objects_that_cannot_be_read_twice_alike_are_refused(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x = images(16)
+    loader = DataLoader(TensorDataset(torch.from_numpy(x)), batch_size=4, shuffle=True)
+    with pytest.raises(QuantshipError, match=r"RandomSampler.*pass shuffle=False"):
+        quantship.export(tiny_cnn(batch="N"), loader, tmp_path / "a", bench=False)
+    with pytest.raises(QuantshipError, match="already feeds: transform= applies to the items"):
+        quantship.export(tiny_cnn(batch="N"), {"images": x}, tmp_path / "b", bench=False,
+                         transform=lambda item: item)  # fmt: skip
+    np.savez(tmp_path / "c.npz", images=x)
+    with pytest.raises(QuantshipError, match="transform= applies to data passed as an object"):
+        quantship.export(tiny_cnn(batch="N"), tmp_path / "c.npz", tmp_path / "c", bench=False,
+                         transform=lambda item: item)  # fmt: skip
+    assert not any((tmp_path / d).exists() for d in ("a", "b", "c"))

@@ -420,7 +420,7 @@ def test_config_file_sets_export_options_and_flags_override_it(
         ('[export]\nmethod = "minmaxx"\n', ["[export] method", "not one of"]),
         ('[export]\nsamples = "many"\n', ["[export] samples", "expected a positive integer"]),
         ("[export]\nbench = 1\n", ["[export] bench must be true or false"]),
-        ("[bench]\nbatch = 1\n", ["unknown table(s) ['bench']", "export reads [export]"]),
+        ("[benhc]\nbatch = 1\n", ["unknown table(s) ['benhc']", "the tables are [export]"]),
     ],
 )
 def test_config_file_mistakes_are_one_line(
@@ -500,3 +500,30 @@ def test_shell_completion_is_made_from_the_parser(tmp_path: Path) -> None:
     assert "onnxruntime" in complete("quantship", "bench", "--backend", "")
     assert complete("quantship", "distill", "--da") == []  # an old name, kept but not offered
     assert "--train" in complete("quantship", "distill", "--tr")
+
+
+def test_one_config_file_serves_export_and_bench(
+    tmp_path: Path, cnn_path: Path, calib_npz: Path
+) -> None:
+    (tmp_path / "run.toml").write_text(
+        f'[export]\nmodel = "{cnn_path.name}"\ncalib = "calib.npz"\nout = "build"\nbench = false\n'
+        "mean = [0.5, 0.5, 0.5]\n\n"  # a comma-separated option as a TOML list of numbers
+        '[bench]\nbatch = [1, 2]\nduration = 0.2\nwarmup = 1\nscenario = "single-stream"\n'
+        'json = "b.json"\n'
+    )
+    # an unambiguous prefix of --config is --config, as argparse reads it
+    assert _run("export", "--conf", str(tmp_path / "run.toml"), "-q").returncode == 0
+    p = _run("bench", str(tmp_path / "build"), "--config", str(tmp_path / "run.toml"), "-q")
+    assert p.returncode == 0, p.stderr
+    runs = json.loads((tmp_path / "b.json").read_text())
+    assert {r["batch"] for r in runs["results"]} == {1, 2}
+
+
+def test_replay_takes_no_other_option(tmp_path: Path, cnn_path: Path, calib_npz: Path) -> None:
+    first = tmp_path / "first"
+    assert _run("export", str(cnn_path), "--calib", str(calib_npz), "--out", str(first),
+                "--no-bench", "-q").returncode == 0  # fmt: skip
+    p = _run("export", "--replay", str(first / "manifest.json"), "--backend", "openvino",
+             "--out", str(tmp_path / "b"))  # fmt: skip
+    _one_line_error(p, "only --out may be given beside it, not --backend")
+    assert not (tmp_path / "b").exists()

@@ -46,9 +46,17 @@ def describe(obj: Any) -> str:
 
 def reiterable(obj: Any) -> Any:
     """``obj``, or for a one-shot iterator (a generator) its items in a list: an export
-    reads its data more than once (shapes, calibration, held-out checks)."""
+    reads its data more than once (shapes, calibration, held-out checks), and splits
+    calibration from held-out samples by position, so every pass must give the same
+    samples in the same order. A shuffling DataLoader does not: it is refused."""
     if obj is None or not is_data_object(obj) or isinstance(obj, Mapping) or _is_array(obj):
         return obj
+    sampler = getattr(obj, "sampler", None)
+    if sampler is not None and type(sampler).__name__ != "SequentialSampler":
+        raise DataError(
+            f"a DataLoader with a {type(sampler).__name__} gives its samples in another order "
+            "on every pass, and an export reads its data more than once: pass shuffle=False"
+        )
     try:
         it = iter(obj)
     except TypeError:
@@ -60,14 +68,19 @@ def object_data(
     obj: Any, inputs: Sequence[InputSpec], role: str, transform: Transform | None = None
 ) -> CalibrationData:
     desc = describe(obj)
-    if transform is None and _is_array(obj):
+    if transform is not None and (isinstance(obj, Mapping) or _is_array(obj)):
+        raise DataError(
+            f"{role} data is {desc}, already feeds: transform= applies to the items of an "
+            "iterable (a DataLoader's batches)"
+        )
+    if _is_array(obj):
         if len(inputs) != 1:
             raise DataError(
                 f"{role} data is one array, but the model has {len(inputs)} inputs "
                 f"({', '.join(i.name for i in inputs)}); pass a dict of arrays keyed by input name"
             )
         return arrays_data({inputs[0].name: _numpy(obj, role)}, inputs, desc, role)
-    if transform is None and isinstance(obj, Mapping):
+    if isinstance(obj, Mapping):
         return arrays_data({str(k): _numpy(v, role) for k, v in obj.items()}, inputs, desc, role)
     try:
         first = iter(obj)
@@ -105,16 +118,20 @@ def object_data(
 def object_shapes(obj: Any, transform: Transform | None = None) -> dict[str, tuple[int, ...]]:
     """Per-sample shapes (batch axis of 1) of data not yet bound to a model: for
     exporting a PyTorch module, whose input shapes come from its data."""
-    fake = [InputSpec("input", (None,), "float32")]
-    if transform is None and isinstance(obj, Mapping):
+    if isinstance(obj, Mapping):
         return {
             str(k): (1, *np.shape(_numpy(v, "calibration"))[1:])
             for k, v in obj.items()
             if k not in LABEL_KEYS
         }
-    src = object_data(obj, fake, "calibration", transform)
-    for feed in src._open():
-        return {k: tuple(v.shape) for k, v in feed.items()}
+    if _is_array(obj):
+        return {"input": (1, *np.shape(_numpy(obj, "calibration"))[1:])}
+    object_data(obj, [InputSpec("input", (None,), "float32")], "calibration", transform)
+    for item in reiterable(obj):  # the first item's names and shapes, whatever its names
+        if transform is not None:
+            item = transform(item)
+        feed = _as_feed(item, ["input"], "calibration")
+        return {k: (1, *np.shape(v)[1:]) for k, v in feed.items()}
     raise DataError("calibration data holds no samples")
 
 

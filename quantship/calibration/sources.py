@@ -39,6 +39,8 @@ def open_data(
     ``inputs``; a text file is tokenized as ``tokens`` says."""
     if is_data_object(spec):
         return object_data(spec, inputs, role, transform)
+    if transform is not None:
+        raise DataError(f"transform= applies to data passed as an object, not to '{spec}'")
     text = str(spec)
     path = Path(text)
     if path.exists():
@@ -77,6 +79,8 @@ def peek_shapes(
     exporting a PyTorch model, whose input shapes come from its data."""
     if is_data_object(spec):
         return object_shapes(spec, transform)
+    if transform is not None:
+        raise DataError(f"transform= applies to data passed as an object, not to '{spec}'")
     text = str(spec)
     path = Path(text)
     if path.is_dir():

@@ -29,6 +29,7 @@ from quantship.errors import QuantshipError
 from quantship.ui import SILENT, UI
 
 QAT_CHECKPOINT = "qat_checkpoint.pt"
+QAT_SETUP = "qat_setup.json"  # the quantization setup the QAT checkpoint belongs to
 # --qat-lr auto's candidates: fine-tuning from trained weights wants rates well below
 # those that train from scratch (LR_CANDIDATES in train.py).
 QAT_LR_CANDIDATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
@@ -233,5 +234,23 @@ def quantization_aware(
             )
 
     go_on = resume and (out / QAT_CHECKPOINT).exists()
+    # What the checkpoint's weights and scale log-ratios belong to: the PTQ model and
+    # the options that made it. A resume with another setup would mix the two.
+    from quantship.exporter.output import sha256_bytes
+
+    setup = {"options": {k: str(v) if isinstance(v, Path) else v
+                         for k, v in dataclasses.asdict(opts).items()},
+             "ptq_sha256": sha256_bytes(ptq_bytes)}  # fmt: skip
+    setup_path = out / QAT_SETUP
+    if go_on:
+        saved = json.loads(setup_path.read_text()) if setup_path.exists() else None
+        if saved != json.loads(json.dumps(setup)):
+            raise QuantshipError(
+                f"--resume: '{out / QAT_CHECKPOINT}' was made for another quantization setup "
+                f"(backend, calibration, algorithms or scales differ, or an older quantship "
+                f"made it): drop --resume, or give the options it was made with"
+            )
+    elif _dist()[0] == 0:
+        write_json(setup_path, setup)
     return run(teacher, net, train, val, out, qconfig, unlabelled=unlabelled, resume=go_on,
                ui=ui, checkpoint=QAT_CHECKPOINT, keep_start=True, finish=finish)  # fmt: skip

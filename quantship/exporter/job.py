@@ -73,6 +73,7 @@ class ExportOptions:
     pooling: str | None = None  # "mean" or "cls": sentence-embedding fidelity (encoders)
     ray: str | None = None  # a Ray cluster's address (or "auto"): calibration shards there
     transform: Transform | None = None  # each item of data held in an object → a feed
+    example_shapes: dict[str, tuple[int, ...]] | None = None  # an nn.Module's trace shapes
     # The call's arguments as JSON (api.export): recorded in the manifest for --replay.
     configuration: Mapping[str, Any] | None = None
 
@@ -248,6 +249,7 @@ def load(opts: ExportOptions, ui: UI) -> Loaded:
         held_out=opts.held_out,
         tokens=opts.tokens,
         transform=opts.transform,
+        example_shapes=opts.example_shapes,
     )
     for n in fm.notes:
         ui.note(f"model: {n}")

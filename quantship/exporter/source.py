@@ -28,6 +28,7 @@ def load_float_model(
     held_out: Any = None,
     tokens: TextOptions | None = None,
     transform: Transform | None = None,
+    example_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> tuple[FloatModel, CalibrationData | None, Path | bytes]:
     """The prepared float model, the calibration data bound to its inputs, and the
     user's model as given (a file, or the bytes of the model held in memory or that a
@@ -37,12 +38,14 @@ def load_float_model(
     comes from the first calibration sample, or held-out one (``--calib-cache``)."""
     import onnx
 
+    from quantship.calibration.objects import reiterable
     from quantship.calibration.sources import peek_shapes
     from quantship.exporter import load as loader
     from quantship.exporter.onnx_file import Source, read_onnx
     from quantship.exporter.output import sha256_bytes
     from quantship.exporter.torch_export import export_module, export_spec, is_torch_spec
 
+    calib, held_out = reiterable(calib), reiterable(held_out)  # read more than once here
     spec = str(model) if isinstance(model, (str, os.PathLike)) else None
     reference: Path | bytes
     if isinstance(model, onnx.ModelProto):
@@ -60,7 +63,8 @@ def load_float_model(
                 f"model of type {type(model).__name__}: pass a path to an .onnx file, "
                 "package.module:factory, an onnx.ModelProto or a torch nn.Module"
             )
-        torch_shapes = dict(input_shapes or {})
+        # What the module is traced with (its batch stays dynamic); input_shapes fix dims.
+        torch_shapes = dict(example_shapes or input_shapes or {})
         if not torch_shapes:
             shape_data = calib if calib is not None else held_out
             torch_shapes = (
@@ -75,7 +79,7 @@ def load_float_model(
         else:
             if weights is not None:
                 raise QuantshipError("weights= applies to a factory; load them into the module")
-            proto = export_module(model, torch_shapes)
+            proto = export_module(model, _in_forward_order(model, torch_shapes))
         exported = proto.SerializeToString()
         src = Source(proto, what, sha256_bytes(exported), len(exported))
         reference = exported
@@ -109,3 +113,23 @@ def load_float_model(
 def _is_torch_module(obj: Any) -> bool:
     torch = sys.modules.get("torch")  # a module object means torch is imported already
     return torch is not None and isinstance(obj, (torch.nn.Module, torch.export.ExportedProgram))
+
+
+def _in_forward_order(
+    module: Any, shapes: dict[str, tuple[int, ...]]
+) -> dict[str, tuple[int, ...]]:
+    """``shapes`` in the order of ``module.forward``'s arguments, matched by name: the
+    exporter passes inputs by position, and a dict's order is not the signature's."""
+    import inspect
+
+    if len(shapes) < 2:
+        return shapes
+    forward = getattr(module, "forward", None)
+    params = list(inspect.signature(forward).parameters) if forward is not None else []
+    missing = [n for n in shapes if n not in params]
+    if missing:
+        raise QuantshipError(
+            f"the module's inputs are named by forward's arguments ({', '.join(params)}); "
+            f"the data names {', '.join(map(repr, missing))}"
+        )
+    return {n: shapes[n] for n in params if n in shapes}

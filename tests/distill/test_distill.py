@@ -232,7 +232,7 @@ def test_pipeline_config_distills_then_exports(work: Path) -> None:
     np.savez(work / "calib.npz", input=np.load(work / "train.npz")["x"][:64])
     (work / "pipeline.toml").write_text(
         '[distill]\nteacher = "qs_distill_nets:teacher"\nstudent = "qs_distill_nets:student"\n'
-        'data = "train.npz"\nval = "val.npz"\nepochs = 2\nalpha = 1.0\nlr = 0.01\nbatch_size = 32\nout = "student"\n\n'
+        'train = "train.npz"\nval = "val.npz"\nepochs = 2\nalpha = 1.0\nlr = 0.01\nbatch = 32\nout = "student"\n\n'
         '[export]\ncalib = "calib.npz"\nout = "build"\nbench = false\n'
     )
     p = subprocess.run(

@@ -258,6 +258,9 @@ def test_qat_resumes_to_the_same_bytes(work: Path, monkeypatch: pytest.MonkeyPat
     api.distill(*args, work / "part", resume=True, **kw)  # type: ignore[arg-type]
     for f in ("student.onnx", "student.int8.onnx"):
         assert (work / "full" / f).read_bytes() == (work / "part" / f).read_bytes(), f
+    # the checkpoint belongs to its quantization setup: another one does not resume it
+    with pytest.raises(QuantshipError, match="made for another quantization setup"):
+        api.distill(*args, work / "part", resume=True, **{**kw, "qat_scales": "frozen"})  # type: ignore[arg-type]
 
 
 def test_qat_of_a_trained_student_without_float_distillation(work: Path) -> None:
