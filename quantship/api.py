@@ -117,8 +117,8 @@ def export(
         ray=ray,
         transform=transform,
         example_shapes=example_shapes,
-        configuration=_recorded(
-            model=model, calib=calib, out=out, backends=backends, method=method,
+        configuration=_recorded(  # not out: the manifest is in it, and moves with it
+            model=model, calib=calib, backends=backends, method=method,
             percentile=percentile, samples=samples, held_out=held_out,
             calib_cache=calib_cache, input_shapes=input_shapes,
             images=dataclasses.asdict(images) if images is not None else None,
@@ -134,7 +134,7 @@ def export(
 
 # Arguments whose strings are paths: recorded absolute, so that a replay from another
 # folder reads the same files.
-_PATH_ARGS = frozenset({"model", "calib", "out", "held_out", "calib_cache", "tokenizer", "weights"})
+_PATH_ARGS = frozenset({"model", "calib", "held_out", "calib_cache", "tokenizer", "weights"})
 
 
 def _recorded(**kwargs: Any) -> dict[str, Any]:

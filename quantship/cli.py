@@ -328,7 +328,7 @@ def _replay(args: argparse.Namespace, ui: Any) -> int:
         kwargs["images"] = ImageOptions(**fields)
     if kwargs.get("input_shapes") is not None:
         kwargs["input_shapes"] = {k: tuple(v) for k, v in kwargs["input_shapes"].items()}
-    out = args.out if args.out is not None else conf["out"]
+    out = args.out if args.out is not None else path.parent  # the folder it describes
     ui.note(f"replaying the export recorded in {path} into {out}")
     result = api.export(conf["model"], conf["calib"], out, ui=ui, **kwargs)
     was, now = manifest, result.manifest

@@ -22,14 +22,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_entry_point_is_importable_from_the_package() -> None:
-    for name in ("export", "bench", "profile", "sensitivity", "distill", "build_engine"):
+    for name in ("export", "bench", "profile", "sensitivity", "build_engine"):
         fn = getattr(quantship, name)
         assert callable(fn) and fn is getattr(api, name), name
         assert fn.__doc__, f"quantship.{name} has no docstring"
     # Importing the measuring code (as an export does) leaves quantship.bench the function.
     importlib.import_module("quantship.measure.run")
-
     assert quantship.bench is api.bench
+    # quantship.distill is the function, or once the distill subpackage is imported
+    # (Python then binds the name to it) the subpackage, callable as the function.
+    assert api.distill.__doc__
+    importlib.import_module("quantship.distill.loss")
+    for fn in (quantship.distill, api.distill):
+        with pytest.raises(QuantshipError, match="epochs must be >= 0"):
+            fn("t:t", "s:s", "d.npz", "out", epochs=-1)
 
 
 def test_a_model_proto_and_arrays_in_memory(tmp_path: Path) -> None:
