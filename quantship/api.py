@@ -144,7 +144,7 @@ def _recorded(**kwargs: Any) -> dict[str, Any]:
     import os
 
     from quantship.calibration.objects import describe, is_data_object
-    from quantship.specs import is_callable_spec
+    from quantship.specs import is_reference
 
     out: dict[str, Any] = {}
     for k, v in kwargs.items():
@@ -152,7 +152,7 @@ def _recorded(**kwargs: Any) -> dict[str, Any]:
             out[k] = v
         elif isinstance(v, (str, os.PathLike)):
             text = str(v)
-            is_path = k in _PATH_ARGS and not (is_callable_spec(text) and not Path(text).exists())
+            is_path = k in _PATH_ARGS and not is_reference(text)
             out[k] = str(Path(text).resolve()) if is_path else text
         elif k == "input_shapes":
             out[k] = {n: list(s) for n, s in v.items()}

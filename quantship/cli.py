@@ -11,7 +11,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from quantship.cli_parser import build_parser
+from quantship.cli_parser import build_parser, subcommands
+from quantship.config_file import apply_config
 from quantship.errors import QuantshipError
 
 
@@ -102,7 +103,9 @@ def _run(args: argparse.Namespace) -> int:
 
     ui = UI(quiet=args.quiet)
     if args.command == "export" and args.replay is not None:
-        return _replay(args, ui)
+        from quantship.config_file import replay
+
+        return replay(args, subcommands(build_parser())["export"], ui)
     if args.command == "export" and args.distill_table is not None:
         if args.model is not None:
             raise QuantshipError(
@@ -258,7 +261,6 @@ def _run(args: argparse.Namespace) -> int:
         ui.note(f"wrote {args.out}/student.pt, student.onnx{extra} and metrics.json")
         return 0
     if args.command == "completion":
-        from quantship.cli_parser import build_parser
         from quantship.completion import script
 
         print(script(build_parser(), args.shell), end="")
@@ -279,112 +281,11 @@ def _kept_float(values: list[str]) -> tuple[list[str], list[str], list[str]]:
     return nodes, patterns, ops
 
 
-def _replay(args: argparse.Namespace, ui: Any) -> int:
-    """``export --replay build/manifest.json [--out DIR]``: the recorded export again."""
-    import json
-    from pathlib import Path
-
-    from quantship import api
-    from quantship.calibration.images import ImageOptions
-
-    path = Path(args.replay)
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    defaults = sub.choices["export"]
-    others = sorted(
-        a.option_strings[0] if a.option_strings else a.dest
-        for a in defaults._actions
-        if a.dest not in ("help", "replay", "out", "quiet", "deprecations")
-        and a.help != argparse.SUPPRESS
-        and getattr(args, a.dest, a.default) != a.default
-    )
-    if others:
-        raise QuantshipError(
-            f"--replay repeats the recorded export as it was: only --out may be given beside "
-            f"it, not {', '.join(others)}"
-        )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise QuantshipError(f"--replay: '{path}' not found") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise QuantshipError(f"--replay: '{path}' is not readable JSON ({e})") from None
-    conf = manifest.get("configuration") if isinstance(manifest, dict) else None
-    if not isinstance(conf, dict):
-        raise QuantshipError(
-            f"--replay: '{path}' records no configuration (a manifest of an older quantship?)"
-        )
-    objects = sorted(k for k, v in conf.items() if isinstance(v, dict) and "object" in v)
-    if objects:
-        raise QuantshipError(
-            f"--replay: that export was given Python objects ({', '.join(objects)}) through "
-            "the API; only paths and values can be replayed"
-        )
-    kwargs = {k: v for k, v in conf.items() if k not in ("model", "calib", "out", "transform")}
-    if kwargs.get("images") is not None:
-        fields: dict[str, Any] = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in kwargs["images"].items()
-        }
-        kwargs["images"] = ImageOptions(**fields)
-    if kwargs.get("input_shapes") is not None:
-        kwargs["input_shapes"] = {k: tuple(v) for k, v in kwargs["input_shapes"].items()}
-    out = args.out if args.out is not None else path.parent  # the folder it describes
-    ui.note(f"replaying the export recorded in {path} into {out}")
-    result = api.export(conf["model"], conf["calib"], out, ui=ui, **kwargs)
-    was, now = manifest, result.manifest
-    for what, a, b in (
-        ("the model", was["input_model"]["sha256"], now["input_model"]["sha256"]),
-        ("the calibration data", was["calibration"]["data_sha256"], now["calibration"]["data_sha256"]),
-    ):  # fmt: skip
-        if a != b:
-            print(f"quantship: note: {what} changed since the recorded run (sha256 {a[:12]}… "
-                  f"then, {b[:12]}… now): this replay is not the same run", file=sys.stderr)  # fmt: skip
-    for failure in result.failures:
-        print(f"quantship: error: {failure}", file=sys.stderr)
-    return 2 if result.failures else 0
-
-
-def _from_config(
-    parser: argparse.ArgumentParser, argv: list[str]
-) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """``export``/``bench --config FILE``: the file's table becomes the command's
-    defaults, so that flags on the command line override it. Returns the file's
-    ``[distill]`` table (export), if any, and its repeatable options: argparse appends
-    a repeated flag to its default, and a flag given should replace the file's list."""
-    from pathlib import Path
-
-    from quantship.config_file import TABLES, defaults_from, read_table
-
-    if not argv or argv[0] not in TABLES:
-        return None, {}
-    value = None
-    for i, a in enumerate(argv):
-        flag, eq, rest = a.partition("=")
-        # argparse takes an unambiguous prefix of a flag (--conf); so does this
-        if len(flag) >= 4 and "--config".startswith(flag):
-            if eq:
-                value = rest
-            elif i + 1 < len(argv):
-                value = argv[i + 1]
-    if value is None:
-        return None, {}
-    path = Path(value)
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    command = sub.choices[argv[0]]
-    doc = read_table(path, argv[0])
-    values = defaults_from(command, doc.get(argv[0], {}), path, argv[0])
-    appended = {a.dest for a in command._actions if isinstance(a, argparse._AppendAction)}
-    lists = {k: v for k, v in values.items() if k in appended}
-    command.set_defaults(**{k: v for k, v in values.items() if k not in appended})
-    distill = doc.get("distill")
-    return (distill if isinstance(distill, dict) else None), lists
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     given = list(sys.argv[1:] if argv is None else argv)
     try:
-        distill, lists = _from_config(parser, given)
+        distill, lists = apply_config(parser, given)
     except QuantshipError as err:
         print(f"quantship: error: {err}", file=sys.stderr)
         return err.exit_code

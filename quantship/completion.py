@@ -19,13 +19,14 @@ BACKEND_FLAGS = ("--backend",)
 
 def script(parser: argparse.ArgumentParser, shell: str) -> str:
     from quantship.backends import registry
+    from quantship.cli_parser import subcommands
 
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    commands = sorted(sub.choices)
+    parsers = subcommands(parser)
+    commands = sorted(parsers)
     flag_cases, value_cases = [], []
     for name in commands:
         flags: list[str] = []
-        for a in sub.choices[name]._actions:
+        for a in parsers[name]._actions:
             if a.help == argparse.SUPPRESS:
                 continue
             flags.extend(o for o in a.option_strings if o.startswith("--"))

@@ -39,3 +39,10 @@ def closest(name: str, options: Iterable[str], n: int = 3) -> str:
     shown = ", ".join(repr(x) for x in opts[:10])
     more = f" (and {len(opts) - 10} more)" if len(opts) > 10 else ""
     return f"available: {shown}{more}" if opts else "none exist"
+
+
+def did_you_mean(name: str, options: Iterable[str]) -> str:
+    """ "; did you mean 'x'?" when ``name`` is close to one of ``options``, else "": for a
+    message that lists the options already."""
+    hint = closest(name, options)
+    return f"; {hint}" if hint.startswith("did you mean") else ""

@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from quantship.backends.base import Backend, PlanOptions
 from quantship.calibration.table import CalibrationTable
-from quantship.errors import QuantshipError, closest
+from quantship.errors import QuantshipError, closest, did_you_mean
 from quantship.exporter.load import FloatModel
 from quantship.types import Feed
 from quantship.ui import SILENT, UI
@@ -74,14 +74,9 @@ def resolve_exclusions(
         out.update(hits)
     for op in op_types:
         if op not in ops:
-            near = closest(op, ops)
             raise QuantshipError(
-                f"--keep-float op:{op}: the model has no such op; "
-                + (
-                    near
-                    if near.startswith("did you mean")
-                    else f"its ops: {', '.join(sorted(ops))}"
-                )
+                f"--keep-float op:{op}: the model has no such op"
+                + (did_you_mean(op, ops) or f"; its ops: {', '.join(sorted(ops))}")
             )
         out.update(view.node_name(i) for i, n in enumerate(view.nodes) if n.op_type == op)
     return frozenset(out)

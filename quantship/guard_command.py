@@ -20,11 +20,11 @@ if TYPE_CHECKING:
 
 
 def sensitivity(
-    model: str | Path,
-    calib: str | Path,
+    model: Any,
+    calib: Any,
     out: str | Path,
     *,
-    held_out: str | Path | None = None,
+    held_out: Any = None,
     backend: str = registry.DEFAULT,
     method: str = "percentile",
     samples: int | None = None,
@@ -37,7 +37,8 @@ def sensitivity(
     adds to the error of the all-float model in this runtime, and the latency keeping it
     float costs (from the runtime's per-layer profiles where it has a profiler); ranked
     by what the guard would return to float first. Written to ``out/sensitivity.json``
-    and ``out/sensitivity.png``."""
+    and ``out/sensitivity.png``. ``model``, ``calib`` and ``held_out`` take what
+    ``export`` takes, objects included."""
     ui = api_ui(ui)
     import tempfile
 
@@ -62,6 +63,9 @@ def sensitivity(
             f"{len(chosen)}: run it once for each"
         )
     b = chosen[0]
+    from quantship.calibration.objects import reiterable
+
+    calib, held_out = reiterable(calib), reiterable(held_out)  # each read more than once
     tokens = TextOptions(Path(tokenizer)) if tokenizer is not None else None
     fm, data, _ = load_float_model(
         model, calib, input_shapes=input_shapes, images=None, weights=None, tokens=tokens

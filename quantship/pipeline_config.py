@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from quantship.errors import QuantshipError, closest
+from quantship.specs import is_reference
 from quantship.ui import SILENT, UI
 
 DISTILL_KEYS = {
@@ -94,17 +95,10 @@ def _section(
         )
         if not ok or (want is int and isinstance(v, bool)):
             raise QuantshipError(f"'{src}': [{name}] {k} must be {want.__name__}, got {v!r}")
-        if k in PATH_KEYS and isinstance(v, str) and not _is_spec(v):
+        if k in PATH_KEYS and isinstance(v, str) and not is_reference(v):
             v = str((base / v).resolve()) if not Path(v).is_absolute() else v
         out[k] = float(v) if want is float else v
     return out
-
-
-def _is_spec(v: str) -> bool:
-    """package.module:function specs are not paths."""
-    from quantship.specs import is_callable_spec
-
-    return is_callable_spec(v)
 
 
 def distill_first(table: dict[str, Any], path: Path, ui: UI = SILENT) -> Path:

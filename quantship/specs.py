@@ -17,6 +17,11 @@ def is_callable_spec(text: str) -> bool:
     return bool(mod) and all(p.isidentifier() for p in mod.split(".")) and fn.isidentifier()
 
 
+def is_reference(text: str) -> bool:
+    """``text`` names a function (``a.b:c``) rather than a file that exists there."""
+    return is_callable_spec(text) and not Path(text).exists()
+
+
 def resolve(spec: str) -> tuple[str, str, Any]:
     """(module name, attribute name, the attribute or None). The working directory is
     importable, as for ``python -m``. Import errors propagate to the caller."""

@@ -346,12 +346,10 @@ def test_every_flag_of_every_command_has_help_and_its_default() -> None:
     switch says its default (or when it is required) in the help that is printed."""
     import argparse
 
-    from quantship.cli_parser import build_parser
+    from quantship.cli_parser import build_parser, subcommands
 
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     missing, no_default = [], []
-    for name, sp in sub.choices.items():
+    for name, sp in subcommands(build_parser()).items():
         formatter = sp._get_formatter()
         for a in sp._actions:
             if isinstance(a, argparse._HelpAction) or a.help == argparse.SUPPRESS:

@@ -300,36 +300,54 @@ def callable_data(text: str, inputs: Sequence[InputSpec], role: str) -> Calibrat
         raise DataError(f"{role} data '{text}': module {mod_name!r} has no function {fn_name!r}")
     names = [i.name for i in inputs]
 
-    def gen() -> Iterator[Feed]:
+    def items() -> Iterator[Any]:
         try:
-            items: Iterable[Any] = fn()
-            iterator = iter(items)
+            iterator = iter(fn())
         except Exception as e:
             raise DataError(f"{role} data '{text}' failed: {type(e).__name__}: {e}") from None
-        mapping: dict[str, str] | None = None
         while True:
             try:
-                item = next(iterator)
+                yield next(iterator)
             except StopIteration:
                 return
             except Exception as e:
                 raise DataError(f"{role} data '{text}' failed: {type(e).__name__}: {e}") from None
-            if isinstance(item, np.ndarray):
-                item = {names[0]: item} if len(names) == 1 else None
-            elif isinstance(item, (tuple, list)) and len(item) == len(names):
-                item = dict(zip(names, item, strict=True))
-            if not isinstance(item, dict):
-                raise DataError(
-                    f"{role} data '{text}' yielded {type(item).__name__}; yield dicts of arrays "
-                    "keyed by input name (or arrays, for a one-input model)"
-                )
-            if mapping is None:
-                mapping, _ = _map_names(list(item), inputs, f"'{text}'", role)
-            arrays = {n: np.asarray(item[k]) for n, k in mapping.items()}
-            batch = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
-            if len(batch) != 1:
-                raise DataError(f"{role} data '{text}': arrays of one feed disagree on batch size")
-            for i in range(batch.pop()):
-                yield {n: a[i : i + 1] for n, a in arrays.items()}
+
+    def to_feed(item: Any) -> dict[str, Any]:
+        if isinstance(item, np.ndarray):
+            item = {names[0]: item} if len(names) == 1 else None
+        elif isinstance(item, (tuple, list)) and len(item) == len(names):
+            item = dict(zip(names, item, strict=True))
+        if not isinstance(item, dict):
+            raise DataError(
+                f"{role} data '{text}' yielded {type(item).__name__}; yield dicts of arrays "
+                "keyed by input name (or arrays, for a one-input model)"
+            )
+        return item
+
+    def gen() -> Iterator[Feed]:
+        return batched_feeds(items(), to_feed, inputs, f"'{text}'", role)
 
     return CalibrationData(f"'{text}'", role, tuple(inputs), None, gen)
+
+
+def batched_feeds(
+    items: Iterable[Any],
+    to_feed: Callable[[Any], dict[str, Any]],
+    inputs: Sequence[InputSpec],
+    desc: str,
+    role: str,
+) -> Iterator[Feed]:
+    """One-sample feeds from items that are each a batch: ``to_feed`` makes a dict of
+    arrays of each, bound to the inputs by name on the first, split along axis 0."""
+    mapping: dict[str, str] | None = None
+    for item in items:
+        feed = to_feed(item)
+        if mapping is None:
+            mapping, _ = _map_names(list(feed), inputs, desc, role)
+        arrays = {n: np.asarray(feed[k]) for n, k in mapping.items()}
+        batch = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
+        if len(batch) != 1:
+            raise DataError(f"{role} data {desc}: arrays of one feed disagree on batch size")
+        for i in range(batch.pop()):
+            yield {n: a[i : i + 1] for n, a in arrays.items()}

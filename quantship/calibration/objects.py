@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from quantship.calibration.data import LABEL_KEYS, CalibrationData, _map_names, arrays_data
+from quantship.calibration.data import LABEL_KEYS, CalibrationData, arrays_data, batched_feeds
 from quantship.errors import DataError
 from quantship.types import Feed, InputSpec
 
@@ -82,42 +82,20 @@ def object_data(
         return arrays_data({inputs[0].name: _numpy(obj, role)}, inputs, desc, role)
     if isinstance(obj, Mapping):
         return arrays_data({str(k): _numpy(v, role) for k, v in obj.items()}, inputs, desc, role)
-    try:
-        first = iter(obj)
-    except TypeError:
-        raise DataError(
-            f"{role} data of type {type(obj).__name__} is not data: pass a path, an array, a dict "
-            "of arrays, or an iterable of feeds (a DataLoader, a list of dicts)"
-        ) from None
-    items: Any = obj if first is not obj else list(first)  # a one-shot iterator, kept
+    items = _items(obj, role)
     names = [i.name for i in inputs]
 
     def gen() -> Iterator[Feed]:
-        mapping: dict[str, str] | None = None
-        for item in items:
-            if transform is not None:
-                try:
-                    item = transform(item)
-                except Exception as e:
-                    raise DataError(
-                        f"{role} data: transform failed: {type(e).__name__}: {e}"
-                    ) from None
-            feed = _as_feed(item, names, role)
-            if mapping is None:
-                mapping, _ = _map_names(list(feed), inputs, desc, role)
-            arrays = {n: feed[k] for n, k in mapping.items()}
-            sizes = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
-            if len(sizes) != 1:
-                raise DataError(f"{role} data {desc}: arrays of one item disagree on batch size")
-            for i in range(sizes.pop()):
-                yield {n: a[i : i + 1] for n, a in arrays.items()}
+        return batched_feeds(items, lambda item: _one_feed(item, names, role, transform),
+                             inputs, desc, role)  # fmt: skip
 
     return CalibrationData(desc, role, tuple(inputs), None, gen)
 
 
 def object_shapes(obj: Any, transform: Transform | None = None) -> dict[str, tuple[int, ...]]:
     """Per-sample shapes (batch axis of 1) of data not yet bound to a model: for
-    exporting a PyTorch module, whose input shapes come from its data."""
+    exporting a PyTorch module, whose input shapes come from its data (the first item's
+    names and shapes)."""
     if isinstance(obj, Mapping):
         return {
             str(k): (1, *np.shape(_numpy(v, "calibration"))[1:])
@@ -126,13 +104,33 @@ def object_shapes(obj: Any, transform: Transform | None = None) -> dict[str, tup
         }
     if _is_array(obj):
         return {"input": (1, *np.shape(_numpy(obj, "calibration"))[1:])}
-    object_data(obj, [InputSpec("input", (None,), "float32")], "calibration", transform)
-    for item in reiterable(obj):  # the first item's names and shapes, whatever its names
-        if transform is not None:
-            item = transform(item)
-        feed = _as_feed(item, ["input"], "calibration")
+    for item in _items(obj, "calibration"):
+        feed = _one_feed(item, ["input"], "calibration", transform)
         return {k: (1, *np.shape(v)[1:]) for k, v in feed.items()}
     raise DataError("calibration data holds no samples")
+
+
+def _items(obj: Any, role: str) -> Any:
+    """The items of an iterable, readable again (``reiterable``); else an error."""
+    try:
+        iter(obj)
+    except TypeError:
+        raise DataError(
+            f"{role} data of type {type(obj).__name__} is not data: pass a path, an array, a dict "
+            "of arrays, or an iterable of feeds (a DataLoader, a list of dicts)"
+        ) from None
+    return reiterable(obj)
+
+
+def _one_feed(
+    item: Any, names: list[str], role: str, transform: Transform | None
+) -> dict[str, Any]:
+    if transform is not None:
+        try:
+            item = transform(item)
+        except Exception as e:
+            raise DataError(f"{role} data: transform failed: {type(e).__name__}: {e}") from None
+    return _as_feed(item, names, role)
 
 
 def _as_feed(item: Any, names: list[str], role: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from quantship.distill.loss import UNLABELLED
 from quantship.errors import DataError
-from quantship.specs import is_callable_spec
+from quantship.specs import is_reference
 
 
 def load_dataset(spec: str | Path, role: str, *, labelled: bool = True) -> Any:
@@ -60,7 +60,7 @@ def load_dataset(spec: str | Path, role: str, *, labelled: bool = True) -> Any:
             torch.from_numpy(np.ascontiguousarray(x, np.float32)),
             torch.from_numpy(y.astype(np.int64)),
         )
-    if is_callable_spec(text) and not path.exists():
+    if is_reference(text):
         from quantship.specs import resolve
 
         try:

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from quantship.errors import DataError, ModelError
+from quantship.errors import DataError, ModelError, did_you_mean
 from quantship.exporter.graph import GraphView, is_external, opset_version
 from quantship.exporter.onnx_file import (
     Source,
@@ -157,7 +157,7 @@ def resolve_shapes(
         if name not in names:
             raise ModelError(
                 f"--input-shape names {name!r}, but the model's inputs are: {', '.join(names)}"
-                + _near(name, names)
+                + did_you_mean(name, names)
             )
     result: dict[str, Shape] = {}
     for spec in inputs:
@@ -230,11 +230,3 @@ def prepare_source(
         examples = {k: (1, *v[1:]) for k, v in data_shapes.items()}
         fm = dataclasses.replace(fm, example_shapes=examples)
     return fm
-
-
-def _near(name: str, names: list[str]) -> str:
-    """ "; did you mean 'x'?" where a name is close to one of ``names``, else nothing."""
-    from quantship.errors import closest
-
-    hint = closest(name, names)
-    return f"; {hint}" if hint.startswith("did you mean") else ""

@@ -14,7 +14,7 @@ from quantship.backends import registry
 from quantship.backends.base import Artifact, Backend
 from quantship.calibration.sources import open_data
 from quantship.calibration.text import TextOptions
-from quantship.errors import BackendError, QuantshipError, closest
+from quantship.errors import BackendError, QuantshipError, did_you_mean
 from quantship.measure.run import Candidate, artifact_candidates, float_candidates, make_feeds
 from quantship.measure.verdict import Budget
 from quantship.types import Feed, InputSpec
@@ -195,10 +195,9 @@ def _checked_shape(
     spec = next((i for i in inputs if i.name == name), None)
     if spec is None:
         names = [i.name for i in inputs]
-        hint = closest(name, names)
         raise QuantshipError(
             f"--input-shape names {name!r}; the model's inputs are: {', '.join(names)}"
-            + (f"; {hint}" if hint.startswith("did you mean") else "")
+            + did_you_mean(name, names)
         )
     if len(shape) != len(spec.shape):
         raise QuantshipError(
