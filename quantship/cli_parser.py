@@ -232,6 +232,11 @@ class _Versions(argparse.Action):
         parser.exit()
 
 
+# calibration.methods.METHODS, spelt here so that --help needs no numpy (a test holds
+# the two equal)
+METHODS = ("minmax", "percentile", "entropy", "mse")
+
+
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     """Each command's own parser, by name."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -285,12 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--backend",
         default=DEFAULT_BACKEND,
-        help="backend(s), comma-separated (default: onnxruntime)",
+        help="backend(s), comma-separated",
     )
     e.add_argument(
         "--method",
         default="percentile",
-        choices=["minmax", "percentile", "entropy", "mse"],
+        choices=METHODS,
         help="activation range method (default: percentile)",
     )
     e.add_argument(
@@ -680,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument(
         "--method",
         default="percentile",
-        choices=["minmax", "percentile", "entropy", "mse"],
+        choices=METHODS,
         help="with --qat: activation range method (default: percentile)",
     )
     ds.add_argument(
@@ -735,7 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument(
         "--method",
         default="percentile",
-        choices=["minmax", "percentile", "entropy", "mse"],
+        choices=METHODS,
         help="activation range method",
     )
     se.add_argument(

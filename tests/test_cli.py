@@ -365,6 +365,10 @@ def test_every_flag_of_every_command_has_help_and_its_default() -> None:
         text = sp.format_help()
         assert "%(default)" not in text and "(default: none) (default" not in text, name
     assert not missing, f"flags without help: {missing}"
+    from quantship.calibration.methods import METHODS
+    from quantship.cli_parser import METHODS as CLI_METHODS
+
+    assert CLI_METHODS == METHODS
     assert not no_default, f"flags whose help does not show the default: {no_default}"
 
 
