@@ -84,6 +84,11 @@ def _products(view: GraphView) -> dict[str, str]:
     return got
 
 
+def product_kind(view: GraphView, node: onnx.NodeProto) -> str | None:
+    """'scores' or 'context' where ``node`` is one of an attention block's products."""
+    return _products(view).get(node.output[0]) if node.output else None
+
+
 def not_attention_product(node: onnx.NodeProto, view: GraphView) -> str | None:
     """A rule check: None, or why ``node`` stays float because it is one of an attention
     block's products (the pairs of ``attention_products``, which the guard keeps as one
@@ -94,7 +99,7 @@ def not_attention_product(node: onnx.NodeProto, view: GraphView) -> str | None:
     rounds, two runs): the INT8 model with these products float was 1.06-1.16x the bf16
     float model's speed, with them quantized 0.99-1.00x, at the same 1 - cosine (2.15e-3
     vs 2.16e-3); NNCF, which quantizes after OpenVINO has fused the block, 1.10-1.11x."""
-    kind = _products(view).get(node.output[0]) if node.output else None
+    kind = product_kind(view, node)
     if kind is None:
         return None
     return f"an attention block's {kind} product (kept whole for OpenVINO's attention fusion)"

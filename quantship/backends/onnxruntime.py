@@ -292,6 +292,8 @@ class OnnxRuntimeBackend(BaseBackend):
     def plan_variants(self) -> tuple[PlanVariant, ...]:
         """Choices ONNX Runtime's kernels tell apart: U8S8 vs S8S8 integer kernels, SiLU
         as QLinearSigmoid+QLinearMul or float, a quantized head's last requantization."""
+        from quantship.backends.op_rules import input_side_ops
+
         r = self.rules
         return (
             PlanVariant("s8s8", "int8 symmetric activations (S8S8 kernels)", self,
@@ -300,10 +302,11 @@ class OnnxRuntimeBackend(BaseBackend):
                         float_ops=frozenset({"Sigmoid", "Mul"})),
             PlanVariant("outputs-float", "graph outputs left float (no Q after the heads)",
                         type(self)(replace(r, quantize_graph_outputs=False))),
-            # Small heads: quantizing Q, K, V and the Softmax's output can cost what the
-            # integer product saves.
-            PlanVariant("attention-float", "attention's score and context products left "
-                        "float", self, float_attention=True),
+            # The rules leave attention's products float (onnxruntime_rules.
+            # not_attention_product); at long sequences or other CPUs the integer product
+            # may pay for quantizing its inputs: measured on the target.
+            PlanVariant("attention-int8", "attention's score and context products in INT8",
+                        type(self)(replace(r, ops={**r.ops, "MatMul": input_side_ops()["MatMul"]}))),
         )  # fmt: skip
 
     def plan(self, model: FloatModel, table: CalibrationTable, options: PlanOptions) -> QuantPlan:

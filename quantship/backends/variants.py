@@ -21,8 +21,7 @@ class PlanVariant:
     """``name`` (short, for ``--plan``), ``what`` it changes (one line), the backend
     instance that plans it, and what it adds to the user's plan options: nodes kept
     float, op types kept float, nodes whose activation inputs are int8 symmetric, nodes
-    quantized by the rules' optional ops (``ALL``: every node), and whether attention
-    blocks' products stay float. A variant expressed
+    quantized by the rules' optional ops (``ALL``: every node). A variant expressed
     through the options on the rule table's own backend can be applied region by
     region (the search's profile-guided plan does)."""
 
@@ -33,7 +32,6 @@ class PlanVariant:
     symmetric_inputs: frozenset[str] = frozenset()
     int8_nodes: frozenset[str] = frozenset()
     float_ops: frozenset[str] = frozenset()
-    float_attention: bool = False  # attention blocks' score and context products float
 
     def options(self, base: PlanOptions, model: FloatModel) -> PlanOptions:
         by_op: frozenset[str] = frozenset()
@@ -42,11 +40,6 @@ class PlanVariant:
             by_op = frozenset(
                 view.node_name(i) for i, n in enumerate(view.nodes) if n.op_type in self.float_ops
             )
-        if self.float_attention:
-            from quantship.backends.attention import attention_products
-
-            view = model.view()
-            by_op |= {view.node_name(i) for pair in attention_products(view) for i in pair}
         return replace(
             base,
             float_nodes=base.float_nodes | self.float_nodes | by_op,

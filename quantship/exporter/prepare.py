@@ -45,6 +45,7 @@ from quantship.exporter.graph import (
 )
 from quantship.exporter.load import MAX_OPSET, MIN_OPSET, FloatModel, Shape, raw_inputs
 from quantship.exporter.onnx_file import model_bytes
+from quantship.exporter.softmax_guard import rewrite_softmax_guards
 
 _WIDENING = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE}
 _NARROW_FLOAT = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
@@ -108,6 +109,12 @@ def prepare(
     n_bn = fold_batchnorm(model, weights_dir)
     if n_bn:
         notes.append(f"folded {n_bn} BatchNormalization into Conv over external weights")
+    n_guards = rewrite_softmax_guards(model)
+    if n_guards:
+        notes.append(
+            f"{n_guards} attention Softmax NaN guards (Where(IsNaN(p), 0, p)) replaced by one "
+            "mask check per model (the same results, without a pass over every score)"
+        )
     remove_dead_nodes(model)
     if len(model.graph.node) != n_nodes:
         notes.append(f"graph clean-up: {n_nodes} -> {len(model.graph.node)} nodes")

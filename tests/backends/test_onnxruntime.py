@@ -302,10 +302,10 @@ def test_a_residual_sum_into_a_layernorm_stays_float_in_every_backend(tmp_path: 
         assert {"proj", "head"} <= set(plan.compute_nodes), backend.name
 
 
-def test_the_attention_float_variant_keeps_only_the_products_float(tmp_path: Path) -> None:
-    """The rule plan quantizes an attention block's score and context products; the
-    "attention-float" variant (for the plan search to measure) leaves exactly those
-    float, and every weighted product still runs on an integer kernel."""
+def test_attention_products_float_by_rule_and_int8_as_a_variant(tmp_path: Path) -> None:
+    """The rule plan leaves an attention block's score and context products float, and
+    every weighted product runs on an integer kernel; the "attention-int8" variant (for
+    the plan search to measure) quantizes exactly those products besides."""
     pytest.importorskip("transformers")
     import sys
 
@@ -316,13 +316,16 @@ def test_the_attention_float_variant_keeps_only_the_products_float(tmp_path: Pat
     fm = load_model(fam.model)
     table = calibrate(fm, open_data(fam.calib, fm.inputs), samples=8)
     backend = OnnxRuntimeBackend()
-    (variant,) = [v for v in backend.plan_variants() if v.name == "attention-float"]
+    (variant,) = [v for v in backend.plan_variants() if v.name == "attention-int8"]
     rules = backend.plan(fm, table, PlanOptions())
     plan = variant.backend.plan(fm, table, variant.options(PlanOptions(), fm))
-    products = {n for n in rules.quantized_nodes if "/self/MatMul" in n}
+    products = {n for n in plan.quantized_nodes if "/self/MatMul" in n}
     assert len(products) == 2 * 2  # scores and context, in both layers
-    assert set(rules.quantized_nodes) - set(plan.quantized_nodes) == products
-    path = tmp_path / "q.onnx"
-    onnx.save_model(write_qdq(fm, plan), str(path))
-    mm = fused_kernels(path)["MatMul"]
-    assert mm["integer"] == mm["total"] - len(products) > 0, mm
+    assert set(plan.quantized_nodes) - set(rules.quantized_nodes) == products
+    why = {f.node: f.reason for f in rules.float_nodes}
+    assert all("attention block's" in why[n] for n in products)
+    for p, n_float in ((rules, len(products)), (plan, 0)):
+        path = tmp_path / "q.onnx"
+        onnx.save_model(write_qdq(fm, p), str(path))
+        mm = fused_kernels(path)["MatMul"]
+        assert mm["integer"] == mm["total"] - n_float > 0, mm

@@ -271,10 +271,12 @@ def test_attention_products_stay_float_so_openvino_fuses_the_block(tmp_path: Pat
 
 
 def test_attention_products_are_quantized_where_openvino_does_not_fuse_them(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Hugging Face BERT with its attention mask: OpenVINO converts its attention into
-    plain MatMuls, not ScaledDotProductAttention, so the products are quantized, and
+    """Hugging Face BERT with the NaN guard torch.onnx writes after its Softmax (kept
+    here by switching off the rewrite that removes it, exporter/softmax_guard.py):
+    OpenVINO converts that attention into plain MatMuls, not ScaledDotProductAttention,
+    so the products are quantized, and
     run on OpenVINO's integer MatMul kernel: their signed inputs (query, key, value)
     int8 symmetric and quantized where the projections compute them, above the
     reshapes, transposes and scaling between; the Softmax's output uint8 from 0."""
@@ -289,6 +291,9 @@ def test_attention_products_are_quantized_where_openvino_does_not_fuse_them(
     from quantship.calibration.sources import open_data
     from quantship.exporter.load import load_model
 
+    import quantship.exporter.prepare
+
+    monkeypatch.setattr(quantship.exporter.prepare, "rewrite_softmax_guards", lambda m: 0)
     fam = families.bert(tmp_path, "test", dynamo=False)
     fm = load_model(fam.model)
     assert not fuses_attention(fm)
@@ -315,6 +320,33 @@ def test_attention_products_are_quantized_where_openvino_does_not_fuse_them(
                      samples=16)  # fmt: skip
     (entry,) = res.manifest["artifacts"]
     assert entry["metadata"]["integer_kernels"]["MatMul"] == {"total": 4, "integer": 4}
+
+
+def test_bert_attention_fuses_once_its_nan_guard_is_rewritten(tmp_path: Path) -> None:
+    """The same BERT as prepared by default (its Softmax NaN guards rewritten): OpenVINO
+    fuses each attention block into ScaledDotProductAttention, so the plan keeps the
+    products float for it and still quantizes every weighted product."""
+    pytest.importorskip("transformers")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "corpus"))
+    import families
+
+    from quantship.backends.openvino_graph import fuses_attention
+    from quantship.calibration.runner import calibrate
+    from quantship.calibration.sources import open_data
+    from quantship.exporter.load import load_model
+
+    fam = families.bert(tmp_path, "test", dynamo=False)
+    fm = load_model(fam.model)
+    assert fuses_attention(fm)
+    table = calibrate(fm, open_data(fam.calib, fm.inputs), samples=8)
+    plan = OpenVINOBackend().plan(fm, table, PlanOptions())
+    why = {f.node: f.reason for f in plan.float_nodes}
+    products = [n for n in why if "/self/MatMul" in n]
+    assert len(products) == 2 * 2 and all("attention fusion" in why[n] for n in products)
+    weighted = [n for n in plan.quantized_nodes if n.endswith("/MatMul")]
+    assert len(weighted) == 2 * 6  # q, k, v, output, and the FFN's two, in both layers
 
 
 def test_matmul_and_gemm_weights_of_one_width_both_run_int8(tmp_path: Path) -> None:
