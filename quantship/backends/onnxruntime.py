@@ -291,7 +291,8 @@ class OnnxRuntimeBackend(BaseBackend):
 
     def plan_variants(self) -> tuple[PlanVariant, ...]:
         """Choices ONNX Runtime's kernels tell apart: U8S8 vs S8S8 integer kernels, SiLU
-        as QLinearSigmoid+QLinearMul or float, a quantized head's last requantization."""
+        as QLinearSigmoid+QLinearMul or float, a quantized head's last requantization,
+        attention's activation-by-activation products in INT8 or float."""
         from quantship.backends.op_rules import input_side_ops
 
         r = self.rules
@@ -303,7 +304,7 @@ class OnnxRuntimeBackend(BaseBackend):
             PlanVariant("outputs-float", "graph outputs left float (no Q after the heads)",
                         type(self)(replace(r, quantize_graph_outputs=False))),
             # The rules leave attention's products float (onnxruntime_rules.
-            # not_attention_product); at long sequences or other CPUs the integer product
+            # not_attention_product_ort); at long sequences or other CPUs the integer product
             # may pay for quantizing its inputs: measured on the target.
             PlanVariant("attention-int8", "attention's score and context products in INT8",
                         type(self)(replace(r, ops={**r.ops, "MatMul": input_side_ops()["MatMul"]}))),

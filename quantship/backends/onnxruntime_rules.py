@@ -24,14 +24,15 @@ from quantship.backends.planning import OpRule, Rules
 from quantship.exporter.graph import GraphView
 
 
-def not_attention_product(node: onnx.NodeProto, view: GraphView) -> str | None:
+def not_attention_product_ort(node: onnx.NodeProto, view: GraphView) -> str | None:
     """An attention block's score and context products stay float. Quantized, each
     needs its two activation inputs quantized per tensor at run time (query, key, value
     and the Softmax's output), and at transformer head sizes that costs ONNX Runtime
     more than the integer product saves. MiniLM-shaped encoder (6 × 384, 12 heads), batch
-    1, 2 threads, interleaved (Intel Xeon with AMX): products float 1.30 / 7.06 / 23.24
-    ms at 16 / 128 / 384 tokens, quantized 1.40 / 7.42 / 23.72, the same SQNR (38.7 dB);
-    on AMD EPYC (AVX-512 VNNI) about 0.90× against 0.93× ``quantize_dynamic``'s time.
+    1, 2 threads, interleaved (Intel Xeon with AMX, benchmarks/transformer_plans.py):
+    products float 1.52 / 7.83 / 24.93 ms at 16 / 128 / 384 tokens, quantized 1.55 /
+    7.92 / 25.68, the same fidelity; on AMD EPYC (AVX-512 VNNI) earlier runs had about
+    0.90× against 0.93× ``quantize_dynamic``'s time.
     The plan search's "attention-int8" variant measures the other way on the target."""
     kind = product_kind(view, node)
     if kind is None:
@@ -46,10 +47,10 @@ ORT_OPS: dict[str, OpRule] = {
         "compute", weight=1, weight_axis=gemm_axis, bias=2, quantize_output=False, check=gemm_check
     ),
     # Float-output integer MatMul, inputs quantized: the same rule as OpenVINO/TensorRT;
-    # attention's activation-by-activation products float (not_attention_product).
+    # attention's activation-by-activation products float (not_attention_product_ort).
     "MatMul": replace(
         input_side_ops()["MatMul"],
-        check=both(input_side_ops()["MatMul"].check, not_attention_product),
+        check=both(input_side_ops()["MatMul"].check, not_attention_product_ort),
     ),
     "Add": OpRule("compute", act_inputs=(0, 1), check=both(binary_check, not_into_norm)),
     "Mul": OpRule("compute", act_inputs=(0, 1), check=both(binary_check, not_gelu_part)),

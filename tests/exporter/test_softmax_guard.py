@@ -28,6 +28,10 @@ def _attention(
     no_value: float = -np.inf,
     guard_output: bool = False,
     mask_elsewhere: bool = False,
+    nan_output: bool = False,
+    causal_scores: bool = False,
+    guard_second: bool = False,
+    mask_shape: tuple[int, ...] = (B, 1, S, S),
 ) -> onnx.ModelProto:
     """``layers`` attention blocks sharing one boolean mask, each guarded."""
     f = TensorProto.FLOAT
@@ -35,6 +39,7 @@ def _attention(
         numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
         numpy_helper.from_array(np.array([no_value], np.float32), "masked"),
         numpy_helper.from_array(np.array([0.5], np.float32), "scale"),
+        numpy_helper.from_array(np.tril(np.ones((S, S), bool)), "causal"),
     ]
     nodes = [helper.make_node("Where", ["mask", "zero", "masked"], ["bias"], name="mask_where")]
     outputs = []
@@ -43,12 +48,24 @@ def _attention(
         nodes += [
             helper.make_node("MatMul", [x, "kt"], [f"s{i}"], name=f"scores{i}"),
             helper.make_node("Mul", [f"s{i}", "scale"], [f"ss{i}"], name=f"scale{i}"),
-            helper.make_node("Add", [f"ss{i}", "bias"], [f"m{i}"], name=f"add{i}"),
+        ]
+        scores = f"ss{i}"
+        if causal_scores:  # scores that can hold -inf of their own: a causal mask first
+            scores = f"cs{i}"
+            nodes.append(helper.make_node("Where", ["causal", f"ss{i}", "masked"], [scores]))
+        nodes += [
+            helper.make_node("Add", [scores, "bias"], [f"m{i}"], name=f"add{i}"),
             helper.make_node("Softmax", [f"m{i}"], [f"p{i}"], name=f"softmax{i}", axis=-1),
             helper.make_node("IsNaN", [f"p{i}"], [f"n{i}"], name=f"isnan{i}"),
             helper.make_node("Where", [f"n{i}", "zero", f"p{i}"], [f"g{i}"], name=f"guard{i}"),
-            helper.make_node("MatMul", [f"g{i}", "v"], [f"c{i}"], name=f"context{i}"),
+            helper.make_node("MatMul", ["v", f"g{i}"], [f"ct{i}"], name=f"context{i}")
+            if guard_second
+            else helper.make_node("MatMul", [f"g{i}", "v"], [f"c{i}"], name=f"context{i}"),
         ]
+        if guard_second:  # vᵀ·g, then back to (query, d)
+            nodes.append(helper.make_node("Transpose", [f"ct{i}"], [f"c{i}"], perm=[0, 1, 3, 2]))
+        if nan_output:
+            outputs.append(helper.make_tensor_value_info(f"n{i}", TensorProto.BOOL, [B, H, S, S]))
         x = f"c{i}"
         if guard_output:
             outputs.append(helper.make_tensor_value_info(f"g{i}", f, [B, H, S, S]))
@@ -62,8 +79,8 @@ def _attention(
         [
             helper.make_tensor_value_info("q", f, [B, H, S, D]),
             helper.make_tensor_value_info("kt", f, [B, H, D, S]),
-            helper.make_tensor_value_info("v", f, [B, H, S, D]),
-            helper.make_tensor_value_info("mask", TensorProto.BOOL, [B, 1, S, S]),
+            helper.make_tensor_value_info("v", f, [B, H, D, S] if guard_second else [B, H, S, D]),
+            helper.make_tensor_value_info("mask", TensorProto.BOOL, list(mask_shape)),
         ],
         outputs,
         inits,
@@ -71,10 +88,11 @@ def _attention(
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
-def _feeds() -> dict[str, npt.NDArray[np.generic]]:
+def _feeds(mask_shape: tuple[int, ...] = (B, 1, S, S)) -> dict[str, npt.NDArray[np.generic]]:
     r = np.random.default_rng(0)
-    mask = r.random((B, 1, S, S)) > 0.4
-    mask[0, 0, 2, :] = False  # a query with every key masked: NaN without the guard
+    mask = r.random(mask_shape) > 0.4
+    if mask_shape[2] > 1:
+        mask[0, 0, 2, :] = False  # a query with every key masked: NaN without the guard
     mask[1] = False  # a whole sentence masked
     return {
         "q": r.standard_normal((B, H, S, D)).astype(np.float32),
@@ -97,22 +115,61 @@ def test_guard_rewritten_with_identical_outputs(opset: int) -> None:
     x = _feeds()
     want, got = run_ort(original, x)[0], run_ort(model, x)[0]
     assert not np.isnan(got).any()
-    assert np.array_equal(want, got)  # bit for bit, fully masked rows (zeros) included
+    # The same values, fully masked rows included (zeros; -0.0 where the guard wrote
+    # +0.0), and rows with a key left bit for bit.
+    assert np.array_equal(want, got)
     assert np.all(got[1] == 0) and np.all(got[0, :, 2] == 0)
+    assert want[0, :, :2].tobytes() == got[0, :, :2].tobytes()
 
 
-@pytest.mark.parametrize(
-    "kind", ["guard read elsewhere", "mask read elsewhere", "finite mask value"]
-)
+def test_guard_rewritten_for_a_padding_mask_over_keys() -> None:
+    """The usual padding mask, one row for every query ([batch, 1, 1, key])."""
+    shape = (B, 1, 1, S)
+    original = _attention(mask_shape=shape)
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
+    assert rewrite_softmax_guards(model) == 2
+    x = _feeds(shape)
+    want, got = run_ort(original, x)[0], run_ort(model, x)[0]
+    assert np.array_equal(want, got) and not np.isnan(got).any()
+    assert want[0].tobytes() == got[0].tobytes()
+
+
+KEPT = [
+    "guard read elsewhere",
+    "mask read elsewhere",
+    "finite mask value",
+    "IsNaN is an output",
+    "scores hold -inf",
+    "guard is the product's second input",
+]
+
+
+@pytest.mark.parametrize("kind", KEPT)
 def test_guard_kept_where_rewrite_would_not_be_exact(kind: str) -> None:
     model = _attention(
         guard_output=kind == "guard read elsewhere",
         mask_elsewhere=kind == "mask read elsewhere",
         no_value=-1e9 if kind == "finite mask value" else -np.inf,
+        nan_output=kind == "IsNaN is an output",
+        causal_scores=kind == "scores hold -inf",
+        guard_second=kind == "guard is the product's second input",
     )
+    onnx.checker.check_model(model, full_check=True)
     before = model.SerializeToString()
     assert rewrite_softmax_guards(model) == 0
     assert model.SerializeToString() == before
+
+
+def test_scores_with_their_own_minus_inf_need_the_guard() -> None:
+    """Why "scores hold -inf" is kept: a causal mask on the scores and a padding mask
+    that empties the first query's row. With the guard that row is zero; a rewrite that
+    trusted the mask alone would leave it NaN."""
+    model = _attention(causal_scores=True)
+    x = _feeds()
+    x["mask"][0, 0, 0, 0] = False  # query 0 sees only key 0 causally; now not even that
+    out = run_ort(model, x)[0]
+    assert not np.isnan(out).any() and np.all(out[0, :, 0] == 0)
 
 
 def test_exported_bert_is_prepared_without_guards(tmp_path: Path) -> None:
