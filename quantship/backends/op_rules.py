@@ -18,14 +18,6 @@ from quantship.exporter.graph import GraphView, get_attr
 MIN_TABLE_VALUES = 4096
 
 
-def _rank(view: GraphView, t: str) -> int | None:
-    shape = view.shape.get(t)
-    if shape is not None:
-        return len(shape)
-    v = view.constant_value(t)
-    return None if v is None else v.ndim
-
-
 def gemm_check(node: onnx.NodeProto, view: GraphView) -> str | None:
     if get_attr(node, "transA", 0):
         return "Gemm with transA=1"
@@ -34,11 +26,11 @@ def gemm_check(node: onnx.NodeProto, view: GraphView) -> str | None:
     if len(node.input) > 2 and node.input[2]:
         if abs(float(get_attr(node, "beta", 1.0)) - 1.0) > 1e-6:
             return "Gemm with beta != 1"
-        if not view.is_constant(node.input[2]) or _rank(view, node.input[2]) != 1:
+        if not view.is_constant(node.input[2]) or view.rank(node.input[2]) != 1:
             return "Gemm whose C is not a 1-D constant bias"
     if len(node.input) < 2 or not view.is_constant(node.input[1]):
         return "Gemm whose B is not a 2-D constant"
-    if _rank(view, node.input[1]) != 2:
+    if view.rank(node.input[1]) != 2:
         return "Gemm whose B is not a 2-D constant"
     return None
 
@@ -49,7 +41,7 @@ def gemm_axis(node: onnx.NodeProto) -> int:
 
 
 def matmul_check(node: onnx.NodeProto, view: GraphView) -> str | None:
-    if len(node.input) > 1 and view.is_constant(node.input[1]) and _rank(view, node.input[1]) != 2:
+    if len(node.input) > 1 and view.is_constant(node.input[1]) and view.rank(node.input[1]) != 2:
         return "MatMul with a constant B that is not 2-D"
     return None
 
@@ -69,7 +61,7 @@ def both(*checks: Check | None) -> Check:
 
 
 def conv_check(node: onnx.NodeProto, view: GraphView) -> str | None:
-    rank = _rank(view, node.input[1]) if len(node.input) > 1 else None
+    rank = view.rank(node.input[1]) if len(node.input) > 1 else None
     if rank is not None and rank < 3:
         return "Conv weight of rank < 3"
     return None

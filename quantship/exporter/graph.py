@@ -188,6 +188,14 @@ class GraphView:
             tensor = self.nodes[p].input[0]
         return tensor
 
+    def rank(self, tensor: str) -> int | None:
+        """The tensor's rank where shape inference or a constant's value gives it."""
+        shape = self.shape.get(tensor)
+        if shape is not None:
+            return len(shape)
+        v = self.constant_value(tensor)
+        return None if v is None else v.ndim
+
     def consumers(self, tensor: str) -> list[Use]:
         return self.uses.get(tensor, [])
 

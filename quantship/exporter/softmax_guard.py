@@ -74,11 +74,6 @@ def _last_axis(view: GraphView, softmax: onnx.NodeProto) -> bool:
     return shape is not None and axis == len(shape) - 1
 
 
-def _rank(view: GraphView, tensor: str) -> int | None:
-    shape = view.shape.get(tensor)
-    return None if shape is None else len(shape)
-
-
 def _scores(view: GraphView, tensor: str) -> bool:
     """Whether ``tensor`` is an activation-by-activation product, scaled by finite
     constants or not: scores that cannot hold -inf or NaN of their own (given finite
@@ -131,8 +126,7 @@ def _match(view: GraphView, idx: int) -> _Block | None:
         return None
     if view.elem_type.get(product.output[0], onnx.TensorProto.FLOAT) != onnx.TensorProto.FLOAT:
         return None  # the row mask is float32, as prepared models are
-    rank_v = _rank(view, product.input[1])
-    if rank_v is None or rank_v < 2:  # a rank-1 V would drop the query axis
+    if (view.rank(product.input[1]) or 0) < 2:  # a known rank; a 1-D V drops the query axis
         return None
     add = view.producer.get(sm.input[0])
     if add is None or view.nodes[add].op_type != "Add" or len(view.consumers(sm.input[0])) != 1:
@@ -141,9 +135,8 @@ def _match(view: GraphView, idx: int) -> _Block | None:
         w = view.producer.get(x)
         if w is None or view.nodes[w].op_type != "Where" or x in view.outputs:
             continue
-        cond, yes, no = view.nodes[w].input
-        rank_m = _rank(view, cond)
-        if view.is_constant(cond) or rank_m is None or rank_m < 1:  # bool by the standard
+        cond, yes, no = view.nodes[w].input  # a Where's condition is bool by the standard
+        if view.is_constant(cond) or (view.rank(cond) or 0) < 1:  # a known rank, not 0-D
             continue
         if _all(view, yes, "finite") and _all(view, no, "-inf") and _scores(view, other):
             return _Block(idx, isnan, guard, reads[0].node, add, w)
