@@ -68,10 +68,7 @@ def _all(view: GraphView, tensor: str, test: str) -> bool:
 
 def _last_axis(view: GraphView, softmax: onnx.NodeProto) -> bool:
     axis = get_attr(softmax, "axis", -1 if opset_version(view.model) >= 13 else 1)
-    if axis == -1:
-        return True
-    shape = view.shape.get(softmax.input[0])
-    return shape is not None and axis == len(shape) - 1
+    return bool(axis == -1 or axis + 1 == view.rank(softmax.input[0]))
 
 
 def _scores(view: GraphView, tensor: str) -> bool:
